@@ -1,0 +1,22 @@
+"""samplerkit: samplers, evaluation and input-perturbation retraining over diffusion checkpoints.
+
+Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.denoisers`);
+samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
+"""
+
+from . import diffusion, samplers, schedules
+from .denoisers import Denoiser, DiscreteEpsDenoiser
+from .errors import SamplerkitError
+from .loading import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "DiscreteEpsDenoiser",
+    "SamplerkitError",
+    "diffusion",
+    "load",
+    "samplers",
+    "schedules",
+]

@@ -1,0 +1,168 @@
+"""The denoiser contract D(x; sigma) and the preconditioning of edm.txt Table 1.
+
+Every model samplerkit runs is a :class:`Denoiser`: called as ``net(x, sigma, class_labels)``
+on unscaled ``x = y + sigma n`` (sigma-space, data y in [-1, 1]) it returns the denoised
+estimate ``D(x; sigma)`` of the same shape. ``D = c_skip x + c_out F(c_in x; c_noise)``
+with the per-family coefficients below (edm.txt Sec. 5, Eq. 7, Table 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .diffusion import sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
+from .errors import SamplerkitError
+
+# ---------------------------------------------------------------------------------------------
+# preconditioning (edm.txt Table 1), each returns (c_skip, c_out, c_in, c_noise)
+
+
+def vp_preconditioning(sigma, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
+    """VP (score-SDE DDPM++): c_skip 1, c_out -sigma, c_in 1/sqrt(sigma^2+1), c_noise (M-1) t(sigma)."""
+    c_noise = (M - 1) * vp_sigma_inv(sigma, beta_d, beta_min)
+    return 1, -sigma, 1 / (sigma**2 + 1).sqrt(), c_noise.to(torch.float32)
+
+
+def ve_preconditioning(sigma):
+    """VE (score-SDE NCSN++): c_skip 1, c_out sigma, c_in 1, c_noise ln(sigma/2)."""
+    return 1, sigma, 1, (0.5 * sigma).log()
+
+
+def iddpm_preconditioning(sigma):
+    """iDDPM / ADM (epsilon prediction): c_skip 1, c_out -sigma, c_in 1/sqrt(sigma^2+1).
+
+    c_noise is the index of the nearest trained level; the caller supplies it.
+    """
+    return 1, -sigma, 1 / (sigma**2 + 1).sqrt()
+
+
+def edm_preconditioning(sigma, sigma_data: float = 0.5):
+    """EDM: c_skip sd^2/(s^2+sd^2), c_out s sd/sqrt(s^2+sd^2), c_in 1/sqrt(s^2+sd^2), c_noise ln(s)/4."""
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
+    return c_skip, c_out, c_in, sigma.log() / 4
+
+
+def vp_sigma_range(epsilon_t: float = 1e-5, beta_d: float = 19.9, beta_min: float = 0.1):
+    """(sigma_min, sigma_max) of a VP model trained on t in [epsilon_t, 1]."""
+    return float(vp_sigma(epsilon_t, beta_d, beta_min)), float(vp_sigma(1.0, beta_d, beta_min))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Denoiser(torch.nn.Module):
+    """Base class of every model samplerkit samples from: ``forward(x, sigma, class_labels) -> D``.
+
+    Attributes: ``sigma_min``, ``sigma_max``, ``sigma_data``, ``img_channels``,
+    ``img_resolution``, ``label_dim`` (0 = unconditional). ``round_sigma`` maps a noise level
+    to one the model was trained on (identity for continuous-time models).
+    """
+
+    sigma_min: float = 0.0
+    sigma_max: float = float("inf")
+    sigma_data: float = 0.5
+    img_channels: int = 3
+    img_resolution: int = 0
+    label_dim: int = 0
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def prepare_labels(self, class_labels, batch: int, device) -> torch.Tensor | None:
+        """Validate labels: int [B] (or one-hot [B, label_dim]) -> one-hot float32 [B, label_dim]."""
+        if self.label_dim == 0:
+            if class_labels is not None:
+                raise SamplerkitError("this model is unconditional; do not pass class labels")
+            return None
+        if class_labels is None:
+            raise SamplerkitError(f"this model is class-conditional ({self.label_dim} classes); pass class labels")
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.ndim == 1:
+            if labels.numel() != batch:
+                raise SamplerkitError(f"got {labels.numel()} class labels for a batch of {batch}")
+            if labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= self.label_dim:
+                raise SamplerkitError(f"class labels must be integers in [0, {self.label_dim - 1}]")
+            return torch.nn.functional.one_hot(labels.long(), self.label_dim).to(torch.float32)
+        if labels.shape != (batch, self.label_dim):
+            raise SamplerkitError(f"one-hot class labels must have shape [{batch}, {self.label_dim}]")
+        return labels.to(torch.float32)
+
+
+def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a float64 tensor of shape [B, 1, 1, 1] (from a scalar, [B] or [B,1,1,1])."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return sigma.reshape(-1, *([1] * (x.ndim - 1))).expand(x.shape[0], *([1] * (x.ndim - 1)))
+
+
+class DiscreteEpsDenoiser(Denoiser):
+    """Wrap an epsilon-prediction network trained on a discrete DDPM schedule into D(x; sigma).
+
+    ``eps_fn(x_t, t, class_labels)`` takes x_t in x_t-space in the network's dtype, integer
+    timesteps ``t`` [B] in 0 .. T-1 and the labels as given, and returns eps [B, C, H, W] --
+    or [B, 2C, H, W] = (eps, v) when ``learned_variance`` (iddpm.txt Eq. 15, v in [-1, 1]).
+    ``alphas_cumprod`` are the T training abar_t. D(x; sigma) = x - sigma eps(x/sqrt(sigma^2+1),
+    t(sigma)) with t(sigma) the trained level nearest to sigma (edm.txt Table 1, iDDPM row).
+    """
+
+    def __init__(
+        self,
+        eps_fn: Callable,
+        alphas_cumprod,
+        learned_variance: bool = False,
+        *,
+        img_channels: int = 3,
+        img_resolution: int = 0,
+        label_dim: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if ab.numel() < 1 or bool((ab[1:] >= ab[:-1]).any()) or not bool(((ab > 0) & (ab < 1)).all()):
+            raise SamplerkitError("alphas_cumprod must be strictly decreasing values in (0, 1)")
+        self.eps_fn = eps_fn  # registered as a submodule when it is an nn.Module
+        self.learned_variance = bool(learned_variance)
+        self.register_buffer("alphas_cumprod", ab, persistent=False)
+        self.register_buffer("sigmas", sigma_from_alpha_bar(ab), persistent=False)  # ascending in t
+        self.img_channels, self.img_resolution, self.label_dim = img_channels, img_resolution, label_dim
+        self.dtype = dtype
+        self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.alphas_cumprod.numel()
+
+    def timestep(self, sigma) -> torch.Tensor:
+        """Index of the trained level nearest to sigma (int64, same shape as sigma)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device)
+        return (sigma.reshape(-1, 1) - self.sigmas.reshape(1, -1)).abs().argmin(dim=1).reshape(sigma.shape)
+
+    def round_sigma(self, sigma):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device)
+        return self.sigmas[self.timestep(sigma)]
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, class_labels=None):
+        """(eps, v) of the network in x_t-space, both float64; v is None without learned variance."""
+        out = self.eps_fn(x_t.to(self.dtype), t, class_labels).to(torch.float64)
+        C = x_t.shape[1]
+        if self.learned_variance:
+            if out.shape[1] != 2 * C:
+                raise SamplerkitError(f"learned-variance network returned {out.shape[1]} channels, expected {2 * C}")
+            return out[:, :C], out[:, C:]
+        if out.shape[1] != C:
+            raise SamplerkitError(f"network returned {out.shape[1]} channels, expected {C}")
+        return out, None
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma, class_labels=None):
+        """(D(x; sigma), v) from one forward pass; v is None without learned variance."""
+        sigma = _per_sample(sigma, x)
+        t = self.timestep(sigma.flatten()).to(x.device)
+        _, c_out, c_in = iddpm_preconditioning(sigma)
+        eps, v = self.eps(c_in * x.to(torch.float64), t, class_labels)
+        return x.to(torch.float64) + c_out * eps, v
+
+    def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        return self.denoise_with_variance(x, sigma, class_labels)[0]
