@@ -1,0 +1,164 @@
+"""From a model, a sampler name and its settings to images: the one code path behind
+``samplerkit sample`` and ``samplerkit sweep``.
+
+:func:`make_sampler` resolves a sampler name, a step count and the user's options into a
+ready function ``run(latents, class_labels, randn_like) -> x`` plus its NFE and the complete
+settings (for manifests and CSV rows). :func:`generate` draws per-seed latents and labels the
+way EDM's ``generate.py`` does (one generator per seed: latents first, then labels, then the
+sampler's noise), so an image depends only on its seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import samplers, schedules
+from .errors import SamplerkitError
+from .seeds import StackedRandomGenerator
+
+DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
+
+# options each sampler accepts, with defaults (None = derived from the model)
+SAMPLER_OPTIONS: dict[str, dict[str, object]] = {
+    "euler": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0, "schedule": "linear", "scaling": "none"},
+    "heun": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0, "schedule": "linear", "scaling": "none"},
+    "stochastic": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0,
+                   "S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0},
+    "ddim": {"respacing": None, "eta": 0.0, "clip_denoised": True,
+             "disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0},
+    "ancestral": {"respacing": None, "variance": "auto", "clip_denoised": True,
+                  "disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0},
+}
+
+# defaults of EDM's ablation sampler per discretization
+_DEFAULT_RANGE = {"edm": (0.002, 80.0), "iddpm": (0.002, 81.0), "ve": (0.02, 100.0), "vp": (None, None)}
+
+
+@dataclass
+class PreparedSampler:
+    name: str
+    steps: int
+    nfe: int
+    settings: dict
+    run: Callable = field(repr=False)
+
+
+def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=None, rho: float = 7.0) -> torch.Tensor:
+    """The sigma grid of a discretization, its range clamped to what the model supports (as EDM)."""
+    if disc not in DISCRETIZATIONS:
+        raise SamplerkitError(f"unknown discretization {disc!r}; use one of {', '.join(DISCRETIZATIONS)}")
+    lo, hi = _DEFAULT_RANGE[disc]
+    lo = sigma_min if sigma_min is not None else lo
+    hi = sigma_max if sigma_max is not None else hi
+    if lo is not None and hi is not None and lo >= hi:
+        raise SamplerkitError(f"need sigma_min < sigma_max, got {lo} >= {hi}")
+    if (lo is not None and lo <= 0) or (hi is not None and hi <= 0):
+        raise SamplerkitError("sigma_min and sigma_max must be positive")
+    if lo is not None:
+        lo = max(lo, float(net.sigma_min))
+    if hi is not None:
+        hi = min(hi, float(net.sigma_max))
+    if disc == "edm":
+        return schedules.edm(steps, lo, hi, rho)
+    if disc == "ve":
+        return schedules.ve(steps, lo, hi)
+    if disc == "vp":
+        return schedules.vp(steps, lo, hi)
+    return schedules.iddpm(steps, net=net, sigma_min=lo, sigma_max=hi)
+
+
+def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
+    """Resolve ``sampler`` with ``steps`` and its options into a runnable :class:`PreparedSampler`.
+
+    Unknown options for the chosen sampler are an error. For ``ddim``/``ancestral`` on a
+    discrete-time model the chain is ``respace(T, respacing or str(steps))``; on a continuous
+    model it is the sigma grid of ``disc``.
+    """
+    if sampler not in SAMPLER_OPTIONS:
+        raise SamplerkitError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLER_OPTIONS)}")
+    schedules._check_steps(steps)
+    defaults = SAMPLER_OPTIONS[sampler]
+    unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
+    if unknown:
+        raise SamplerkitError(f"option(s) {', '.join(unknown)} do not apply to the {sampler} sampler "
+                              f"(it takes: {', '.join(defaults)})")
+    opts = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
+    if opts.get("rho") is not None and opts["rho"] <= 0:
+        raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
+
+    if sampler in ("ddim", "ancestral") and hasattr(net, "alphas_cumprod"):
+        grid = schedules.respace(net.alphas_cumprod.numel(), opts["respacing"] or str(steps))
+        steps = grid.numel()
+        for k in ("disc", "sigma_min", "sigma_max", "rho"):
+            opts.pop(k)
+        opts["respacing"] = opts["respacing"] or str(steps)
+    else:
+        if sampler in ("ddim", "ancestral") and opts.get("respacing"):
+            raise SamplerkitError("--respacing needs a discrete-time model (ADM/iDDPM); use --disc for this model")
+        opts.pop("respacing", None)
+        grid = sigma_grid(net, steps, opts["disc"], opts["sigma_min"], opts["sigma_max"], opts["rho"])
+
+    fn = getattr(samplers, sampler)
+    kwargs = {k: v for k, v in opts.items() if k not in ("disc", "sigma_min", "sigma_max", "rho", "respacing")}
+    if sampler in ("euler", "heun"):
+        run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
+    else:
+        run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, randn_like=randn_like, **kwargs)  # noqa: E731
+    settings = {"sampler": sampler, "steps": steps, **opts}
+    return PreparedSampler(sampler, steps, samplers.nfe(sampler, steps), settings, run)
+
+
+def resolve_labels(net, class_labels, n: int) -> str | int | list[int] | None:
+    """Check a label request against the model: None / 'random' / an int / a list of n ints."""
+    if class_labels is None or class_labels == "random":
+        if class_labels == "random" and net.label_dim == 0:
+            raise SamplerkitError("--class-labels given but the model is unconditional")
+        return "random" if net.label_dim else None
+    if net.label_dim == 0:
+        raise SamplerkitError("--class-labels given but the model is unconditional")
+    labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+    if any(not 0 <= c < net.label_dim for c in labels):
+        raise SamplerkitError(f"class labels must lie in [0, {net.label_dim - 1}]")
+    if len(labels) not in (1, n):
+        raise SamplerkitError(f"give one class label or one per seed ({n}), got {len(labels)}")
+    return labels[0] if len(labels) == 1 else labels
+
+
+def draw(net, seeds: list[int], labels, device) -> tuple[torch.Tensor, torch.Tensor | None, StackedRandomGenerator]:
+    """Per-seed latents [B, C, R, R] and integer labels (EDM's order: latents, then labels)."""
+    rnd = StackedRandomGenerator(device, seeds)
+    latents = rnd.randn([len(seeds), net.img_channels, net.img_resolution, net.img_resolution])
+    if net.label_dim == 0:
+        return latents, None, rnd
+    if labels == "random":
+        y = rnd.randint(net.label_dim, size=[len(seeds)])
+    elif isinstance(labels, int):
+        y = torch.full((len(seeds),), labels, dtype=torch.int64, device=device)
+    else:
+        y = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    return latents, y, rnd
+
+
+def generate(net, prepared: PreparedSampler, seeds: list[int], batch_size: int = 64, class_labels=None,
+             device="cpu", label_of_seed: dict | None = None) -> Iterator[tuple[list[int], torch.Tensor, np.ndarray | None]]:
+    """Yield (seeds, images in [-1, 1] float64 [B, C, R, R], labels or None) batch by batch.
+
+    ``class_labels``: None/'random' (random per seed), an int, or ``label_of_seed`` mapping each
+    seed to its label (a list given per seed).
+    """
+    if batch_size < 1:
+        raise SamplerkitError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start : start + batch_size]
+        labels = [label_of_seed[s] for s in chunk] if label_of_seed is not None else class_labels
+        latents, y, rnd = draw(net, chunk, labels, device)
+        with torch.no_grad():
+            x = prepared.run(latents, y, rnd.randn_like)
+        if not torch.isfinite(x).all():
+            bad = [chunk[i] for i in range(len(chunk)) if not torch.isfinite(x[i]).all()]
+            raise SamplerkitError(f"non-finite values in the sampler output for seed(s) {bad[:5]}")
+        yield chunk, x, (y.cpu().numpy() if y is not None else None)
