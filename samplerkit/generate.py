@@ -101,6 +101,7 @@ def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
             raise SamplerkitError("--respacing needs a discrete-time model (ADM/iDDPM); use --disc for this model")
         opts.pop("respacing", None)
         grid = sigma_grid(net, steps, opts["disc"], opts["sigma_min"], opts["sigma_max"], opts["rho"])
+        opts["sigma_min"], opts["sigma_max"] = float(grid[-2]), float(grid[0])  # as used, after clamping
 
     fn = getattr(samplers, sampler)
     kwargs = {k: v for k, v in opts.items() if k not in ("disc", "sigma_min", "sigma_max", "rho", "respacing")}
