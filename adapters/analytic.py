@@ -45,7 +45,8 @@ class FiniteSetDenoiser(Denoiser):
         """log w_i(x; sigma) [B, N]; at sigma = 0 all mass on the nearest image."""
         sigma = _per_sample(sigma, x).flatten()
         xf = x.to(torch.float64).flatten(1)
-        d2 = (xf**2).sum(1, keepdim=True) - 2 * xf @ self.flat.T + self.sq_norms[None]
+        # row by row (matrix-vector products) so a sample's result does not depend on its batch
+        d2 = (xf**2).sum(1, keepdim=True) - 2 * torch.stack([self.flat @ row for row in xf]) + self.sq_norms[None]
         logits = -d2 / (2 * sigma[:, None].clamp(min=1e-300) ** 2)
         zero = sigma == 0
         if zero.any():
@@ -62,7 +63,7 @@ class FiniteSetDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         w = self.log_weights(x, sigma, class_labels).exp()
-        return (w @ self.flat).reshape(x.shape)
+        return torch.stack([row @ self.flat for row in w]).reshape(x.shape)
 
 
 class GaussianDenoiser(Denoiser):
