@@ -178,7 +178,7 @@ def _finish(name: str, length: int, read_one, labels: np.ndarray | None) -> Imag
 
     def read(idx):
         imgs = [read_one(int(i)) for i in idx]
-        for i, im in zip(idx, imgs):
+        for i, im in zip(idx, imgs, strict=True):
             if im.shape != first.shape:
                 raise SamplerkitError(f"{name}: mixed image sizes ({im.shape[1]}x{im.shape[0]} at item {i}, "
                                       f"{resolution}x{resolution} at item 0)")

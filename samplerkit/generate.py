@@ -144,8 +144,10 @@ def draw(net, seeds: list[int], labels, device) -> tuple[torch.Tensor, torch.Ten
     return latents, y, rnd
 
 
-def generate(net, prepared: PreparedSampler, seeds: list[int], batch_size: int = 64, class_labels=None,
-             device="cpu", label_of_seed: dict | None = None) -> Iterator[tuple[list[int], torch.Tensor, np.ndarray | None]]:
+def generate(
+    net, prepared: PreparedSampler, seeds: list[int], batch_size: int = 64, class_labels=None, device="cpu",
+    label_of_seed: dict | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor, np.ndarray | None]]:
     """Yield (seeds, images in [-1, 1] float64 [B, C, R, R], labels or None) batch by batch.
 
     ``class_labels``: None/'random' (random per seed), an int, or ``label_of_seed`` mapping each

@@ -21,8 +21,16 @@ from collections.abc import Callable
 
 import torch
 
-from .diffusion import Chain, alpha_bar_from_sigma, predict_eps_from_x0, sigma_from_alpha_bar
-from .diffusion import vp_betas_for_range, vp_sigma, vp_sigma_deriv, vp_sigma_inv
+from .diffusion import (
+    Chain,
+    alpha_bar_from_sigma,
+    predict_eps_from_x0,
+    sigma_from_alpha_bar,
+    vp_betas_for_range,
+    vp_sigma,
+    vp_sigma_deriv,
+    vp_sigma_inv,
+)
 from .errors import SamplerkitError
 
 SAMPLERS = ("euler", "heun", "stochastic", "ddim", "ancestral")
@@ -118,7 +126,7 @@ def _ode(net, latents, sigmas, class_labels, second_order: bool, schedule: str, 
     ts = TimeSchedule(schedule, scaling, float(sigmas[-2]), float(sigmas[0]), epsilon_s)
     t_steps = torch.cat([ts.sigma_inv(sigmas[:-1]), sigmas.new_zeros(1)]).to(latents.device)
     x_next = latents.to(torch.float64) * (ts.sigma(t_steps[0]) * ts.s(t_steps[0]))  # Alg. 1 line 2
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
         x_cur = x_next
         denoised = _denoise(net, x_cur / ts.s(t_cur), ts.sigma(t_cur), class_labels)
         d_cur = ts.dx_dt(x_cur, t_cur, denoised)  # line 4
@@ -159,7 +167,7 @@ def stochastic(net, latents, sigmas, class_labels=None, S_churn: float = 0.0, S_
     t_steps = _rounded(net, sigmas).to(latents.device)
     num_steps = len(t_steps) - 1
     x_next = latents.to(torch.float64) * t_steps[0]  # line 2
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
         x_cur = x_next
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0  # line 4
         t_hat = torch.as_tensor(net.round_sigma(t_cur + gamma * t_cur), dtype=torch.float64).to(t_cur.device)

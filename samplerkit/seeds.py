@@ -55,4 +55,6 @@ class StackedRandomGenerator:
         return self.randn(x.shape, dtype=x.dtype)
 
     def randint(self, high: int, size) -> torch.Tensor:
-        return torch.stack([torch.randint(high, size=size[1:], generator=g, device=self.device) for g in self.generators])
+        return torch.stack(
+            [torch.randint(high, size=size[1:], generator=g, device=self.device) for g in self.generators]
+        )

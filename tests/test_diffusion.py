@@ -57,7 +57,9 @@ def test_full_chain_posterior_matches_eqs_10_to_12():
     beta_tilde = (1 - ab[k - 1]) / (1 - ab[k]) * betas[k]
     assert float(c.posterior_variance[k]) == pytest.approx(beta_tilde, rel=1e-12)
     x0, xt = torch.tensor(0.3, dtype=torch.float64), torch.tensor(-1.2, dtype=torch.float64)
-    mu = math.sqrt(ab[k - 1]) * betas[k] / (1 - ab[k]) * 0.3 + math.sqrt(1 - betas[k]) * (1 - ab[k - 1]) / (1 - ab[k]) * -1.2
+    coef1 = math.sqrt(ab[k - 1]) * betas[k] / (1 - ab[k])
+    coef2 = math.sqrt(1 - betas[k]) * (1 - ab[k - 1]) / (1 - ab[k])
+    mu = coef1 * 0.3 + coef2 * -1.2
     assert float(c.posterior_mean(k, x0, xt)) == pytest.approx(mu, rel=1e-12)
     assert float(c.posterior_log_variance_clipped[0]) == float(c.posterior_log_variance_clipped[1])
 

@@ -171,7 +171,8 @@ def test_ancestral_learned_variance_uses_the_models_v():
                                  clip_denoised=False)
     sub = diffusion.Chain.from_alpha_bar(ab[[0, 49]])
     frac = (0.25 + 1) / 2
-    std_learned = math.exp(0.5 * (frac * math.log(sub.betas[1]) + (1 - frac) * float(sub.posterior_log_variance_clipped[1])))
+    log_beta_tilde = float(sub.posterior_log_variance_clipped[1])
+    std_learned = math.exp(0.5 * (frac * math.log(sub.betas[1]) + (1 - frac) * log_beta_tilde))
     std_small = math.exp(0.5 * float(sub.posterior_log_variance_clipped[1]))
     # the runs differ only in the noise scale of step 1; step 0 returns x0_hat = E[y | x_t], which is
     # affine in x_t with slope sqrt(abar) var / (abar var + 1 - abar) for Gaussian data
