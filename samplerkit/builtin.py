@@ -26,3 +26,13 @@ BUILTIN_MODELS = {
     "shapes32-ideal": lambda: shapes32_ideal(),
     "shapes32-ideal-cond": lambda: shapes32_ideal(conditional=True),
 }
+
+# zoo metadata of each built-in model (samplerkit.zoo registers them)
+BUILTIN_INFO = {
+    "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
+                           recommended={"sampler": "heun", "steps": 18},
+                           notes="exact denoiser of the first 1,024 shapes32 images (analytic, no weights)"),
+    "shapes32-ideal-cond": dict(resolution=32, dataset="builtin:shapes32", license="MIT", conditional=True,
+                                num_classes=4, recommended={"sampler": "heun", "steps": 18},
+                                notes="class-conditional exact denoiser of the first 1,024 shapes32 images"),
+}

@@ -26,12 +26,6 @@ def load(name_or_path: str | Path, family: str | None = None, device: str | torc
         return load_file(path, family=family, device=device, **flags)
     if path.suffix in (".pt", ".pkl", ".pth") or "/" in str(name_or_path):
         raise SamplerkitError(f"model file not found: {name_or_path}")
-    from .builtin import BUILTIN_MODELS
-
-    if str(name_or_path) in BUILTIN_MODELS:
-        if family is not None or flags:
-            raise SamplerkitError(f"{name_or_path} is a built-in model; it takes no family or flags")
-        return BUILTIN_MODELS[str(name_or_path)]().to(device)
     from . import zoo
 
     entry = zoo.get(str(name_or_path))

@@ -1,0 +1,166 @@
+"""``samplerkit models list|info|download|verify``: the model zoo from the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+from .. import download, zoo
+from ..errors import SamplerkitError
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def _known_size(entry: zoo.ZooEntry) -> int | None:
+    if entry.size is not None or entry.family == "builtin":
+        return entry.size
+    record = download.read_record(entry.local_path())
+    return record.get("size") if record else None
+
+
+def _sampler(rec: dict) -> str:
+    knobs = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("sampler", "steps"))
+    return " ".join(s for s in (rec.get("sampler", ""), str(rec.get("steps", "")), knobs) if s)
+
+
+def _as_dict(entry: zoo.ZooEntry) -> dict:
+    d = {k: v for k, v in asdict(entry).items() if k != "loader"}
+    d["urls"] = list(entry.urls)
+    d["cached"] = entry.is_cached()
+    path = entry.local_path()
+    d["local_path"] = str(path) if path else None
+    if d["size"] is None:
+        d["size"] = _known_size(entry)
+    d["sha256"] = entry.expected_sha256()
+    d["sha256_published"] = entry.sha256 is not None
+    return d
+
+
+@click.group("models")
+def command() -> None:
+    """Published checkpoints: list, inspect, download and verify the cache.
+
+    \b
+    Files are cached in $SAMPLERKIT_CACHE (default ~/.cache/samplerkit); with
+    SAMPLERKIT_OFFLINE=1 nothing is downloaded.
+    Examples:
+      samplerkit models list
+      samplerkit models info edm-cifar10-cond-vp
+      samplerkit models download adm-imagenet64 iddpm-cifar10
+      samplerkit models verify
+    """
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print every field of every entry as JSON.")
+def list_models(as_json: bool) -> None:
+    """Every named model: family, resolution, size, sha256, license, recommended sampler, URL."""
+    items = zoo.entries()
+    if as_json:
+        click.echo(json.dumps([_as_dict(e) for e in items], indent=1))
+        return
+    header = ("NAME", "FAMILY", "RES", "COND", "SIZE", "CACHED", "SHA256", "LICENSE", "RECOMMENDED", "URL")
+    rows = [header]
+    for e in items:
+        sha = e.expected_sha256()
+        rows.append((
+            e.name, e.family, str(e.resolution), "yes" if e.conditional else "no", _size(_known_size(e)),
+            "yes" if e.is_cached() else "no", sha[:12] if sha else "-", e.license.split(" (")[0],
+            _sampler(e.recommended), e.urls[0] if e.urls else "(built in)",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+
+
+@command.command("info")
+@click.argument("name")
+def info(name: str) -> None:
+    """Everything the zoo knows about NAME, including its upstream flags and cache path."""
+    e = zoo.get(name)
+    d = _as_dict(e)
+    flags = " ".join(f"--{k} {v}" for k, v in e.flags.items())
+    lines = [
+        ("name", e.name), ("family", e.family), ("dataset", e.dataset), ("resolution", e.resolution),
+        ("conditional", f"yes ({e.num_classes} classes)" if e.conditional else "no"),
+        ("training", f"T={e.T}, {e.schedule} schedule" if e.T else f"continuous time, {e.schedule}"),
+        ("recommended", _sampler(e.recommended)), ("flags", flags or "-"),
+        ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"), ("size", _size(d["size"])),
+        ("sha256", (d["sha256"] or "unknown") + ("" if d["sha256_published"] or not d["sha256"] else " (recorded)")),
+        ("license", e.license), ("source", e.source), ("cache", d["local_path"] or "-"),
+        ("cached", "yes" if d["cached"] else "no"), ("notes", e.notes or "-"),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + ':':13}{value}")
+
+
+@command.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def download_models(names: tuple[str, ...], no_progress: bool) -> None:
+    """Download NAMES into the cache (resumes a partial file; verifies sha256); prints each path."""
+    entries = [zoo.get(n) for n in names]
+    for e in entries:
+        if e.family == "builtin":
+            click.echo(f"{e.name}: built in, nothing to download")
+            continue
+        click.echo(str(e.download(progress=not no_progress)))
+
+
+@command.command("verify")
+@click.argument("names", nargs=-1)
+def verify(names: tuple[str, ...]) -> None:
+    """Re-hash cached files: OK, MISMATCH, MISSING (recorded but gone) or NEW (digest recorded now).
+
+    With NAMES, check those entries (an entry not in the cache is MISSING); without, every
+    cached zoo file and every other file with a download record in the cache dir.
+    """
+    cache = download.default_cache_dir()
+    targets: dict = {}  # path -> (label, url, expected sha256 or None)
+    for e in (zoo.get(n) for n in names) if names else zoo.entries():
+        if e.family == "builtin":
+            continue
+        path = e.local_path()
+        if names or path.is_file() or download.read_record(path):
+            targets[path] = (e.name, e.urls[0], e.expected_sha256())
+    if not names and cache.is_dir():
+        for rec in sorted(cache.glob("*.json")):
+            path = rec.with_name(rec.name[: -len(".json")])
+            record = download.read_record(path)
+            if record and path not in targets:
+                targets[path] = (path.name, record.get("url", ""), record["sha256"])
+    if not targets:
+        click.echo(f"nothing cached in {cache}")
+        return
+    bad = []
+    for path, (label, url, expected) in targets.items():
+        if not path.is_file():
+            status = "MISSING"
+        else:
+            actual = download.sha256_file(path)
+            if expected is None:
+                download.write_record(path, url, actual)
+                status = "NEW"
+            elif actual == expected:
+                download.write_record(path, url, actual)
+                status = "OK"
+            else:
+                status = "MISMATCH"
+        if status in ("MISSING", "MISMATCH"):
+            bad.append(f"{label} {status.lower()}")
+        click.echo(f"{status:9}{label:28}{path}")
+    if bad:
+        raise SamplerkitError(
+            f"{len(bad)} of {len(targets)} cache file(s) failed: {', '.join(bad)}; "
+            "re-download with `samplerkit models download NAME`"
+        )

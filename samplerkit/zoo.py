@@ -1,0 +1,343 @@
+"""The model zoo: one :class:`ZooEntry` per published checkpoint, by name.
+
+Names are ``<source>-<dataset>[-<variant>...]``, lowercase:
+
+* ``<source>`` is the release: ``adm`` (guided-diffusion, Dhariwal & Nichol 2021; and the ADM
+  baselines of the DDPM-IP release), ``adm-ip`` (DDPM-IP, ddpm-ip-icml2023.txt), ``iddpm``
+  (improved-diffusion, iddpm.txt), ``edm`` (EDM config F, edm.txt), ``vp`` / ``ve`` (EDM's
+  config-A baseline pickles: score-SDE DDPM++ / NCSN++, edm.txt Table 2 row A).
+* ``<dataset>`` carries the resolution only where the zoo holds that dataset at several
+  resolutions: ``imagenet32/64/128/256/512``, ``ffhq64/128``; but ``cifar10`` (32 px),
+  ``afhqv2`` (64), ``celeba`` (64), ``lsun-tower`` (64), ``lsun-bedroom/cat/horse`` (256).
+* Variants: ``-cond`` / ``-uncond`` where one release has both for a dataset (EDM names always
+  say which, as its pickles do); ``-vp`` / ``-ve`` for EDM's two architectures; ``-vlb`` for the
+  iDDPM L_vlb models; ``-pkl`` for EDM's re-pickled copy of a model the zoo also has as a
+  ``.pt`` (``adm-imagenet64-pkl``); other upstream distinctions spelled out (``-nodropout``).
+
+Flags of ``adm``/``iddpm`` entries use the upstream flag names and values of the release
+READMEs (architecture and diffusion flags only), except ``use_fp16``: the files hold fp32
+weights and the zoo loads them in fp32 (pass ``use_fp16=True`` to convert on a GPU).
+``sha256`` is given only where published; otherwise the digest of the first download is
+recorded next to the file and verified on later loads (see :mod:`samplerkit.download`).
+``recommended`` holds sampler settings in the keys of ``samplerkit sample`` (``sampler``,
+``steps`` and that sampler's options), taken from the release or its paper.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import download
+from .errors import SamplerkitError
+
+FAMILIES = ("adm", "iddpm", "edm", "builtin")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A published checkpoint: where it is, what it is, and how to load and sample it.
+
+    ``T`` and ``schedule`` describe the training noise process (``T=None`` for continuous-time
+    models; ``schedule`` "linear"/"cosine" for discrete DDPM schedules, "vp"/"ve"/"edm" for the
+    EDM pickles). ``loader`` (family "builtin" only) builds the model without a download.
+    """
+
+    name: str
+    family: str
+    urls: tuple[str, ...] = ()
+    filename: str = ""
+    size: int | None = None
+    sha256: str | None = None
+    license: str = ""
+    resolution: int = 0
+    conditional: bool = False
+    num_classes: int = 0
+    flags: dict[str, Any] = field(default_factory=dict)
+    T: int | None = None
+    schedule: str = ""
+    recommended: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    source: str = ""
+    notes: str = ""
+    loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+
+    def local_path(self, cache_dir: str | Path | None = None) -> Path | None:
+        """Where the checkpoint is (or will be) cached; None for a built-in model."""
+        if self.family == "builtin":
+            return None
+        return (Path(cache_dir).expanduser() if cache_dir else download.default_cache_dir()) / self.filename
+
+    def is_cached(self, cache_dir: str | Path | None = None) -> bool:
+        """True when the file is in the cache (always for a built-in model)."""
+        return self.family == "builtin" or self.local_path(cache_dir).is_file()
+
+    def expected_sha256(self, cache_dir: str | Path | None = None) -> str | None:
+        """The published sha256, else the one recorded at the first download, else None."""
+        if self.sha256 or self.family == "builtin":
+            return self.sha256
+        record = download.read_record(self.local_path(cache_dir))
+        return record["sha256"] if record else None
+
+    def download(self, progress: bool = True, cache_dir: str | Path | None = None) -> Path:
+        """Fetch the checkpoint into the cache (trying each URL in turn) and return its path."""
+        if self.family == "builtin":
+            raise SamplerkitError(f"{self.name} is a built-in model; there is nothing to download")
+        errors = []
+        for url in self.urls:
+            try:
+                return download.fetch(url, sha256=self.sha256, cache_dir=cache_dir, progress=progress,
+                                      filename=self.filename)
+            except SamplerkitError as err:
+                errors.append(str(err))
+        raise SamplerkitError(" | ".join(errors))
+
+    def load(self, device: Any = "cpu", family: str | None = None, **overrides: Any):
+        """Download (cached) and load as a denoiser D(x; sigma); ``overrides`` replace flags."""
+        if self.family == "builtin":
+            if family is not None or overrides:
+                raise SamplerkitError(f"{self.name} is a built-in model; it takes no family or flags")
+            return self.loader().to(device)
+        from .loading import load_file
+
+        path = self.download()
+        return load_file(path, family=family or self.family, device=device, **{**self.flags, **overrides})
+
+
+_REGISTRY: dict[str, ZooEntry] = {}
+
+
+def register(entry: ZooEntry, replace: bool = False) -> ZooEntry:
+    """Add ``entry`` to the zoo (``replace=True`` to overwrite a name); returns it."""
+    if not _NAME.match(entry.name):
+        raise SamplerkitError(f"zoo name {entry.name!r} must be lowercase letters, digits, '.' and '-'")
+    if entry.family not in FAMILIES:
+        raise SamplerkitError(f"zoo entry {entry.name}: family must be one of {', '.join(FAMILIES)}")
+    if entry.family == "builtin":
+        if entry.loader is None or entry.urls:
+            raise SamplerkitError(f"built-in zoo entry {entry.name} needs a loader and no urls")
+    elif not entry.urls or not entry.filename:
+        raise SamplerkitError(f"zoo entry {entry.name} needs urls and a filename")
+    if entry.name in _REGISTRY and not replace:
+        raise SamplerkitError(f"zoo name {entry.name} is taken; pass replace=True to overwrite it")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def get(name: str) -> ZooEntry:
+    """The entry called ``name``; an unknown name is an error listing the closest names."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=4, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise SamplerkitError(f"unknown model {name!r}; {hint}`samplerkit models list` shows them all")
+
+
+def entries() -> list[ZooEntry]:
+    """All entries, in registration order."""
+    return list(_REGISTRY.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# guided-diffusion (ADM): github.com/openai/guided-diffusion README, MIT license
+
+_GD = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+_GD_SOURCE = "https://github.com/openai/guided-diffusion#download-pre-trained-models"
+_GD_COMMON = dict(attention_resolutions="32,16,8", diffusion_steps=1000, learn_sigma=True, resblock_updown=True,
+                  use_scale_shift_norm=True, use_fp16=False)
+# guided-diffusion's sampling scripts use --timestep_respacing 250 for ImageNet, 1000 for LSUN
+_GD_IMAGENET_SAMPLER = {"sampler": "ancestral", "steps": 250, "variance": "learned"}
+_GD_LSUN_SAMPLER = {"sampler": "ancestral", "steps": 1000, "variance": "learned"}
+
+
+def _adm(name, filename, resolution, dataset, flags, recommended, notes="", num_classes=0):
+    cond = bool(flags.get("class_cond", False))
+    flags = {"image_size": resolution, **_GD_COMMON, "class_cond": cond, **flags}
+    register(ZooEntry(
+        name=name, family="adm", urls=(_GD + filename,), filename=filename, license="MIT",
+        resolution=resolution, conditional=cond, num_classes=num_classes if cond else 0, flags=flags,
+        T=flags["diffusion_steps"], schedule=flags["noise_schedule"], recommended=recommended,
+        dataset=dataset, source=_GD_SOURCE, notes=notes,
+    ))
+
+
+_adm("adm-imagenet64", "64x64_diffusion.pt", 64, "ImageNet 64x64",
+     dict(class_cond=True, dropout=0.1, noise_schedule="cosine", num_channels=192, num_head_channels=64,
+          num_res_blocks=3, use_new_attention_order=True),
+     _GD_IMAGENET_SAMPLER, "ADM, FID 2.07 (guided-diffusion README)", 1000)
+_adm("adm-imagenet128", "128x128_diffusion.pt", 128, "ImageNet 128x128",
+     dict(class_cond=True, noise_schedule="linear", num_channels=256, num_heads=4, num_res_blocks=2),
+     _GD_IMAGENET_SAMPLER, "ADM, FID 2.97 unguided", 1000)
+_adm("adm-imagenet256", "256x256_diffusion.pt", 256, "ImageNet 256x256",
+     dict(class_cond=True, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
+     _GD_IMAGENET_SAMPLER, "ADM, FID 4.59 unguided", 1000)
+_adm("adm-imagenet256-uncond", "256x256_diffusion_uncond.pt", 256, "ImageNet 256x256",
+     dict(class_cond=False, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
+     _GD_IMAGENET_SAMPLER, "ADM trained without labels (upstream pairs it with classifier guidance)")
+_adm("adm-imagenet512", "512x512_diffusion.pt", 512, "ImageNet 512x512",
+     dict(class_cond=True, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
+     _GD_IMAGENET_SAMPLER, "ADM, FID 7.72 unguided", 1000)
+for _cls, _fid in (("bedroom", 1.90), ("cat", 5.57), ("horse", 2.57)):
+    _adm(f"adm-lsun-{_cls}", f"lsun_{_cls}.pt", 256, f"LSUN {_cls} 256x256",
+         dict(dropout=0.1, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
+         _GD_LSUN_SAMPLER, f"ADM, FID {_fid}; upstream's best samples use 1000 steps")
+_adm("adm-lsun-horse-nodropout", "lsun_horse_nodropout.pt", 256, "LSUN horse 256x256",
+     dict(dropout=0.0, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
+     _GD_LSUN_SAMPLER, "LSUN horse trained without dropout")
+
+
+# ---------------------------------------------------------------------------------------------
+# improved-diffusion (iDDPM): github.com/openai/improved-diffusion README, MIT license
+
+_ID = "https://openaipublic.blob.core.windows.net/diffusion/march-2021/"
+_ID_SOURCE = "https://github.com/openai/improved-diffusion#models-and-hyperparameters"
+# model_and_diffusion_defaults() of improved-diffusion, the values that shape the network
+_ID_DEFAULTS = dict(num_heads=4, attention_resolutions="16,8", dropout=0.0, class_cond=False,
+                    use_scale_shift_norm=True, rescale_timesteps=True)
+# iddpm.txt Sec. 4: L_hybrid models reach near-optimal FID with 100 respaced ancestral steps
+_ID_SAMPLER = {"sampler": "ancestral", "steps": 100, "variance": "learned"}
+
+
+def _iddpm(name, filename, resolution, dataset, flags, notes="", recommended=_ID_SAMPLER, num_classes=0):
+    flags = {**_ID_DEFAULTS, "image_size": resolution, "learn_sigma": True, **flags}
+    cond = bool(flags["class_cond"])
+    register(ZooEntry(
+        name=name, family="iddpm", urls=(_ID + filename,), filename=filename, license="MIT",
+        resolution=resolution, conditional=cond, num_classes=num_classes if cond else 0, flags=flags,
+        T=flags["diffusion_steps"], schedule=flags["noise_schedule"], recommended=dict(recommended),
+        dataset=dataset, source=_ID_SOURCE, notes=notes,
+    ))
+
+
+_iddpm("iddpm-cifar10", "cifar10_uncond_50M_500K.pt", 32, "CIFAR-10",
+       dict(num_channels=128, num_res_blocks=3, dropout=0.3, diffusion_steps=4000, noise_schedule="cosine"),
+       "L_hybrid, cosine schedule, 500K iterations")
+_iddpm("iddpm-cifar10-vlb", "cifar10_uncond_vlb_50M_500K.pt", 32, "CIFAR-10",
+       dict(num_channels=128, num_res_blocks=3, dropout=0.3, diffusion_steps=4000, noise_schedule="cosine"),
+       "L_vlb (best log-likelihood), cosine schedule", {"sampler": "ancestral", "steps": 4000, "variance": "learned"})
+_iddpm("iddpm-imagenet64", "imagenet64_uncond_100M_1500K.pt", 64, "ImageNet 64x64",
+       dict(num_channels=128, num_res_blocks=3, diffusion_steps=4000, noise_schedule="cosine"),
+       "unconditional, L_hybrid, cosine schedule, 1.5M iterations")
+_iddpm("iddpm-imagenet64-vlb", "imagenet64_uncond_vlb_100M_1500K.pt", 64, "ImageNet 64x64",
+       dict(num_channels=128, num_res_blocks=3, diffusion_steps=4000, noise_schedule="cosine"),
+       "unconditional, L_vlb (best log-likelihood)", {"sampler": "ancestral", "steps": 4000, "variance": "learned"})
+_iddpm("iddpm-imagenet64-cond", "imagenet64_cond_270M_250K.pt", 64, "ImageNet 64x64",
+       dict(num_channels=192, num_res_blocks=3, class_cond=True, diffusion_steps=4000, noise_schedule="cosine",
+            rescale_timesteps=False),
+       "class-conditional, 270M parameters, 250K iterations", num_classes=1000)
+_iddpm("iddpm-lsun-bedroom", "lsun_uncond_100M_1200K_bs128.pt", 256, "LSUN bedroom 256x256",
+       dict(num_channels=128, num_res_blocks=2, num_heads=1, use_scale_shift_norm=False, attention_resolutions="16",
+            diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False),
+       "lr 1e-4, batch 128, 1.2M iterations")
+_iddpm("iddpm-lsun-bedroom-lr2e-5", "lsun_uncond_100M_2400K_bs64.pt", 256, "LSUN bedroom 256x256",
+       dict(num_channels=128, num_res_blocks=2, num_heads=1, use_scale_shift_norm=False, attention_resolutions="16",
+            diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False),
+       "lr 2e-5, 2.4M iterations")
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM: github.com/NVlabs/edm README, CC BY-NC-SA 4.0
+
+_EDM = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+_EDM_SOURCE = "https://github.com/NVlabs/edm#pre-trained-models"
+_EDM_LICENSE = "CC BY-NC-SA 4.0"
+# EDM README: CIFAR-10 deterministic 18 steps (NFE 35); FFHQ/AFHQv2 deterministic 40 (NFE 79);
+# ImageNet stochastic 256 steps with S_churn 40, S_min 0.05, S_max 50, S_noise 1.003
+_HEUN18 = {"sampler": "heun", "steps": 18}
+_HEUN40 = {"sampler": "heun", "steps": 40}
+_EDM_IMAGENET = {"sampler": "stochastic", "steps": 256, "S_churn": 40, "S_min": 0.05, "S_max": 50, "S_noise": 1.003}
+
+
+def _edm(name, stem, resolution, dataset, recommended, schedule, cond=False, num_classes=0, baseline=False,
+         license=_EDM_LICENSE, notes=""):
+    url = _EDM + ("baseline/" if baseline else "") + stem + ".pkl"
+    register(ZooEntry(
+        name=name, family="edm", urls=(url,), filename=stem + ".pkl", license=license, resolution=resolution,
+        conditional=cond, num_classes=num_classes if cond else 0, T=1000 if schedule in ("linear", "cosine") else None,
+        schedule=schedule, recommended=dict(recommended), dataset=dataset, source=_EDM_SOURCE, notes=notes,
+    ))
+
+
+for _c in ("cond", "uncond"):
+    for _a, _arch in (("vp", "DDPM++"), ("ve", "NCSN++")):
+        _edm(f"edm-cifar10-{_c}-{_a}", f"edm-cifar10-32x32-{_c}-{_a}", 32, "CIFAR-10", _HEUN18, "edm",
+             cond=_c == "cond", num_classes=10, notes=f"EDM config F, {_arch}")
+for _d, _dataset in (("ffhq", "FFHQ 64x64"), ("afhqv2", "AFHQv2 64x64")):
+    for _a, _arch in (("vp", "DDPM++"), ("ve", "NCSN++")):
+        _tag = "ffhq64" if _d == "ffhq" else _d
+        _edm(f"edm-{_tag}-uncond-{_a}", f"edm-{_d}-64x64-uncond-{_a}", 64, _dataset, _HEUN40, "edm",
+             notes=f"EDM config F, {_arch}")
+_edm("edm-imagenet64-cond", "edm-imagenet-64x64-cond-adm", 64, "ImageNet 64x64", _EDM_IMAGENET, "edm",
+     cond=True, num_classes=1000, notes="EDM config F, ADM architecture retrained; FID 1.36")
+
+# config-A baselines, evaluated with EDM's deterministic sampler in edm.txt Table 2 (NFE 35 / 79)
+_SONG = "CC BY-NC-SA 4.0 (derived from score_sde models shared under Apache-2.0)"
+_edm("vp-cifar10", "baseline-cifar10-32x32-uncond-vp", 32, "CIFAR-10", _HEUN18, "vp", baseline=True,
+     license=_SONG, notes="score-SDE DDPM++ (VP), converted by EDM; continuous time")
+_edm("ve-cifar10", "baseline-cifar10-32x32-uncond-ve", 32, "CIFAR-10", _HEUN18, "ve", baseline=True,
+     license=_SONG, notes="score-SDE NCSN++ (VE), converted by EDM; continuous time")
+for _d, _tag, _dataset in (("ffhq", "ffhq64", "FFHQ 64x64"), ("afhqv2", "afhqv2", "AFHQv2 64x64")):
+    for _a in ("vp", "ve"):
+        _edm(f"{_a}-{_tag}", f"baseline-{_d}-64x64-uncond-{_a}", 64, _dataset, _HEUN40, _a, baseline=True,
+             notes=f"EDM config A ({_a.upper()} baseline training setup)")
+_edm("adm-imagenet64-pkl", "baseline-imagenet-64x64-cond-adm", 64, "ImageNet 64x64",
+     {**_EDM_IMAGENET, "S_churn": 80}, "cosine", cond=True, num_classes=1000, baseline=True,
+     license="CC BY-NC-SA 4.0 (derived from the MIT-licensed guided-diffusion model)",
+     notes="guided-diffusion 64x64_diffusion.pt as an EDM pickle (iDDPM preconditioning); "
+           "stochastic settings of EDM App. E.2 for this model (FID 1.55)")
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM-IP: github.com/forever208/DDPM-IP README (repository MIT license); flags of its training
+# commands = ddpm-ip-icml2023.txt Tab. 9. All trained with T=1000, cosine schedule.
+
+_IP_SOURCE = "https://github.com/forever208/DDPM-IP#download-adm-ip-models-and-adm-base-models"
+_IP_32 = dict(image_size=32, num_channels=128, num_head_channels=32, num_res_blocks=3, attention_resolutions="16,8",
+              dropout=0.3)
+_IP_64 = dict(image_size=64, num_channels=192, num_head_channels=64, num_res_blocks=3,
+              attention_resolutions="32,16,8", dropout=0.1)
+_IP_128 = dict(image_size=128, num_channels=256, num_head_channels=64, num_res_blocks=3,
+               attention_resolutions="32,16,8", dropout=0.1)
+_IP_COMMON = dict(resblock_updown=True, use_new_attention_order=True, learn_sigma=True, use_scale_shift_norm=True,
+                  class_cond=False, use_fp16=False, diffusion_steps=1000, noise_schedule="cosine")
+
+
+def _ip(name, drive_id, dataset, arch, steps, fid, notes=""):
+    flags = {**arch, **_IP_COMMON}
+    what = "ADM-IP (input perturbation, gamma 0.1)" if name.startswith("adm-ip") else "ADM baseline"
+    register(ZooEntry(
+        name=name, family="adm", urls=(f"https://drive.google.com/file/d/{drive_id}/view?usp=sharing",),
+        filename=f"{name}.pt", license="MIT", resolution=arch["image_size"], flags=flags, T=1000,
+        schedule="cosine", recommended={"sampler": "ancestral", "steps": steps, "variance": "learned"},
+        dataset=dataset, source=_IP_SOURCE,
+        notes=f"{what}; FID {fid} at {steps} steps (ddpm-ip Tab. 3){'; ' + notes if notes else ''}",
+    ))
+
+
+_ip("adm-ip-cifar10", "107CyhiRazNZWkksvoyYRLn71Pcs5FOBo", "CIFAR-10", _IP_32, 300, 2.67,
+    "the README's training command uses input_pertub 0.15")
+_ip("adm-cifar10", "1m-a3WqfpMTibzuTC2om046yWQr20GT0I", "CIFAR-10", _IP_32, 300, 2.95)
+_ip("adm-ip-imagenet32", "1FFUJDk-__9y9DnAG6DKDx5W7LgEIuJyk", "ImageNet 32x32 (unconditional)", _IP_32, 300, 2.74)
+_ip("adm-ip-lsun-tower", "1QUaY94bSAiTdGu5T_GtdIXMvGT3X1GMy", "LSUN tower 64x64", _IP_64, 300, 2.60)
+_ip("adm-lsun-tower", "1_7gLg44qP4v5bgJNvSo65MtXDZ3xXW39", "LSUN tower 64x64", _IP_64, 300, 3.31)
+_ip("adm-ip-celeba", "1Us9zKaIMh8dDlAZVXt3hR2FQYwhxEPYk", "CelebA 64x64", _IP_64, 1000, 1.31)
+_ip("adm-ip-ffhq128", "1cadXgH2YYVGGi5os-h6oQAp_8XCTURc7", "FFHQ 128x128", _IP_128, 1000, 2.98)
+_ip("adm-ffhq128", "1P5Kgyyqp4Zv1RiW116MgBmeX299bGcDw", "FFHQ 128x128", _IP_128, 300, 9.55)
+
+
+# ---------------------------------------------------------------------------------------------
+# models shipped with samplerkit (samplerkit/builtin.py): nothing to download
+
+def _register_builtin() -> None:
+    from .builtin import BUILTIN_INFO, BUILTIN_MODELS
+
+    for name, loader in BUILTIN_MODELS.items():
+        register(ZooEntry(name=name, family="builtin", loader=loader, source="samplerkit", **BUILTIN_INFO[name]))
+
+
+_register_builtin()
