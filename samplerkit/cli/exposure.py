@@ -1,0 +1,207 @@
+"""``samplerkit exposure-bias``: the exposure-bias report of ddpm-ip-icml2023.txt (Sec. 4, 5.3, App. A.1, A.5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from .. import exposure
+from ..builtin import DEFAULT_MODEL
+from ..errors import SamplerkitError
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise SamplerkitError(f"bad {what} {text!r}; use comma-separated integers like 100,300,600,1000") from None
+    if not values:
+        raise SamplerkitError(f"{what} is empty; use e.g. 100,300,600,1000")
+    return values
+
+
+def parse_flags(flags: tuple[str, ...]) -> dict[str, str]:
+    """``--flag KEY=VALUE`` (repeatable) -> keyword arguments for :func:`samplerkit.load`."""
+    out = {}
+    for item in flags:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SamplerkitError(f"bad --flag {item!r}; use --flag KEY=VALUE, e.g. --flag num_channels=128")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _sha256(name: str) -> str:
+    if Path(name).is_file():
+        return exposure.file_sha256(name)
+    try:
+        from .. import zoo
+
+        return zoo.get(name).expected_sha256() or ""
+    except (ImportError, AttributeError, SamplerkitError):
+        return ""
+
+
+def _load_models(names, family, flags, preset, device) -> list[exposure.ModelSpec]:
+    from ..loading import load
+
+    kwargs = parse_flags(flags)
+    if preset:
+        kwargs["preset"] = preset
+    specs = []
+    for name in names:
+        net = load(name, family=family, device=device, **kwargs)
+        specs.append(exposure.ModelSpec(name, net.eval(), _sha256(name)))
+    return specs
+
+
+def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
+    """The first n images of the source as [-1, 1] NCHW float64 at the models' resolution, and labels."""
+    from ..data import open_source, to_model_space
+    from ..data import resize as resize_images
+
+    resolutions = {int(getattr(s.net, "img_resolution", 0)) for s in specs} - {0}
+    if len(resolutions) > 1:
+        raise SamplerkitError(f"the models have different resolutions {sorted(resolutions)}; run them separately")
+    for s in specs:
+        if getattr(s.net, "img_channels", 3) != 3:
+            raise SamplerkitError(f"{s.name} has {s.net.img_channels} channels; the data sources are RGB (3 channels)")
+    src = open_source(data)
+    if n > len(src):
+        log(f"note: {data} holds {len(src)} images; using all of them instead of {n}")
+        n = len(src)
+    resolution = resolutions.pop() if resolutions else src.resolution
+    if src.resolution != resolution and not resize:
+        raise SamplerkitError(f"{data} has {src.resolution}x{src.resolution} images but the model expects "
+                              f"{resolution}x{resolution}; drop --no-resize to centre-crop and resize them")
+    chunks, labels = [], []
+    for images, lab in src.batches(256, limit=n):
+        chunks.append(to_model_space(resize_images(images, resolution) if resize else images).double())
+        labels.append(lab)
+    x0 = torch.cat(chunks)
+    lab = np.concatenate(labels) if all(v is not None for v in labels) else None
+    label_dim = max(int(getattr(s.net, "label_dim", 0)) for s in specs)
+    if label_dim == 0:
+        return x0, None
+    if lab is None or int(lab.max()) >= label_dim:
+        log(f"note: {data} has no usable class labels for a {label_dim}-class model; "
+            f"drawing them at random (seed {seed})")
+        lab = np.random.default_rng([seed, 1]).integers(label_dim, size=n)
+    return x0, torch.as_tensor(lab, dtype=torch.int64)
+
+
+def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
+    modes = tuple(dict.fromkeys(m.strip() for v in values for m in v.split(",") if m.strip()))
+    return modes or ("delta",)
+
+
+def _fid_features(device):
+    """(features(uint8 NHWC) -> [n, 2048], None) from samplerkit.fid's Inception network."""
+    try:
+        from .. import fid
+    except ImportError:
+        raise SamplerkitError("the fid mode needs samplerkit.fid, which this installation lacks") from None
+    return fid.inception_features(device=device)
+
+
+def _fid_reference(path: str | None):
+    if path is None:
+        return None
+    try:
+        with np.load(path) as f:
+            return f["mu"], f["sigma"]
+    except (OSError, KeyError, ValueError) as e:
+        raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
+
+
+@click.command(name="exposure-bias", context_settings={"max_content_width": 100})
+@click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+              help="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and ADM-IP) in one table.")
+@click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
+              help="Network family of a local .pt.")
+@click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
+              help="Upstream architecture flag of a local .pt (repeatable).")
+@click.option("--preset", default=None, help="Zoo entry whose flags a local .pt uses (plus --flag overrides).")
+@click.option("--data", default="builtin:shapes32", show_default=True,
+              help="Real images: folder, .zip, .npz or builtin:shapes32.")
+@click.option("--t", "t_values", default="100,300,600,1000", show_default=True,
+              help="Chain lengths t for delta and fid.")
+@click.option("--num-images", type=int, default=100, show_default=True,
+              help="Real images x0 (the first N of --data).")
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every eps and sampler noise.")
+@click.option("--mode", "modes", multiple=True, default=("delta",), show_default=True,
+              help="delta | fid | nu | normality; repeatable or comma-separated.")
+@click.option("--respacing", default=None, help="Respace the chain first (iDDPM Sec. 4): 'K', 'ddimK' or '10,15,20'.")
+@click.option("--ref", "reference", default="linear:1000", show_default=True,
+              help="Reference DDPM schedule NAME[:T] for models without a discrete chain (EDM/VP/VE, analytic).")
+@click.option("--stride", type=int, default=10, show_default=True,
+              help="t grid of nu and normality: stride, 2 stride, ..., T.")
+@click.option("--clip-denoised/--no-clip-denoised", default=False, show_default=True,
+              help="Clip x0_hat to [-1, 1] at every step (Alg. 2 and 4 do not).")
+@click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
+              help="Variance of the fid mode's ancestral steps "
+                   "[default: learned if the model has it, else fixedsmall].")
+@click.option("--fid-ref", default=None, type=click.Path(dir_okay=False),
+              help="npz with Inception 'mu' and 'sigma' to compare against instead of the x0 set.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
+              help="CSV of all rows; resumes from it.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="delta_t vs t PNG; other modes go beside it as <stem>-<mode>.png.")
+@click.option("--pairs", "pairs_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for (x0, x0_hat) PNGs.")
+@click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
+def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
+            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, quiet):
+    """Measure exposure bias (Ning et al. 2023): delta_t of Alg. 4 / Tab. 6, the FID variant of
+    Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
+
+    Discrete eps-models run on their own T-step chain; other models on the reference schedule
+    (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t).
+
+    \b
+    Examples:
+      samplerkit exposure-bias --num-images 64 --t 10,50,100,300 --csv eb.csv --plot eb.png
+      samplerkit exposure-bias --model adm.pt --model adm-ip.pt --family adm --preset adm-cifar10 \\
+          --data cifar10-train.zip --t 100,300,600,1000 --csv eb.csv --plot eb.png --pairs pairs/
+      samplerkit exposure-bias --mode nu,normality --stride 10 --num-images 256 --plot nu.png
+    """
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    if num_images < 1:
+        raise SamplerkitError(f"--num-images must be >= 1, got {num_images}")
+    settings = exposure.Settings(modes=_modes(modes), t_values=_int_list(t_values, "--t"),
+                                 batch=batch, seed=seed, respacing=respacing, reference=reference, stride=stride,
+                                 clip_denoised=clip_denoised, variance=variance,
+                                 data=data + (";noresize" if no_resize else ""))
+    specs = _load_models(models, family, flags, preset, device)
+    exposure.plan(specs, num_images, settings)  # bad t values fail before any data is read
+    x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
+    features = real = None
+    if "fid" in settings.modes:
+        features = _fid_features(device)
+        real = _fid_reference(fid_ref)
+    report = exposure.run(specs, x0, labels, settings, csv_path=csv_path, features=features, real_features=real,
+                          device=device, log=log, show_progress=not quiet)
+    for mode in settings.modes:
+        text = exposure.table(report.current, mode)
+        if text:
+            click.echo(text)
+    for name, g in report.gamma.items():
+        click.echo(exposure.gamma_text(name, g))
+    if plot_path:
+        for mode in settings.modes:
+            if exposure.plot(report.current, mode, exposure.companion_path(plot_path, mode)):
+                log(f"wrote {exposure.companion_path(plot_path, mode)}")
+        hist = exposure.companion_path(plot_path, "histograms")
+        if exposure.plot_histograms(report.histograms, hist):
+            log(f"wrote {hist}")
+    if pairs_dir and report.pairs:
+        written = exposure.save_pairs(report.pairs, pairs_dir)
+        log(f"wrote {len(written)} image-pair PNGs to {pairs_dir}")
+    if csv_path:
+        log(f"wrote {csv_path}")

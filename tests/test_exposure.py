@@ -1,0 +1,249 @@
+"""Exposure-bias harness (ddpm-ip Sec. 4, 5.3, App. A.1, A.5) against exact denoisers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samplerkit as sk
+from adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
+from samplerkit import diffusion
+from samplerkit import exposure as ex
+from samplerkit.cli import main
+from samplerkit.data import to_uint8
+
+REF = ex.reference_alphas_cumprod("linear:1000")
+REF100 = ex.reference_alphas_cumprod("linear:100")
+
+
+def _discrete(eps_fn, T: int, resolution: int) -> sk.DiscreteEpsDenoiser:
+    ab = torch.as_tensor(diffusion.alphas_cumprod(diffusion.linear_betas(T)))
+    return sk.DiscreteEpsDenoiser(eps_fn, ab, img_channels=3, img_resolution=resolution, dtype=torch.float64)
+
+
+def _exact_eps(den, ab):
+    """eps_fn of the exact model: eps = (x - D(x; sigma)) / sigma with x = x_t / sqrt(abar)."""
+
+    def eps_fn(x_t, t, labels=None):
+        a = ab[t].reshape(-1, 1, 1, 1).to(x_t)
+        sigma = ((1 - a) / a).sqrt()
+        x = x_t / a.sqrt()
+        return (x - den(x, sigma.flatten())) / sigma
+
+    return eps_fn
+
+
+def _single_image_models():
+    y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    continuous = FiniteSetDenoiser(y)
+    discrete = _discrete(_exact_eps(continuous, REF100), 100, 8)
+    return y, {"continuous": continuous, "discrete": discrete}
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_exact_single_image_denoiser_has_zero_delta_for_every_t(kind):
+    y, models = _single_image_models()
+    settings = ex.Settings(modes=("delta",), t_values=(1, 10, 60, 100), reference="linear:100", batch=4)
+    report = ex.run([ex.ModelSpec(kind, models[kind])], y.repeat(4, 1, 1, 1), None, settings, log=lambda s: None,
+                    show_progress=False)
+    deltas = {r["t"]: r["delta_mean"] for r in report.current}
+    assert set(deltas) == {1, 10, 60, 100}
+    assert max(deltas.values()) < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_exact_single_image_denoiser_has_zero_nu(kind):
+    y, models = _single_image_models()
+    settings = ex.Settings(modes=("nu",), stride=10, reference="linear:100", batch=8)
+    report = ex.run([ex.ModelSpec(kind, models[kind])], y.repeat(8, 1, 1, 1), None, settings, log=lambda s: None,
+                    show_progress=False)
+    assert len(report.current) == 10
+    assert max(r["nu"] for r in report.current) < 1e-9
+
+
+def test_delta_grows_with_t_and_with_the_eps_error():
+    """Tab. 1 / Tab. 6 shape: a constant bias b u added to the exact eps of an image set makes
+    delta_t grow with t, and grow less for the smaller bias. The images lie on a line along u,
+    so the accumulated drift b u (sigma_t - sigma) carries the chain to other images."""
+    g = torch.Generator().manual_seed(0)
+    u = (torch.randint(0, 2, (1, 3, 4, 4), generator=g) * 2 - 1).to(torch.float64)
+    images = torch.stack([(j - 3.5) * 1.9 * u[0] / math.sqrt(48) for j in range(8)])
+    ideal = FiniteSetDenoiser(images)
+    ab = torch.as_tensor(diffusion.alphas_cumprod(diffusion.linear_betas(100)))
+
+    def biased(b):
+        exact = _exact_eps(ideal, ab)
+        return _discrete(lambda x_t, t, labels=None: exact(x_t, t) + b * u, 100, 4)
+
+    specs = [ex.ModelSpec("small-error", biased(0.05)), ex.ModelSpec("large-error", biased(0.2))]
+    settings = ex.Settings(modes=("delta",), t_values=(10, 20, 50, 70), batch=16)
+    report = ex.run(specs, images[2:6].repeat(4, 1, 1, 1), None, settings, log=lambda s: None, show_progress=False)
+    delta = {(r["model"], r["t"]): r["delta_mean"] for r in report.current}
+    for name in ("small-error", "large-error"):
+        curve = [delta[name, t] for t in (10, 20, 50, 70)]
+        assert all(a < b for a, b in zip(curve, curve[1:], strict=False)), (name, curve)
+    assert all(delta["small-error", t] < delta["large-error", t] for t in (10, 20, 50, 70))
+
+
+def _some_eps_net(T=1000):
+    return _discrete(lambda x_t, t, labels=None: torch.tanh(x_t) * 0.7 + 1e-3 * t.reshape(-1, 1, 1, 1), T, 4)
+
+
+def _alg4_line6(net, x, t):
+    """x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps(x_t, t)), t 1-based."""
+    abar = net.alphas_cumprod
+    alpha = abar[t - 1] / (abar[t - 2] if t > 1 else 1.0)
+    eps = net.eps_fn(x, torch.full((x.shape[0],), t - 1), None)
+    return (x - (1 - alpha) / (1 - abar[t - 1]).sqrt() * eps) / alpha.sqrt()
+
+
+@pytest.mark.parametrize("t", [1, 2, 500, 1000])
+def test_one_chain_step_is_alg4_line6(t):
+    net = _some_eps_net()
+    x = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+    chain = diffusion.Chain.from_alpha_bar(net.alphas_cumprod)
+    step = ex.ddpm_mean_step(net, x, t - 1, chain)
+    assert torch.allclose(step, _alg4_line6(net, x, t), rtol=1e-10, atol=1e-10)
+
+
+def test_chain_of_five_steps_iterates_alg4_line6():
+    net = _some_eps_net()
+    x = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = x
+    for t in range(5, 0, -1):
+        expected = _alg4_line6(net, expected, t)
+    assert torch.allclose(ex.ddpm_mean_chain(net, x, 5, net.alphas_cumprod), expected, rtol=1e-10, atol=1e-10)
+
+
+def _gaussian_models(mean=0.1, std=0.5):
+    gauss = GaussianDenoiser(mean, std, img_channels=3, img_resolution=8)
+    discrete = _discrete(lambda x_t, t, labels=None: gauss.eps(x_t, REF[t]), 1000, 8)
+    return gauss, {"continuous": gauss, "discrete": discrete}
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_nu_of_the_exact_gaussian_model_is_the_posterior_std(kind):
+    """y ~ N(mu, s^2), x = y + sigma n: e = E[y | x] - y ~ N(0, s^2 sigma^2 / (s^2 + sigma^2))."""
+    mu, s = 0.1, 0.5
+    _, models = _gaussian_models(mu, s)
+    x0 = mu + s * torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    settings = ex.Settings(modes=("nu",), batch=64)
+    for t in (20, 200, 500, 900):
+        stats, _ = ex.measure(ex.ModelSpec(kind, models[kind]), "nu", t, x0, None, settings)
+        sigma2 = float((1 - REF[t - 1]) / REF[t - 1])
+        exact = math.sqrt(s**2 * sigma2 / (s**2 + sigma2))
+        # 12288 values: relative standard error of a std estimate 1/sqrt(2 * 12288) = 0.64 %
+        assert stats["nu"] == pytest.approx(exact, rel=0.03)
+
+
+def test_shapiro_wilk_rejects_about_five_percent_of_exactly_gaussian_errors():
+    """App. A.5 on the Gaussian test bed, where e_t is exactly normal: with 3 t values x 768
+    independent pixels = 2304 tests at alpha = 0.05 the rejection rate has binomial standard
+    deviation sqrt(0.05 * 0.95 / 2304) = 0.0045; the tolerance is 0.02 (4.4 sigma)."""
+    gauss = GaussianDenoiser(0.1, 0.5, img_channels=3, img_resolution=16)
+    settings = ex.Settings(modes=("normality",), batch=50)
+    rejected = tests = 0
+    for t in (100, 400, 800):
+        x0 = 0.1 + 0.5 * torch.randn(50, 3, 16, 16, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        stats, _ = ex.measure(ex.ModelSpec("gauss", gauss), "normality", t, x0, None, settings)
+        rejected += stats["sw_reject_rate"] * stats["sw_tests"]
+        tests += stats["sw_tests"]
+    assert tests == 2304
+    assert abs(rejected / tests - 0.05) < 0.02
+
+
+def test_shapiro_wilk_rejects_uniform_errors_mostly():
+    errors = torch.rand(50, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rejected, tests = ex.shapiro_rejections(errors, 50, 0.05, np.random.default_rng(0))
+    assert rejected / tests > 0.5
+
+
+def test_gamma_rule_is_the_range_up_to_the_mean_nu():
+    g = ex.gamma_from_nu([250, 500, 750, 1000], [0.0, 0.1, 0.3, 0.4], 1000)
+    assert (g["gamma_low"], g["gamma_high"], g["gamma_mid"]) == pytest.approx((0.0, 0.2, 0.1))
+    assert (g["nu_last_half_min"], g["nu_last_half_max"]) == (0.0, 0.1)
+
+
+def test_fid_of_an_exact_ideal_denoiser_from_small_t_is_zero():
+    """From x_t at t = 3 the ideal denoiser of the x0 set returns every x0 exactly, so the x0_hat
+    set equals the real set and its FID (here on 4 pixel features) is 0."""
+    y, _ = _single_image_models()
+    x0 = (y.repeat(6, 1, 1, 1) + 0.1 * torch.arange(6, dtype=torch.float64).reshape(-1, 1, 1, 1)).clamp(-1, 1)
+
+    def features(u8):
+        return u8.reshape(len(u8), -1)[:, :4].astype(np.float64)
+
+    settings = ex.Settings(modes=("fid",), t_values=(3,), batch=6)
+    real = ex._feature_stats(features(to_uint8(x0.float())))
+    stats, _ = ex.measure(ex.ModelSpec("m", FiniteSetDenoiser(x0)), "fid", 3, x0, None, settings,
+                          features=features, real_features=real)
+    assert stats["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rows_already_in_the_csv_are_not_recomputed(tmp_path, monkeypatch):
+    y, models = _single_image_models()
+    spec = ex.ModelSpec("one", models["continuous"])
+    settings = ex.Settings(modes=("delta",), t_values=(2, 5), batch=2)
+    csv_path = tmp_path / "eb.csv"
+    ex.run([spec], y.repeat(2, 1, 1, 1), None, settings, csv_path=csv_path, log=lambda s: None, show_progress=False)
+    first = csv_path.read_text()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(ex, "measure", fail)
+    report = ex.run([spec], y.repeat(2, 1, 1, 1), None, settings, csv_path=csv_path, log=lambda s: None,
+                    show_progress=False)
+    assert csv_path.read_text() == first
+    assert [int(r["t"]) for r in report.current] == [2, 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _cli(capsys, *args):
+    try:
+        main(["exposure-bias", "--quiet", *args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def _one_line_error(code, out) -> str:
+    assert code != 0
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    return lines[0]
+
+
+def test_cli_rejects_t_beyond_the_chain(capsys):
+    line = _one_line_error(*_cli(capsys, "--t", "100,2000", "--num-images", "2"))
+    assert "t=2000" in line
+
+
+def test_cli_rejects_wrong_image_size_without_resizing(tmp_path, capsys):
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    line = _one_line_error(*_cli(capsys, "--data", str(tmp_path), "--no-resize", "--t", "2", "--num-images", "2"))
+    assert "16x16" in line and "32x32" in line
+
+
+def test_cli_rejects_an_empty_dataset(tmp_path, capsys):
+    line = _one_line_error(*_cli(capsys, "--data", str(tmp_path), "--t", "2", "--num-images", "2"))
+    assert "no images" in line
+
+
+def test_cli_writes_csv_plot_and_pairs(tmp_path, capsys):
+    code, out = _cli(capsys, "--data", "builtin:shapes32?n=4", "--t", "2,4", "--num-images", "4",
+                     "--csv", str(tmp_path / "eb.csv"), "--plot", str(tmp_path / "eb.png"),
+                     "--pairs", str(tmp_path / "pairs"))
+    assert code == 0, out.err
+    rows = (tmp_path / "eb.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("model,sha256,mode,t,")
+    assert (tmp_path / "eb.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["shapes32-ideal-delta-t2.png",
+                                                                      "shapes32-ideal-delta-t4.png"]
