@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-ATTENTION_BACKENDS = ("sdpa", "einsum")
+ATTENTION_BACKENDS = ("einsum", "sdpa")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -47,6 +47,13 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+class SigmoidSiLU(nn.Module):
+    """x * sigmoid(x) written out, as improved-diffusion computes it (rounds unlike the fused nn.SiLU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
 
 
 class TimestepSequential(nn.Sequential):
@@ -99,14 +106,13 @@ class ResBlock(nn.Module):
         up: bool = False,
         down: bool = False,
         use_checkpoint: bool = False,
+        act: type[nn.Module] = nn.SiLU,
     ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
-        )
+        self.in_layers = nn.Sequential(GroupNorm32(channels), act(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -115,11 +121,11 @@ class ResBlock(nn.Module):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+            act(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
             GroupNorm32(out_channels),
-            nn.SiLU(),
+            act(),
             nn.Dropout(p=dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
@@ -158,8 +164,9 @@ class AttentionBlock(nn.Module):
     ``qkv`` is a 1x1 Conv1d to 3C channels. ``new_order=False`` (guided-diffusion's
     QKVAttentionLegacy, improved-diffusion's only order) reads those channels as
     [head][q|k|v][ch]; ``new_order=True`` (QKVAttention) reads them as [q|k|v][head][ch].
-    ``backend`` picks torch's scaled_dot_product_attention or the explicit einsum/softmax
-    of the upstream code (softmax in float32, q and k each scaled by ch^-1/4).
+    ``backend`` "einsum" (default) is the upstream arithmetic: q and k each scaled by ch^-1/4,
+    softmax in float32, which reproduces upstream outputs bit for bit; "sdpa" uses torch's
+    scaled_dot_product_attention (same function, different rounding, faster on CPU).
     """
 
     def __init__(
@@ -169,16 +176,14 @@ class AttentionBlock(nn.Module):
         num_head_channels: int = -1,
         new_order: bool = False,
         use_checkpoint: bool = False,
-        backend: str = "sdpa",
+        backend: str = "einsum",
     ):
         super().__init__()
         if num_head_channels == -1:
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(
-                    f"{channels} attention channels do not split into heads of {num_head_channels}"
-                )
+                raise ValueError(f"{channels} attention channels do not split into heads of {num_head_channels}")
             self.num_heads = channels // num_head_channels
         if channels % self.num_heads:
             raise ValueError(f"{channels} attention channels are not divisible by {self.num_heads} heads")
@@ -228,6 +233,7 @@ class UNetModel(nn.Module):
     resolutions to rates. With ``use_fp16`` the convolutions of the encoder, middle and
     decoder hold float16 weights and run in float16 (upstream ``convert_to_fp16``); the
     embeddings, group norms and the output head stay float32, as do inputs and outputs.
+    ``act`` is the activation class (improved-diffusion: :class:`SigmoidSiLU`).
     """
 
     def __init__(
@@ -249,6 +255,7 @@ class UNetModel(nn.Module):
         resblock_updown: bool = False,
         use_new_attention_order: bool = False,
         use_checkpoint: bool = False,
+        act: type[nn.Module] = nn.SiLU,
     ):
         super().__init__()
         if num_heads_upsample == -1:
@@ -260,15 +267,20 @@ class UNetModel(nn.Module):
 
         def res(ch_in: int, ch_out: int | None = None, **updown) -> ResBlock:
             return ResBlock(
-                ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint=use_checkpoint, **updown
+                ch_in,
+                emb_dim,
+                dropout,
+                ch_out,
+                use_scale_shift_norm,
+                use_checkpoint=use_checkpoint,
+                act=act,
+                **updown,
             )
 
         def attn(ch_in: int, heads: int) -> AttentionBlock:
             return AttentionBlock(ch_in, heads, num_head_channels, use_new_attention_order, use_checkpoint)
 
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), act(), nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
 
@@ -303,7 +315,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(ch), act(), nn.Conv2d(input_ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
         if use_fp16:
@@ -327,16 +339,14 @@ class UNetModel(nn.Module):
         return self.input_blocks[0][0].weight.dtype
 
     def set_attention_backend(self, backend: str) -> None:
-        """Run every attention block with ``"sdpa"`` (default) or the upstream ``"einsum"`` path."""
+        """Run every attention block with the upstream ``"einsum"`` arithmetic (default) or ``"sdpa"``."""
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
         for m in self.modules():
             if isinstance(m, AttentionBlock):
                 m.backend = backend
 
-    def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y if and only if the network is class-conditional")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))

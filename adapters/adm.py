@@ -46,9 +46,7 @@ NETWORK_DEFAULTS: dict[str, Any] = dict(
 )
 
 # diffusion_defaults(): the flags that change what the network means
-DIFFUSION_DEFAULTS: dict[str, Any] = dict(
-    diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False
-)
+DIFFUSION_DEFAULTS: dict[str, Any] = dict(diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False)
 
 # upstream flags that only matter for training or for the upstream sampler loop
 TRAINING_ONLY_FLAGS = ("use_kl", "rescale_learned_sigmas", "input_pertub", "sigma_small")
@@ -98,9 +96,7 @@ def _int_list(name: str, value: Any, kind=int) -> tuple:
     try:
         out = tuple(kind(v) for v in items)
     except (TypeError, ValueError):
-        raise SamplerkitError(
-            f"flag {name} must be comma-separated numbers like '16,8', got {value!r}"
-        ) from None
+        raise SamplerkitError(f"flag {name} must be comma-separated numbers like '16,8', got {value!r}") from None
     return tuple(int(v) if float(v).is_integer() else v for v in out)
 
 
@@ -108,15 +104,11 @@ def resolve_flags(flags: Mapping[str, Any], defaults: Mapping[str, Any], family:
     """Defaults overridden by ``flags``, each coerced to its default's type; unknown names are errors."""
     unknown = [k for k in flags if k not in defaults]
     if unknown:
-        raise SamplerkitError(
-            f"unknown {family} flag {unknown[0]!r}; known flags: {', '.join(sorted(defaults))}"
-        )
+        raise SamplerkitError(f"unknown {family} flag {unknown[0]!r}; known flags: {', '.join(sorted(defaults))}")
     return {k: _coerce(k, flags[k], d) if k in flags else d for k, d in defaults.items()}
 
 
-def channel_mult_for(
-    image_size: int, channel_mult: Any, table: Mapping[int, tuple] = DEFAULT_CHANNEL_MULT
-) -> tuple:
+def channel_mult_for(image_size: int, channel_mult: Any, table: Mapping[int, tuple] = DEFAULT_CHANNEL_MULT) -> tuple:
     """The explicit ``channel_mult`` or, for "" (the default), the upstream choice for ``image_size``."""
     if channel_mult in ("", None, ()):
         if image_size not in table:
@@ -228,18 +220,10 @@ def infer_flags(state_dict: Mapping[str, torch.Tensor], image_size: int | None =
         out["num_res_blocks"] = nrb
         out["resblock_updown"] = bool(ups) and outputs[ups[0]][max(outputs[ups[0]])] == "res"
         if "num_channels" in out:
-            widths = [
-                sd[f"input_blocks.{1 + lv * (nrb + 1)}.0.out_layers.3.weight"].shape[0]
-                for lv in range(levels)
-            ]
+            widths = [sd[f"input_blocks.{1 + lv * (nrb + 1)}.0.out_layers.3.weight"].shape[0] for lv in range(levels)]
             out["channel_mult"] = ",".join(f"{int(w) / out['num_channels']:g}" for w in widths)
         rates = sorted(
-            {
-                2**lv
-                for lv in range(levels)
-                for j in range(nrb)
-                if "attn" in inputs[1 + lv * (nrb + 1) + j].values()
-            }
+            {2**lv for lv in range(levels) for j in range(nrb) if "attn" in inputs[1 + lv * (nrb + 1) + j].values()}
         )
         out["attention_downsample_rates"] = tuple(rates)
         if image_size:
@@ -254,9 +238,7 @@ def _flag_hints(sd: Mapping[str, torch.Tensor], f: Mapping[str, Any]) -> list[st
     got = infer_flags(sd, f.get("image_size"))
     said = dict(f)
     if "channel_mult" in said:
-        said["channel_mult"] = ",".join(
-            f"{m:g}" for m in channel_mult_for(f["image_size"], f["channel_mult"])
-        )
+        said["channel_mult"] = ",".join(f"{m:g}" for m in channel_mult_for(f["image_size"], f["channel_mult"]))
     if "attention_resolutions" in said:
         rates = attention_rates(f["image_size"], f["attention_resolutions"])
         said["attention_resolutions"] = ",".join(str(f["image_size"] // r) for r in sorted(set(rates)))
@@ -319,9 +301,7 @@ def load_weights(
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {expected[k]}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != expected[k]
+        f"{k} {tuple(sd[k].shape)} vs {expected[k]}" for k in expected if k in sd and tuple(sd[k].shape) != expected[k]
     ]
     if missing or unexpected or wrong:
         problems = []
@@ -334,12 +314,8 @@ def load_weights(
                 more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
                 problems.append(f"{label} {', '.join(items[:3])}{more}")
         hints = _flag_hints(sd, flags)
-        advice = (
-            "; ".join(hints) if hints else "check the architecture flags against the ones it was trained with"
-        )
-        raise SamplerkitError(
-            f"{family} checkpoint does not match the flags: {'; '.join(problems)}. {advice}"
-        )
+        advice = "; ".join(hints) if hints else "check the architecture flags against the ones it was trained with"
+        raise SamplerkitError(f"{family} checkpoint does not match the flags: {'; '.join(problems)}. {advice}")
     unet.load_state_dict(sd, strict=True, assign=True)
     return unet.float()
 
@@ -380,9 +356,7 @@ class UNetDenoiser(DiscreteEpsDenoiser):
         return self.eps_fn.unet
 
 
-def diffusion_settings(
-    flags: Mapping[str, Any], defaults: Mapping[str, Any], family: str
-) -> tuple[dict, dict]:
+def diffusion_settings(flags: Mapping[str, Any], defaults: Mapping[str, Any], family: str) -> tuple[dict, dict]:
     """Split load flags into (network flags, diffusion flags) with the family's defaults.
 
     Training-only upstream flags are accepted and ignored; a respacing or x0-prediction flag is
@@ -396,9 +370,7 @@ def diffusion_settings(
             "timestep_respacing is a sampler setting: load the full model and give the sampler a step count"
         )
     if _coerce("predict_xstart", flags.pop("predict_xstart", False), False):
-        raise SamplerkitError(
-            "predict_xstart=True checkpoints (x0 prediction) are not supported; only eps prediction"
-        )
+        raise SamplerkitError("predict_xstart=True checkpoints (x0 prediction) are not supported; only eps prediction")
     diffusion = {k: flags.pop(k) for k in list(flags) if k in defaults}
     return flags, resolve_flags(diffusion, defaults, family)
 
