@@ -22,7 +22,7 @@ from .errors import SamplerkitError
 def vp_preconditioning(sigma, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
     """VP (score-SDE DDPM++): c_skip 1, c_out -sigma, c_in 1/sqrt(sigma^2+1), c_noise (M-1) t(sigma)."""
     c_noise = (M - 1) * vp_sigma_inv(sigma, beta_d, beta_min)
-    return 1, -sigma, 1 / (sigma**2 + 1).sqrt(), c_noise.to(torch.float32)
+    return 1, -sigma, 1 / (sigma**2 + 1).sqrt(), c_noise
 
 
 def ve_preconditioning(sigma):

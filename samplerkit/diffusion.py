@@ -86,9 +86,11 @@ def vp_sigma_deriv(t, beta_d: float = 19.9, beta_min: float = 0.1):
 
 
 def vp_sigma_inv(sigma, beta_d: float = 19.9, beta_min: float = 0.1):
-    """t such that vp_sigma(t) = sigma."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+    """t such that vp_sigma(t) = sigma; computed in sigma's own dtype when it is a tensor (as
+    EDM's VPPrecond does, which matters for its float32 c_noise), float64 otherwise."""
+    if not isinstance(sigma, torch.Tensor) or not sigma.dtype.is_floating_point:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return ((beta_min**2 + 2 * beta_d * (1 + sigma**2).log()).sqrt() - beta_min) / beta_d
 
 
 def vp_betas_for_range(sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> tuple[float, float]:
