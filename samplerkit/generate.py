@@ -165,3 +165,34 @@ def generate(
             bad = [chunk[i] for i in range(len(chunk)) if not torch.isfinite(x[i]).all()]
             raise SamplerkitError(f"non-finite values in the sampler output for seed(s) {bad[:5]}")
         yield chunk, x, (y.cpu().numpy() if y is not None else None)
+
+
+class WithPrecision:
+    """A denoiser whose network runs under ``torch.autocast`` in a lower precision (float16 /
+    bfloat16); the sampler's arithmetic is untouched (float64). Attributes pass through."""
+
+    def __init__(self, net, dtype: torch.dtype, device_type: str):
+        self.net, self.dtype, self.device_type = net, dtype, device_type
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def _autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def __call__(self, x, sigma, class_labels=None):
+        with self._autocast():
+            return self.net(x, sigma, class_labels).to(torch.float64)
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        with self._autocast():
+            D, v = self.net.denoise_with_variance(x, sigma, class_labels)
+        return D.to(torch.float64), (v.to(torch.float64) if v is not None else None)
+
+
+def with_precision(net, dtype: str, device: torch.device):
+    """``net`` unchanged for float32, else wrapped to run its network in float16/bfloat16."""
+    dtypes = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise SamplerkitError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return net if dtypes[dtype] is None else WithPrecision(net, dtypes[dtype], torch.device(device).type)
