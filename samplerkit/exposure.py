@@ -24,7 +24,6 @@ sigma_t = sqrt((1 - abar_t) / abar_t) (edm.txt Table 1), i.e. the DDPM chain in 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 import re
@@ -358,14 +357,6 @@ class Report:
     pairs: dict = field(default_factory=dict)  # (model, mode, t) -> (x0, x0_hat) [k, C, H, W]
     histograms: dict = field(default_factory=dict)  # (model, t) -> {pixel index: values}
     gamma: dict = field(default_factory=dict)  # model -> gamma_from_nu(...)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _image_seed(seed: int, index: int, t: int) -> int:

@@ -11,6 +11,8 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..output import file_sha256
+from ._options import load_model
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -23,20 +25,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def parse_flags(flags: tuple[str, ...]) -> dict[str, str]:
-    """``--flag KEY=VALUE`` (repeatable) -> keyword arguments for :func:`samplerkit.load`."""
-    out = {}
-    for item in flags:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SamplerkitError(f"bad --flag {item!r}; use --flag KEY=VALUE, e.g. --flag num_channels=128")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _sha256(name: str) -> str:
     if Path(name).is_file():
-        return exposure.file_sha256(name)
+        return file_sha256(name)
     try:
         from .. import zoo
 
@@ -46,14 +37,9 @@ def _sha256(name: str) -> str:
 
 
 def _load_models(names, family, flags, preset, device) -> list[exposure.ModelSpec]:
-    from ..loading import load
-
-    kwargs = parse_flags(flags)
-    if preset:
-        kwargs["preset"] = preset
     specs = []
     for name in names:
-        net = load(name, family=family, device=device, **kwargs)
+        net = load_model(name, family, flags, preset, device=device)
         specs.append(exposure.ModelSpec(name, net.eval(), _sha256(name)))
     return specs
 
