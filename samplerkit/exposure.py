@@ -247,24 +247,6 @@ def gamma_from_nu(t_values: Sequence[int], nu: Sequence[float], T: int) -> dict:
     }
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """FID between two Gaussians (Heusel et al. 2017): |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))."""
-    import warnings
-
-    from scipy import linalg
-
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    with warnings.catch_warnings():  # fewer images than feature dimensions: singular covariances
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(s1.shape[0]) * 1e-6
-            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
 def _feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
@@ -471,6 +453,8 @@ def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.
         extras["pairs"] = pairs
     elif mode == "fid":
         mu, sigma = _feature_stats(np.concatenate(feats))
+        from .fid import frechet_distance
+
         stats = {"fid": frechet_distance(mu, sigma, *real_features)}
         extras["pairs"] = pairs
     else:

@@ -64,3 +64,58 @@ def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: s
     if preset is not None:
         kwargs["preset"] = preset
     return load(model, family=family, device=device, **kwargs)
+
+
+def model_sha256(name: str) -> str:
+    """sha256 of a local model file; the recorded one for a zoo name; '' for a built-in model."""
+    from pathlib import Path
+
+    from ..output import file_sha256
+
+    if Path(name).is_file():
+        return file_sha256(name)
+    from .. import zoo
+
+    try:
+        entry = zoo.get(name)
+    except SamplerkitError:
+        return ""
+    return "" if entry.family == "builtin" else (entry.expected_sha256() or "")
+
+
+# CLI option name -> sampler option name in samplerkit.generate.SAMPLER_OPTIONS
+KNOBS = {
+    "disc": "disc", "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho",
+    "schedule": "schedule", "scaling": "scaling", "s_churn": "S_churn", "s_min": "S_min", "s_max": "S_max",
+    "s_noise": "S_noise", "eta": "eta", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
+}
+
+
+def sampler_options(fn):
+    """The sampler knobs, with the papers' names; none has a default here, so only what the
+    user set reaches the sampler (an option the chosen sampler does not take is an error)."""
+    opts = [
+        click.option("--disc", type=click.Choice(["edm", "vp", "ve", "iddpm"]),
+                     help="Step discretization (EDM Table 1)."),
+        click.option("--sigma-min", type=float, help="Lowest noise level of the grid."),
+        click.option("--sigma-max", type=float, help="Highest noise level of the grid."),
+        click.option("--rho", type=float, help="EDM grid exponent rho (Eq. 5), default 7."),
+        click.option("--schedule", type=click.Choice(["linear", "vp", "ve"]), help="sigma(t) of Alg. 1 (euler/heun)."),
+        click.option("--scaling", type=click.Choice(["none", "vp"]), help="s(t) of Alg. 1 (euler/heun)."),
+        click.option("--S-churn", "s_churn", type=float, help="Alg. 2 S_churn (stochastic)."),
+        click.option("--S-min", "s_min", type=float, help="Alg. 2 S_tmin (stochastic)."),
+        click.option("--S-max", "s_max", type=float, help="Alg. 2 S_tmax (stochastic)."),
+        click.option("--S-noise", "s_noise", type=float, help="Alg. 2 S_noise (stochastic)."),
+        click.option("--eta", type=float, help="DDIM eta (0 = deterministic)."),
+        click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]),
+                     help="Ancestral variance (iDDPM Eq. 15 when learned)."),
+        click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
+        click.option("--clip/--no-clip", "clip", default=None, help="Clip x0 to [-1, 1] (ddim/ancestral)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def chosen_options(kwargs: dict) -> dict:
+    return {KNOBS[k]: v for k, v in kwargs.items() if k in KNOBS and v is not None}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import numpy as np
 import torch
@@ -11,8 +9,7 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..output import file_sha256
-from ._options import load_model
+from ._options import load_model, model_sha256
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -25,22 +22,11 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def _sha256(name: str) -> str:
-    if Path(name).is_file():
-        return file_sha256(name)
-    try:
-        from .. import zoo
-
-        return zoo.get(name).expected_sha256() or ""
-    except (ImportError, AttributeError, SamplerkitError):
-        return ""
-
-
 def _load_models(names, family, flags, preset, device) -> list[exposure.ModelSpec]:
     specs = []
     for name in names:
         net = load_model(name, family, flags, preset, device=device)
-        specs.append(exposure.ModelSpec(name, net.eval(), _sha256(name)))
+        specs.append(exposure.ModelSpec(name, net.eval(), model_sha256(name)))
     return specs
 
 

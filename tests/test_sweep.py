@@ -1,0 +1,173 @@
+"""NFE-vs-FID sweeps (samplerkit.sweep) and the `sweep` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_fid import assert_one_line_error, run_cli
+
+import samplerkit as sk
+from samplerkit import fid, sweep
+from samplerkit.errors import SamplerkitError
+
+SEEDS = list(range(6))
+
+
+class PooledPixels:
+    """A cheap stand-in for Inception: 4x4-pooled pixels as 'pool' features (48-d) and 2x2-pooled
+    ones as 'spatial' features (12-d); counts the images it sees and can fail on purpose."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.images = 0
+        self.fail_after = fail_after
+
+    def extract(self, images, spatial=False):
+        x = fid.as_uint8(images).astype(np.float64) / 255
+        n = len(x)
+        if self.fail_after is not None and self.images + n > self.fail_after:
+            raise RuntimeError("injected failure")
+        self.images += n
+        pool = x.reshape(n, 4, 8, 4, 8, 3).mean((2, 4)).reshape(n, -1)
+        return pool, (x.reshape(n, 2, 16, 2, 16, 3).mean((2, 4)).reshape(n, -1) if spatial else None)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return sk.load("shapes32-ideal")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return fid.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "sfid", "pr"))
+
+
+def run(net, reference, csv_path, features=None, samplers=("heun", "euler"), steps=(2, 4), **kwargs):
+    return sweep.run(net, samplers, steps, SEEDS, reference, features or PooledPixels(), csv_path=csv_path,
+                     model="shapes32-ideal", **kwargs)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_one_row_per_sampler_and_step_count_with_its_nfe(net, reference, tmp_path):
+    run(net, reference, tmp_path / "s.csv")
+    rows = read_rows(tmp_path / "s.csv")
+    cells = [(r["sampler"], int(r["steps"]), int(r["nfe"]), int(r["n_images"]), r["seeds"]) for r in rows]
+    assert cells == [("heun", 2, 3, 6, "0-5"), ("heun", 4, 7, 6, "0-5"), ("euler", 2, 2, 6, "0-5"),
+                     ("euler", 4, 4, 6, "0-5")]
+    assert all(math.isfinite(float(r["fid"])) and float(r["fid"]) > 0 for r in rows)
+    assert json.loads(rows[0]["settings"])["rho"] == 7.0
+
+
+def test_sweep_plot_is_a_png(net, reference, tmp_path):
+    rows = run(net, reference, tmp_path / "s.csv")
+    sweep.plot(rows, tmp_path / "s.png", title="test")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerunning_a_finished_sweep_computes_nothing(net, reference, tmp_path):
+    run(net, reference, tmp_path / "s.csv")
+    before = (tmp_path / "s.csv").read_bytes()
+    counter = PooledPixels()
+    run(net, reference, tmp_path / "s.csv", features=counter)
+    assert counter.images == 0
+    assert (tmp_path / "s.csv").read_bytes() == before
+
+
+def test_deleting_a_row_recomputes_only_that_cell_to_the_same_fid(net, reference, tmp_path):
+    path = tmp_path / "s.csv"
+    run(net, reference, path)
+    rows = read_rows(path)
+    deleted = rows.pop(1)
+    sweep.write_csv(path, rows)
+    counter = PooledPixels()
+    again = run(net, reference, path, features=counter)
+    assert counter.images == len(SEEDS)
+    assert float(again[1]["fid"]) == pytest.approx(float(deleted["fid"]), rel=1e-12)
+    assert len(read_rows(path)) == 4
+
+
+def test_an_interrupted_sweep_keeps_finished_cells_and_resumes_after_them(net, reference, tmp_path):
+    path = tmp_path / "s.csv"
+    with pytest.raises(RuntimeError, match="injected"):
+        run(net, reference, path, features=PooledPixels(fail_after=len(SEEDS)))
+    assert [(r["sampler"], r["steps"]) for r in read_rows(path)] == [("heun", "2")]
+    counter = PooledPixels()
+    run(net, reference, path, features=counter)
+    assert counter.images == 3 * len(SEEDS)
+    assert len(read_rows(path)) == 4
+
+
+def test_changed_sampler_settings_are_a_new_cell(net, reference, tmp_path):
+    path = tmp_path / "s.csv"
+    run(net, reference, path, samplers=("heun",), steps=(2,))
+    counter = PooledPixels()
+    run(net, reference, path, features=counter, samplers=("heun",), steps=(2,), options={"rho": 3.0})
+    assert counter.images == len(SEEDS)
+    assert sorted(json.loads(r["settings"])["rho"] for r in read_rows(path)) == [3.0, 7.0]
+
+
+def test_an_option_goes_only_to_the_samplers_that_take_it(net, reference, tmp_path):
+    rows = run(net, reference, tmp_path / "s.csv", samplers=("heun", "ddim"), steps=(3,), options={"eta": 0.5})
+    settings = {r["sampler"]: json.loads(r["settings"]) for r in rows}
+    assert "eta" not in settings["heun"] and settings["ddim"]["eta"] == 0.5
+
+
+def test_an_option_no_chosen_sampler_takes_is_an_error(net, reference, tmp_path):
+    with pytest.raises(SamplerkitError, match="--eta"):
+        run(net, reference, tmp_path / "s.csv", samplers=("heun",), options={"eta": 0.5})
+
+
+def test_sweep_reports_sfid_precision_and_recall_when_asked(net, reference, tmp_path):
+    rows = run(net, reference, tmp_path / "s.csv", samplers=("euler",), steps=(4,), metrics=("fid", "sfid", "pr"))
+    values = [float(rows[0][k]) for k in ("fid", "sfid", "precision", "recall")]
+    assert all(math.isfinite(v) for v in values) and 0 <= values[2] <= 1 and 0 <= values[3] <= 1
+
+
+def test_table_lists_every_cell(net, reference, tmp_path):
+    text = sweep.table(run(net, reference, tmp_path / "s.csv"))
+    assert len(text.splitlines()) == 5 and "heun" in text and "euler" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the command, with the real Inception network
+
+
+def test_sweep_command_end_to_end_with_inception_resumes_without_recomputing(tmp_path, inception_path):
+    args = ["sweep", "--sampler", "heun", "--steps", "3", "--num-images", "4", "--ref", "builtin:shapes32?n=4",
+            "--csv", tmp_path / "s.csv", "--plot", tmp_path / "s.png", "--table", "--inception", inception_path]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    rows = read_rows(tmp_path / "s.csv")
+    assert [(r["sampler"], r["nfe"], r["n_images"], r["sha256"]) for r in rows] == [("heun", "5", "4", "")]
+    assert math.isfinite(float(rows[0]["fid"])) and float(rows[0]["fid"]) > 0
+    assert (tmp_path / "s.png").is_file() and "heun" in out
+    assert len(list(tmp_path.glob("s.ref-*.npz"))) == 1
+    code, _, err = run_cli(*args)
+    assert code == 0 and "0 of 1 cells to run" in err and "from" in err
+    assert read_rows(tmp_path / "s.csv") == rows
+
+
+def test_sweep_command_with_more_images_than_seeds_is_a_one_line_error(tmp_path):
+    code, _, err = run_cli("sweep", "--seeds", "0-3", "--num-images", "10", "--ref", "builtin:shapes32?n=4",
+                           "--csv", tmp_path / "s.csv")
+    assert_one_line_error(code, err, "--num-images")
+
+
+def test_sweep_command_with_a_too_small_reference_source_is_a_one_line_error(tmp_path, inception_path):
+    code, _, err = run_cli("sweep", "--num-images", "4", "--ref", "builtin:shapes32?n=4", "--ref-images", "10",
+                           "--csv", tmp_path / "s.csv", "--inception", inception_path, "--quiet")
+    assert_one_line_error(code, err, "fewer than the 10 requested")
+
+
+def test_sweep_command_with_a_reference_of_another_dimension_is_a_one_line_error(tmp_path):
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    code, _, err = run_cli("sweep", "--num-images", "4", "--ref", tmp_path / "small.npz", "--csv", tmp_path / "s.csv")
+    assert_one_line_error(code, err, "64-d")
