@@ -143,6 +143,10 @@ class Chain:
     def __len__(self) -> int:
         return self.alpha_bar.numel()
 
+    def to(self, device) -> Chain:
+        """The same chain with its tensors on ``device``."""
+        return Chain(**{f: getattr(self, f).to(device) for f in self.__dataclass_fields__})
+
     def posterior_mean(self, k: int, x0: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         """mu~_t(x_t, x_0) of q(x_{t-1} | x_t, x_0) (iddpm.txt Eq. 11), in x_t-space."""
         return self.posterior_mean_coef1[k] * x0 + self.posterior_mean_coef2[k] * x_t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -49,6 +50,8 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
             f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' (CLI: --family) "
             "with the upstream flags, or preset=<zoo name>"
         )
+    if family in ("adm", "iddpm") and not flags and (path.parent / "flags.json").is_file():
+        flags = json.loads((path.parent / "flags.json").read_text())  # a samplerkit training run
     if family == "adm":
         from adapters import adm
 

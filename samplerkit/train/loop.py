@@ -1,0 +1,345 @@
+"""The training loop: ADM(-IP) on any image source, resumable, single- or multi-process.
+
+Recipe (ddpm-ip-icml2023.txt App. A.7): AdamW, EMA 0.9999, mixed precision with fp32 master
+weights, EMA and optimizer state. Determinism: the images, timesteps, eps, xi, flips and probes
+of global sample j at step s come from generators seeded with (seed, s, j) and an epoch
+permutation seeded with (seed, epoch), so a resumed run and a ``torchrun`` run with the same
+global batch reproduce a single uninterrupted process (dropout, if any, is seeded per step and
+rank, so runs with dropout > 0 match only at the same world size).
+
+Run folder (guided-diffusion's names)::
+
+    model{step:06d}.pt  ema_{rate}_{step:06d}.pt  opt{step:06d}.pt   state dicts (torch.save)
+    state{step:06d}.json   step, importance-sampler history; written last = checkpoint complete
+    settings.json  flags.json (kwargs for samplerkit.load)  log.csv
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import distributed, output
+from ..data import open_source, to_model_space
+from ..diffusion import Chain, alphas_cumprod, betas_for
+from ..errors import SamplerkitError
+from .objective import ImportanceSampler, Objective
+
+DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule")
+LOG_COLUMNS = ("step", "loss", "mse", "vb", "gp", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "grad_norm",
+               "images_per_s", "lr")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    flags: dict = field(default_factory=dict)  # guided-diffusion architecture + diffusion flags
+    loss: str = "hybrid"
+    regularizer: str = "ip"
+    gamma: float = 0.1
+    lambda_gp: float = 1e-6
+    lambda_wd: float = 0.03
+    iterations: int = 1000
+    batch_size: int = 16
+    microbatch: int = 0  # 0 = the whole per-process batch at once
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 0
+    ema_rates: tuple = (0.9999,)
+    save_interval: int = 1000
+    log_interval: int = 10
+    precision: str = "fp32"
+    seed: int = 0
+    flip: bool = True
+    device: str = "cpu"
+
+    def check(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.save_interval < 1 or self.log_interval < 1:
+            raise SamplerkitError("iterations, batch size, save interval and log interval must be >= 1")
+        if self.microbatch < 0:
+            raise SamplerkitError("--microbatch must be >= 0")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise SamplerkitError(f"unknown precision {self.precision!r}; use fp32, fp16 or bf16")
+        if not self.ema_rates or any(not 0 < r < 1 for r in self.ema_rates):
+            raise SamplerkitError("EMA rates must lie in (0, 1)")
+        if self.lr <= 0:
+            raise SamplerkitError("--lr must be > 0")
+
+
+def split_flags(flags: dict) -> tuple[dict, str, int]:
+    """(architecture flags, noise schedule, T) from guided-diffusion flags."""
+    arch = {k: v for k, v in flags.items() if k not in DIFFUSION_FLAGS}
+    return arch, str(flags.get("noise_schedule", "cosine")), int(flags.get("diffusion_steps", 1000))
+
+
+def latest_checkpoint(run: Path) -> int | None:
+    """The newest step whose state file exists (it is written after the model, EMA and optimizer)."""
+    steps = [int(m.group(1)) for p in run.glob("state*.json") if (m := re.fullmatch(r"state(\d{6})\.json", p.name))]
+    return max(steps) if steps else None
+
+
+def _save_tensor_dict(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    output.atomic_write(path, buf.getvalue())
+
+
+def _read_log(path: Path, up_to: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    output.atomic_write(path, buf.getvalue().encode())
+
+
+class Trainer:
+    """One training run; ``run()`` trains from the latest checkpoint (if resuming) to ``iterations``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        from adapters.adm import create_unet
+
+        cfg.check()
+        self.cfg, self.run_dir = cfg, Path(cfg.out)
+        self.device = torch.device(cfg.device)
+        self.rank, self.world = distributed.init(self.device)
+        if cfg.batch_size % self.world:
+            raise SamplerkitError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
+        self.local_batch = cfg.batch_size // self.world
+        self.micro = cfg.microbatch or self.local_batch
+        if self.local_batch % self.micro:
+            raise SamplerkitError(
+                f"per-process batch {self.local_batch} is not divisible by --microbatch {self.micro}")
+
+        self.source = open_source(cfg.data)
+        arch, schedule, T = split_flags(cfg.flags)
+        if int(arch.get("image_size", 64)) != self.source.resolution:
+            raise SamplerkitError(f"the data is {self.source.resolution}px but image_size is "
+                                  f"{arch.get('image_size', 64)}; pass --flag image_size={self.source.resolution}")
+        if arch.get("class_cond") and not self.source.num_classes:
+            raise SamplerkitError("class_cond=True needs class labels in the data (dataset.json or class folders)")
+        if arch.get("class_cond"):
+            arch.setdefault("num_classes", self.source.num_classes)
+        self.arch = arch
+        torch.manual_seed(cfg.seed)
+        self.model = create_unet(**arch).to(self.device)
+        self.chain = Chain.from_alpha_bar(alphas_cumprod(betas_for(schedule, T)))
+        self.objective = Objective(self.chain, cfg.loss, cfg.regularizer, cfg.gamma, cfg.lambda_gp, cfg.lambda_wd,
+                                   learn_sigma=bool(arch.get("learn_sigma", False)))
+        self.sampler = ImportanceSampler(T) if cfg.loss == "vlb" else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.emas = {rate: [p.detach().clone() for p in self.model.parameters()] for rate in cfg.ema_rates}
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.step = 0
+        self.log_rows: list[dict] = []
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            output.sweep_temporaries(self.run_dir)
+        distributed.barrier()
+        self._settings(resume)
+        if resume:
+            self._resume()
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _settings(self, resume: bool) -> None:
+        settings = {**asdict(self.cfg), "ema_rates": list(self.cfg.ema_rates)}
+        path = self.run_dir / "settings.json"
+        keep = ("iterations", "save_interval", "log_interval", "device", "out")
+        if path.is_file():
+            old = json.loads(path.read_text())
+            diff = sorted(k for k in settings if k not in keep and json.dumps(old.get(k)) != json.dumps(settings[k]))
+            if not resume:
+                raise SamplerkitError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
+            if diff:
+                raise SamplerkitError(f"--resume with changed settings ({diff[0]}: {old.get(diff[0])!r} -> "
+                                      f"{settings[diff[0]]!r}); use the original settings or another --out")
+        if self.rank == 0:
+            output.atomic_json(path, settings)
+            _, schedule, T = split_flags(self.cfg.flags)
+            load_flags = {**self.arch, "diffusion_steps": T, "noise_schedule": schedule}
+            output.atomic_json(self.run_dir / "flags.json", load_flags)
+
+    def _resume(self) -> None:
+        step = latest_checkpoint(self.run_dir)
+        if step is None:
+            return
+        load = lambda name: torch.load(self.run_dir / name, map_location=self.device, weights_only=True)  # noqa: E731
+        self.model.load_state_dict(load(f"model{step:06d}.pt"))
+        self.opt.load_state_dict(load(f"opt{step:06d}.pt"))
+        for rate in self.emas:
+            state = load(f"ema_{rate}_{step:06d}.pt")
+            self.emas[rate] = [state[name].clone() for name, _ in self.model.named_parameters()]
+        state = json.loads((self.run_dir / f"state{step:06d}.json").read_text())
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.step = step
+        self.log_rows = _read_log(self.run_dir / "log.csv", step)
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        s = self.step
+        _save_tensor_dict(self.run_dir / f"model{s:06d}.pt", self.model.state_dict())
+        for rate, params in self.emas.items():
+            names = [n for n, _ in self.model.named_parameters()]
+            _save_tensor_dict(self.run_dir / f"ema_{rate}_{s:06d}.pt", dict(zip(names, params, strict=True)))
+        _save_tensor_dict(self.run_dir / f"opt{s:06d}.pt", self.opt.state_dict())
+        state = {"step": s, "sampler": self.sampler.state_dict() if self.sampler else None}
+        output.atomic_json(self.run_dir / f"state{s:06d}.json", state)
+        _write_log(self.run_dir / "log.csv", self.log_rows)
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _indices(self, step: int) -> np.ndarray:
+        """Data indices of the global batch of ``step`` (epoch permutations seeded by (seed, epoch))."""
+        n, B = len(self.source), self.cfg.batch_size
+        g = np.arange((step - 1) * B, step * B)
+        out = np.empty(B, dtype=np.int64)
+        for epoch in np.unique(g // n):
+            perm = np.random.default_rng([self.cfg.seed, int(epoch)]).permutation(n)
+            sel = g // n == epoch
+            out[sel] = perm[g[sel] % n]
+        return out
+
+    def _batch(self, step: int, js: range):
+        """Images, t, importance weights, eps, xi and probes of global samples js at ``step``."""
+        idx = self._indices(step)[list(js)]
+        images, labels = self.source.read(idx)
+        x0 = to_model_space(images, self.device).to(torch.float32)
+        shape = x0.shape[1:]
+        eps, xi, probe, flips, u = [], [], [], [], []
+        for j in js:
+            seed = int(np.random.SeedSequence([self.cfg.seed, step, j]).generate_state(1)[0])
+            g = torch.Generator().manual_seed(seed)
+            u.append(float(torch.rand((), generator=g, dtype=torch.float64)))
+            flips.append(bool(torch.rand((), generator=g) < 0.5))
+            eps.append(torch.randn(shape, generator=g))
+            xi.append(torch.randn(shape, generator=g))
+            probe.append(torch.randn(shape, generator=g))
+        if self.sampler is not None:
+            t, w = self.sampler.sample(np.array(u))
+        else:
+            t, w = np.minimum((np.array(u) * self.objective.T).astype(np.int64), self.objective.T - 1), np.ones(len(u))
+        if self.cfg.flip:
+            x0 = torch.where(torch.tensor(flips, device=self.device).reshape(-1, 1, 1, 1), x0.flip(3), x0)
+        dev = self.device
+        y = torch.as_tensor(labels, device=dev) if labels is not None and self.arch.get("class_cond") else None
+        return (x0, torch.as_tensor(t, device=dev), torch.as_tensor(w, dtype=torch.float32, device=dev),
+                torch.stack(eps).to(dev), torch.stack(xi).to(dev), torch.stack(probe).to(dev), y)
+
+    def _autocast(self):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def train_step(self) -> dict:
+        step = self.step + 1
+        cfg = self.cfg
+        lr = cfg.lr * min(1.0, step / cfg.warmup) if cfg.warmup else cfg.lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, self.rank, 1]).generate_state(1)[0]))  # dropout
+        start = self.rank * self.local_batch
+        records = []
+        for m0 in range(start, start + self.local_batch, self.micro):
+            js = range(m0, m0 + self.micro)
+            x0, t, w, eps, xi, probe, y = self._batch(step, js)
+            with self._autocast():
+                terms = self.objective.terms(lambda x, tt, yy: self.ddp(x, tt, yy), x0, t, eps, xi, probe, y)
+            loss = (terms["loss"].float() * w).sum() / self.local_batch
+            if m0 == start:
+                loss = loss + self.objective.weight_decay(self.model.parameters()).to(loss.device)
+            self.scaler.scale(loss).backward()
+            parts = [t.float(), *(terms[k].detach().float() for k in ("loss", "mse", "vb", "gp"))]
+            records.append(torch.stack(parts, 1))
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.linalg.vector_norm(
+            torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        with torch.no_grad():
+            for rate, params in self.emas.items():
+                for e, p in zip(params, self.model.parameters(), strict=True):
+                    e.mul_(rate).add_(p.detach(), alpha=1 - rate)
+        rec = torch.cat(records)
+        if self.world > 1:
+            gathered = [torch.zeros_like(rec) for _ in range(self.world)]
+            torch.distributed.all_gather(gathered, rec.contiguous())
+            rec = torch.cat(gathered)
+        rec = rec.cpu().numpy()
+        if self.sampler is not None:
+            self.sampler.update(rec[:, 0].astype(np.int64), rec[:, 1])
+        self.step = step
+        T = self.objective.T
+        row = {"step": step, "loss": float(rec[:, 1].mean()), "mse": float(rec[:, 2].mean()),
+               "vb": float(rec[:, 3].mean()), "gp": float(rec[:, 4].mean()), "grad_norm": float(grad_norm), "lr": lr}
+        quart = np.minimum((rec[:, 0] * 4 / T).astype(int), 3)
+        for q in range(4):
+            row[f"loss_q{q}"] = float(rec[quart == q, 1].mean()) if (quart == q).any() else float("nan")
+        return row
+
+    def run(self, progress: bool = True) -> list[dict]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.iterations, initial=self.step, unit="it", disable=not progress or self.rank != 0,
+                   dynamic_ncols=True)
+        t_last, n_last = time.perf_counter(), 0
+        try:
+            while self.step < cfg.iterations:
+                row = self.train_step()
+                n_last += cfg.batch_size
+                if self.step % cfg.log_interval == 0 or self.step == cfg.iterations:
+                    now = time.perf_counter()
+                    row["images_per_s"] = n_last / (now - t_last)
+                    t_last, n_last = now, 0
+                    self.log_rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if not math.isfinite(row["loss"]):
+                    raise SamplerkitError(f"the loss became {row['loss']} at step {self.step}; lower --lr or use fp32")
+                if self.step % cfg.save_interval == 0 or self.step == cfg.iterations:
+                    self.save()
+                    distributed.barrier()
+                bar.update(1)
+        finally:
+            bar.close()
+        return self.log_rows
+
+    def ema_model(self, rate: float | None = None) -> torch.nn.Module:
+        """A copy of the network holding the EMA parameters of ``rate`` (default: the first)."""
+        rate = self.cfg.ema_rates[0] if rate is None else rate
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), self.emas[rate], strict=True):
+                p.copy_(e)
+        return model
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trainer:
+    """Train (or resume) a run; returns the finished :class:`Trainer`."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        trainer.run(progress=progress)
+    finally:
+        distributed.cleanup()
+    return trainer

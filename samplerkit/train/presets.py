@@ -1,0 +1,42 @@
+"""Training presets: the IP paper's Tab. 9 (ADM and ADM-IP share them) and a CPU-sized ``tiny``.
+
+Each preset holds guided-diffusion flags (architecture + diffusion) and loop settings; every
+flag can be overridden with ``--flag KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+from ..errors import SamplerkitError
+
+_ADM = dict(learn_sigma=True, noise_schedule="cosine", diffusion_steps=1000, resblock_updown=True,
+            use_scale_shift_norm=True, use_new_attention_order=True, class_cond=False)
+
+# ddpm-ip-icml2023.txt Tab. 9
+PRESETS: dict[str, dict] = {
+    "cifar10": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
+                              num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
+                "batch_size": 128, "iterations": 540_000, "lr": 1e-4},
+    "imagenet32": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
+                                 num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
+                   "batch_size": 512, "iterations": 5_000_000, "lr": 1e-4},
+    "lsun-tower64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
+                                   num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
+                     "batch_size": 256, "iterations": 340_000, "lr": 1e-4},
+    "celeba64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
+                               num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
+                 "batch_size": 256, "iterations": 540_000, "lr": 1e-4},
+    "ffhq128": {"flags": dict(_ADM, image_size=128, num_channels=256, num_res_blocks=3, channel_mult="1,1,2,3,4",
+                              num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
+                "batch_size": 128, "iterations": 480_000, "lr": 1e-4},
+    # CPU-sized: a few iterations per second on 2 cores at batch 16
+    "tiny": {"flags": dict(_ADM, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+                           num_head_channels=16, attention_resolutions="8", dropout=0.0),
+             "batch_size": 16, "iterations": 2000, "lr": 2e-4},
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise SamplerkitError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return {"flags": dict(p["flags"]), **{k: v for k, v in p.items() if k != "flags"}}
