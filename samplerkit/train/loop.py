@@ -166,7 +166,8 @@ class Trainer:
         keep = ("iterations", "save_interval", "log_interval", "device", "out")
         if path.is_file():
             old = json.loads(path.read_text())
-            diff = sorted(k for k in settings if k not in keep and json.dumps(old.get(k)) != json.dumps(settings[k]))
+            same = lambda k: json.dumps(old.get(k), sort_keys=True) == json.dumps(settings[k], sort_keys=True)  # noqa: E731
+            diff = sorted(k for k in settings if k not in keep and not same(k))
             if not resume:
                 raise SamplerkitError(
                     f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
