@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -474,14 +475,29 @@ def reference(ref: str | Path, features=None, metrics: Sequence[str] = ("fid",),
             raise SamplerkitError(f"{path} has no {' or '.join(what[m] for m in missing)} for "
                                   f"{', '.join(missing)}; rebuild it with samplerkit fid-ref --metrics "
                                   f"{','.join(metrics)}")
+    cached = _builtin_cache_path(text, metrics, num_images) if text.startswith("builtin:") else None
+    if cached is not None and cached.is_file() and not recompute:
+        return load_statistics(cached)
     if features is None:
         raise SamplerkitError(f"computing statistics of {text} needs a feature extractor")
     computed = statistics_of_source(text, features, metrics, num_images, batch_size, progress)
+    if cached is not None:  # built-in data sets are deterministic: compute their statistics once
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        computed.save(cached)
     if stored is not None and not recompute:  # keep the stored mu/sigma (as the evaluator does)
         computed.mu, computed.sigma = stored.mu, stored.sigma
         if stored.mu_s is not None:
             computed.mu_s, computed.sigma_s = stored.mu_s, stored.sigma_s
     return computed
+
+
+def _builtin_cache_path(source: str, metrics: Sequence[str], num_images: int | None) -> Path:
+    """Where the statistics of a built-in data set are cached (under the samplerkit cache)."""
+    from .download import default_cache_dir
+
+    key = hashlib.sha256(f"{source}|{sorted(metrics)}|{num_images}".encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")
+    return Path(default_cache_dir()) / "fid-refs" / f"{name}-{key}.npz"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) uses a fresh samplerkit cache, never the user's."""
+    old = os.environ.get("SAMPLERKIT_CACHE")
+    os.environ["SAMPLERKIT_CACHE"] = str(tmp_path_factory.mktemp("samplerkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SAMPLERKIT_CACHE", None)
+    else:
+        os.environ["SAMPLERKIT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -366,3 +366,19 @@ def test_reference_without_spatial_statistics_cannot_give_sfid(tmp_path, folders
 def test_unknown_metric_is_a_one_line_error(folders, ref_b):
     code, _, err = run_cli("fid", "--images", folders["a"], "--ref", ref_b, "--metrics", "fid,kid")
     assert_one_line_error(code, err, "kid")
+
+
+def test_statistics_of_a_builtin_data_set_are_computed_once_and_cached(monkeypatch, tmp_path):
+    from samplerkit import fid
+
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    calls = []
+
+    def features(images):
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :8].astype(np.float64)
+
+    first = fid.reference("builtin:shapes32?n=12", features, num_images=12)
+    second = fid.reference("builtin:shapes32?n=12", None, num_images=12)
+    assert sum(calls) == 12 and np.array_equal(first.mu, second.mu) and np.array_equal(first.sigma, second.sigma)
+    assert len(list((tmp_path / "fid-refs").glob("*.npz"))) == 1
