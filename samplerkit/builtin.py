@@ -1,16 +1,33 @@
 """Models that ship with samplerkit and need no download.
 
-``shapes32-ideal`` is the exact (ideal) denoiser of the first 1,024 images of the built-in
-``builtin:shapes32`` data set (edm.txt Fig. 1b): a zero-download model with known behaviour.
+* ``shapes32-adm`` / ``shapes32-adm-ip``: two small ADMs trained by samplerkit's own ``retrain``
+  on ``builtin:shapes32`` with identical settings except the regularizer (none / IP, gamma 0.1);
+  recipe in ``benchmarks/shapes32_recipe.sh``. Their EMA weights are stored as float16 in
+  ``samplerkit/models`` and load exactly into float32. ``shapes32-adm-ip`` is the default model.
+* ``shapes32-ideal``: the exact (ideal) denoiser of the first 1,024 images of the data set
+  (edm.txt Fig. 1b), a model with known behaviour.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
 from .data import shapes, to_model_space
 
-DEFAULT_MODEL = "shapes32-ideal"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED = ("shapes32-adm", "shapes32-adm-ip")
+DEFAULT_MODEL = "shapes32-adm-ip" if (MODELS_DIR / "shapes32-adm-ip.pt").is_file() else "shapes32-ideal"
+
+
+def shipped_model(name: str):
+    """A network shipped in samplerkit/models, loaded through the ADM adapter like any checkpoint."""
+    from .loading import load_file
+
+    flags = json.loads((MODELS_DIR / f"{name}.json").read_text())
+    return load_file(MODELS_DIR / f"{name}.pt", family="adm", **flags)
 
 
 def shapes32_ideal(num_images: int = 1024, conditional: bool = False):
@@ -23,12 +40,17 @@ def shapes32_ideal(num_images: int = 1024, conditional: bool = False):
 
 
 BUILTIN_MODELS = {
+    **{name: (lambda n=name: shipped_model(n)) for name in SHIPPED if (MODELS_DIR / f"{name}.pt").is_file()},
     "shapes32-ideal": lambda: shapes32_ideal(),
     "shapes32-ideal-cond": lambda: shapes32_ideal(conditional=True),
 }
 
 # zoo metadata of each built-in model (samplerkit.zoo registers them)
+_SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T=1000, schedule="cosine",
+                     recommended={"sampler": "heun", "steps": 18})
 BUILTIN_INFO = {
+    "shapes32-adm": dict(_SHIPPED_INFO, notes="ADM (tiny preset) trained on builtin:shapes32, no regularizer"),
+    "shapes32-adm-ip": dict(_SHIPPED_INFO, notes="ADM-IP (tiny preset, gamma 0.1) trained on builtin:shapes32"),
     "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
                            recommended={"sampler": "heun", "steps": 18},
                            notes="exact denoiser of the first 1,024 shapes32 images (analytic, no weights)"),
