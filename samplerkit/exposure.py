@@ -27,7 +27,6 @@ import csv
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from .data import to_uint8
 from .diffusion import Chain, betas_for, predict_x0_from_eps, q_sample, sigma_from_alpha_bar
 from .diffusion import alphas_cumprod as cumprod_of_betas
 from .errors import SamplerkitError
+from .output import atomic_csv
 from .seeds import StackedRandomGenerator
 
 MODES = ("delta", "fid", "nu", "normality")
@@ -380,20 +380,8 @@ def read_csv(path: str | Path | None) -> list[dict]:
 
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
-    """Write all rows at once through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _fmt(row.get(k, "")) for k in CSV_COLUMNS})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write all rows at once, atomically."""
+    atomic_csv(path, CSV_COLUMNS, [{k: _fmt(row.get(k, "")) for k in CSV_COLUMNS} for row in rows])
 
 
 def _fmt(v):

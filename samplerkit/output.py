@@ -47,6 +47,17 @@ def atomic_json(path: str | Path, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def atomic_csv(path: str | Path, columns, rows) -> None:
+    """Write a whole CSV table (header + rows of dicts, missing cells empty) atomically."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())
+
+
 def sweep_temporaries(root: str | Path) -> int:
     """Remove temporaries left by a killed run; returns how many."""
     count = 0

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from .errors import SamplerkitError
 from .fid import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
 from .generate import SAMPLER_OPTIONS, generate, make_sampler
+from .output import atomic_csv
 
 CSV_COLUMNS = (
     "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "n_images", "seeds",
@@ -78,20 +77,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     """Write all rows to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
     columns = list(CSV_COLUMNS) + sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _cell_text(row.get(k, "")) for k in columns})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_csv(path, columns, [{k: _cell_text(row.get(k, "")) for k in columns} for row in rows])
 
 
 def _cell_text(value) -> str:
