@@ -555,3 +555,24 @@ def test_file_that_is_not_a_pickle_is_a_one_line_error(tmp_path):
     with pytest.raises(sk.SamplerkitError, match="truncated or corrupted") as info:
         sk.load(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("args,nfe", [
+    (["--sampler", "heun", "--steps", "18"], 35),
+    (["--sampler", "stochastic", "--steps", "256", "--S-churn", "40", "--S-min", "0.05", "--S-max", "50",
+      "--S-noise", "1.003"], 511),
+])
+def test_edm_readme_sampler_settings_run_through_the_cli(tmp_path, args, nfe):
+    import json
+    import subprocess
+    import sys
+
+    pkl = write_case("edm-ddpmpp-cond", tmp_path)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "samplerkit", "sample", "--model", str(pkl), *args, "--seeds", "0-1",
+                        "--class-labels", "random", "--out", str(out), "--quiet", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["nfe_per_image"] == nfe and len(manifest["labels"]) == 2
+    assert len(list(out.rglob("00000*.png"))) == 2
