@@ -23,6 +23,18 @@ FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2
              resblock_updown=True, use_new_attention_order=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, more threads spin against each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory) -> Path:
     """16x16 images of 4 flat colours with a bright square: easy to learn in a few dozen steps."""
@@ -38,7 +50,8 @@ def toy_data(tmp_path_factory) -> Path:
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "samplerkit", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "samplerkit", *args], capture_output=True, text=True, timeout=timeout,
+                          env=ENV)
 
 
 def _flag_args(flags=FLAGS):
@@ -57,10 +70,14 @@ def test_loss_falls_and_ema_samples_move_towards_the_data(toy_data, tmp_path):
     losses = [float(r["mse"]) for r in trainer.log_rows]
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
     data = sk.data.to_model_space(np.load(toy_data)["arr_0"]).double()
-    start = sk.load(tmp_path / "run" / "model000060.pt", family="adm")  # flags from flags.json
-    ema = sk.load(tmp_path / "run" / "ema_0.9_000060.pt", family="adm")
+    ema = sk.load(tmp_path / "run" / "ema_0.9_000060.pt", family="adm")  # flags from flags.json
     lat = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    untrained = sk.DiscreteEpsDenoiser(lambda x, t, y: torch.zeros(x.shape[0], 6, 16, 16), start.alphas_cumprod,
+    # the step-0 network: ADM zero-initialises its output convolution, so it predicts eps = 0, v = 0
+    from adapters.adm import create_unet
+
+    fresh = create_unet(**{k: v for k, v in FLAGS.items() if k not in ("noise_schedule", "diffusion_steps")})
+    assert float(fresh(lat, torch.zeros(16, dtype=torch.long)).detach().abs().max()) == 0.0
+    untrained = sk.DiscreteEpsDenoiser(lambda x, t, y: fresh(x.float(), t).detach(), ema.alphas_cumprod,
                                        learned_variance=True, img_resolution=16)
     steps = sk.schedules.respace(100, "25")
     d0 = _nearest_distance(sk.samplers.ancestral(untrained, lat, steps), data)
@@ -75,23 +92,23 @@ def _log(run: Path) -> list[tuple]:
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(toy_data, tmp_path):
-    args = ["retrain", "--data", str(toy_data), *_flag_args(), "--iterations", "14", "--batch-size", "4",
+    args = ["retrain", "--data", str(toy_data), *_flag_args(), "--iterations", "10", "--batch-size", "4",
             "--save-interval", "2", "--log-interval", "1", "--loss", "vlb", "--quiet"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert _cli(*args, "--out", str(clean)).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "samplerkit", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "state000006.json").exists():
+    while time.time() < deadline and not (killed / "state000004.json").exists():
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "state000014.json").exists()
+    assert not (killed / "state000010.json").exists()
     r = _cli(*args, "--out", str(killed), "--resume")
     assert r.returncode == 0, r.stderr
     assert _log(killed) == _log(clean)  # vlb: the importance sampler's history is restored too
-    a = torch.load(killed / "model000014.pt", weights_only=True)
-    b = torch.load(clean / "model000014.pt", weights_only=True)
+    a = torch.load(killed / "model000010.pt", weights_only=True)
+    b = torch.load(clean / "model000010.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in killed.iterdir() if ".tmp-" in p.name]
     for p in killed.glob("*.pt"):
@@ -104,7 +121,8 @@ def test_two_process_ddp_matches_one_process(toy_data, tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert _cli(*args, "--out", str(single), "--microbatch", "4").returncode == 0
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "samplerkit", *args, "--out", str(multi)], capture_output=True, text=True, timeout=600)
+                        "-m", "samplerkit", *args, "--out", str(multi)], capture_output=True, text=True, timeout=600,
+                       env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     a = torch.load(single / "model000003.pt", weights_only=True)
     b = torch.load(multi / "model000003.pt", weights_only=True)
@@ -142,4 +160,87 @@ def test_presets_follow_table_9():
     assert c["flags"]["dropout"] == 0.3 and c["batch_size"] == 128 and c["iterations"] == 540_000
     f = preset("ffhq128")["flags"]
     assert f["num_channels"] == 256 and f["channel_mult"] == "1,1,2,3,4" and f["attention_resolutions"] == "32,16,8"
-    assert os.environ.get("PYTHONHASHSEED", "") is not None
+    assert preset("lsun-tower64")["flags"]["image_size"] == 64 and preset("imagenet32")["batch_size"] == 512
+    assert preset("celeba64")["iterations"] == 540_000 and preset("ffhq128")["flags"]["dropout"] == 0.1
+    assert all(preset(n)["flags"]["noise_schedule"] == "cosine" and preset(n)["flags"]["learn_sigma"]
+               for n in ("cifar10", "imagenet32", "lsun-tower64", "celeba64", "ffhq128", "tiny"))
+
+
+def test_resume_picks_the_latest_checkpoint_whose_files_are_all_present(tmp_path):
+    from samplerkit.train.loop import checkpoint_files, latest_checkpoint
+
+    for step in (2, 4):
+        for name in checkpoint_files(step, (0.9999, 0.999)):
+            (tmp_path / name).write_bytes(b"x")
+    assert latest_checkpoint(tmp_path, (0.9999, 0.999)) == 4
+    (tmp_path / "ema_0.999_000004.pt").unlink()
+    assert latest_checkpoint(tmp_path, (0.9999, 0.999)) == 2
+
+
+def test_log_reader_drops_rows_after_the_checkpoint_and_a_partial_last_row(tmp_path):
+    from samplerkit.train.loop import LOG_COLUMNS, _read_log
+
+    rows = [",".join([str(s)] + ["0.5"] * (len(LOG_COLUMNS) - 1)) for s in (1, 2, 3, 11)]
+    path = tmp_path / "log.csv"
+    path.write_text(",".join(LOG_COLUMNS) + "\n" + "\n".join(rows) + "\n1")  # killed while writing step 12
+    assert [int(r["step"]) for r in _read_log(path, 20)] == [1, 2, 3, 11]
+    assert [int(r["step"]) for r in _read_log(path, 2)] == [1, 2]
+    path.write_text(",".join(LOG_COLUMNS) + "\n" + "\n".join(rows) + "\n21,0.4")
+    assert [int(r["step"]) for r in _read_log(path, 30)] == [1, 2, 3, 11]
+
+
+def test_resume_accepts_settings_written_before_a_setting_existed(toy_data, tmp_path):
+    import json
+
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=FLAGS, iterations=1, batch_size=2)
+    train(cfg, progress=False)
+    path = tmp_path / "r" / "settings.json"
+    old = json.loads(path.read_text())
+    del old["schedule_sampler"]  # its default, "auto", is what such a run used
+    path.write_text(json.dumps(old))
+    assert train(TrainConfig(**{**cfg.__dict__, "iterations": 2}), resume=True, progress=False).step == 2
+
+
+def test_fp16_keeps_fp32_weights_and_resumes_the_loss_scale(toy_data, tmp_path):
+    from samplerkit.train import Trainer
+
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=FLAGS, iterations=2, batch_size=2,
+                      save_interval=2, precision="fp16")
+    train(cfg, progress=False)
+    assert all(v.dtype == torch.float32 for v in torch.load(tmp_path / "r" / "ema_0.9999_000002.pt").values())
+    resumed = Trainer(TrainConfig(**{**cfg.__dict__, "iterations": 3}), resume=True)
+    assert resumed.scaler.state_dict()["_growth_tracker"] == 2  # a fresh scaler would start at 0
+
+
+def test_grad_clip_bounds_the_gradient_norm_the_optimizer_sees(toy_data, tmp_path):
+    from samplerkit.train import Trainer
+
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=FLAGS, iterations=1, batch_size=2,
+                      grad_clip=1e-3)
+    trainer = Trainer(cfg)
+    seen, step = [], trainer.opt.step
+
+    def spy(*args, **kwargs):
+        grads = [p.grad.norm() for p in trainer.model.parameters() if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+        return step(*args, **kwargs)
+
+    trainer.opt.step = spy
+    row = trainer.train_step()
+    assert row["grad_norm"] > 0.1 and seen == [pytest.approx(1e-3, rel=1e-4)]  # logged: the norm before clipping
+
+
+def test_use_fp16_flag_is_refused_in_favour_of_fp32_master_weights(toy_data, tmp_path):
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags={**FLAGS, "use_fp16": True}, iterations=1,
+                      batch_size=2)
+    with pytest.raises(SamplerkitError, match="--precision fp16"):
+        train(cfg, progress=False)
+
+
+def test_table_9_presets_use_the_appendix_a7_recipe():
+    from samplerkit.train import preset
+
+    for name in ("cifar10", "imagenet32", "lsun-tower64", "celeba64", "ffhq128"):
+        p = preset(name)
+        assert p["precision"] == "fp16" and p["schedule_sampler"] == "loss-second-moment", name
+    assert preset("tiny").get("precision", "fp32") == "fp32"  # CPU-sized runs stay in fp32

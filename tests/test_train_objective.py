@@ -80,6 +80,20 @@ def test_gamma_zero_reduces_ip_to_plain_training_bit_for_bit():
     assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])
 
 
+def test_a_per_t_gamma_schedule_perturbs_each_sample_with_its_own_gamma_t():
+    x0, eps, xi, t = _data()
+    gammas = torch.linspace(0, 0.5, T, dtype=torch.float64)
+    seen = []
+
+    def record(x, tt, y):
+        seen.append(x)
+        return torch.zeros(x.shape[0], 6, *x.shape[2:], dtype=x.dtype)
+
+    Objective(CHAIN, "hybrid", "ip", gammas).terms(record, x0, t, eps, xi)
+    a, g = CHAIN.alpha_bar[t].reshape(-1, 1, 1, 1), gammas[t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(seen[0], a.sqrt() * x0 + (1 - a).sqrt() * (eps + g * xi), rtol=0, atol=1e-15)
+
+
 def _gauss_kl(m1, lv1, m2, lv2):
     return 0.5 * (lv2 - lv1 + np.exp(lv1 - lv2) + (m1 - m2) ** 2 / np.exp(lv2) - 1)
 
@@ -150,10 +164,34 @@ def test_gradient_penalty_estimates_the_exact_jacobian_norm():
     torch.testing.assert_close(terms["loss"], terms["mse"] + 0.5 * terms["gp"])
 
 
+def test_gradient_penalty_over_a_basis_of_probes_is_the_exact_jacobian_norm():
+    # sum_k ||J^T e_k||^2 = ||J||_F^2 exactly: the estimator is exact on a complete orthonormal basis
+    net = TinyNet(learn_sigma=False)
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([10])
+    J = torch.autograd.functional.jacobian(lambda z: net(z, t), x).reshape(48, 48)
+    from samplerkit.train.objective import jacobian_penalty
+
+    xs = x.repeat(48, 1, 1, 1).requires_grad_(True)
+    basis = torch.eye(48, dtype=torch.float64).reshape(48, 3, 4, 4)
+    per_probe = jacobian_penalty(net(xs, t.repeat(48)), xs, basis)
+    assert float(per_probe.detach().sum()) == pytest.approx(float((J**2).sum()), rel=1e-12)
+
+
+def test_gradient_penalty_is_differentiable_in_the_weights():
+    # Eq. 10 is a training loss: its gradient must reach the weights (double backward)
+    net = TinyNet(learn_sigma=False)
+    x0, eps, xi, t = _data()
+    probe = torch.ones_like(x0)
+    obj = Objective(CHAIN, "simple", "gp", lambda_gp=1.0, learn_sigma=False)
+    obj.terms(net, x0, t, eps, xi, probe)["gp"].sum().backward()
+    assert float(net.eps.weight.grad.abs().max()) > 0
+
+
 def test_weight_decay_is_lambda_times_squared_norm():
     net = TinyNet()
-    expected = 0.03 * sum(float((p**2).sum()) for p in net.parameters())
-    assert float(Objective(CHAIN, "hybrid", "wd").weight_decay(net.parameters())) == pytest.approx(expected)
+    expected = 0.03 * sum(float((p.detach() ** 2).sum()) for p in net.parameters())
+    assert float(Objective(CHAIN, "hybrid", "wd").weight_decay(net.parameters()).detach()) == pytest.approx(expected)
     assert float(Objective(CHAIN, "hybrid", "ip").weight_decay(net.parameters())) == 0.0
 
 

@@ -13,6 +13,8 @@ Examples:
   samplerkit retrain --data builtin:shapes32 --out runs/ip --preset tiny --iterations 2000
   samplerkit retrain --data cifar10-train.zip --out runs/cifar-ip --preset cifar10 --regularizer ip --gamma 0.1
   samplerkit retrain --data cifar10-train.zip --out runs/cifar-ip --preset cifar10 --resume --iterations 600000
+  samplerkit retrain --data builtin:shapes32 --out runs/y --preset tiny --regularizer y     # DDPM-y (Eq. 8)
+  samplerkit retrain --data builtin:shapes32 --out runs/gp --regularizer gp --lambda-gp 1e-6 --loss simple
   torchrun --nproc_per_node 4 -m samplerkit retrain --data celeba64.zip --out runs/celeba --preset celeba64
   samplerkit sample --model runs/ip/ema_0.9999_002000.pt --family adm   # flags from runs/ip/flags.json
 """
@@ -29,23 +31,31 @@ Examples:
 @click.option("--lambda-gp", type=float, default=1e-6, show_default=True)
 @click.option("--lambda-wd", type=float, default=0.03, show_default=True)
 @click.option("--loss", type=click.Choice(["simple", "hybrid", "vlb"]), default="hybrid", show_default=True)
+@click.option("--schedule-sampler", type=click.Choice(["auto", "uniform", "loss-second-moment"]), default=None,
+              help="Timestep sampler: uniform, or iDDPM Eq. 18 importance sampling [preset; auto = "
+                   "importance sampling for --loss vlb only].")
 @click.option("--iterations", type=int, default=None, help="Train up to this global step [preset].")
 @click.option("--batch-size", type=int, default=None, help="Global batch size [preset].")
 @click.option("--microbatch", type=int, default=0, help="Per-process microbatch for gradient accumulation (0 = off).")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate [preset].")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True,
+              help="AdamW's decoupled weight decay (the paper's WD baseline is --regularizer wd).")
+@click.option("--grad-clip", type=float, default=0.0, show_default=True,
+              help="Clip the global gradient norm to this value (0 = off).")
 @click.option("--warmup", type=int, default=0, help="Linear learning-rate warm-up steps.")
 @click.option("--ema-rate", default="0.9999", show_default=True, help="EMA rate(s), comma-separated.")
 @click.option("--save-interval", type=int, default=1000, show_default=True)
 @click.option("--log-interval", type=int, default=10, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Autocast dtype; weights, EMA and optimizer state stay fp32 [preset, else fp32].")
 @click.option("--resume", is_flag=True, help="Continue from the latest complete checkpoint in --out.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True)
-def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, loss, iterations, batch_size,
-            microbatch, lr, warmup, ema_rate, save_interval, log_interval, precision, resume, seed, flip, device,
-            quiet):
+def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, loss, schedule_sampler, iterations,
+            batch_size, microbatch, lr, weight_decay, grad_clip, warmup, ema_rate, save_interval, log_interval,
+            precision, resume, seed, flip, device, quiet):
     """Train ADM with input perturbation (ADM-IP, Alg. 3) or an alternative regularizer."""
     from ..train import TrainConfig, train
     from ..train import preset as get_preset
@@ -58,10 +68,12 @@ def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, 
     cfg = TrainConfig(
         data=data, out=out, flags={**p["flags"], **parse_flags(flags)}, loss=loss, regularizer=regularizer,
         gamma=gamma, lambda_gp=lambda_gp, lambda_wd=lambda_wd,
+        schedule_sampler=schedule_sampler or p.get("schedule_sampler", "auto"),
         iterations=iterations if iterations is not None else p["iterations"],
         batch_size=batch_size if batch_size is not None else p["batch_size"], microbatch=microbatch,
-        lr=lr if lr is not None else p["lr"], warmup=warmup, ema_rates=rates, save_interval=save_interval,
-        log_interval=log_interval, precision=precision, seed=seed, flip=flip, device=device,
+        lr=lr if lr is not None else p["lr"], weight_decay=weight_decay, grad_clip=grad_clip, warmup=warmup,
+        ema_rates=rates, save_interval=save_interval, log_interval=log_interval,
+        precision=precision or p.get("precision", "fp32"), seed=seed, flip=flip, device=device,
     )
     trainer = train(cfg, resume=resume, progress=not quiet)
     if trainer.rank == 0 and not quiet:

@@ -10,12 +10,20 @@ rank, so runs with dropout > 0 match only at the same world size).
 Run folder (guided-diffusion's names)::
 
     model{step:06d}.pt  ema_{rate}_{step:06d}.pt  opt{step:06d}.pt   state dicts (torch.save)
-    state{step:06d}.json   step, importance-sampler history; written last = checkpoint complete
+    state{step:06d}.json   step, importance-sampler history, fp16 loss scale; written last
     settings.json  flags.json (kwargs for samplerkit.load)  log.csv
+
+Every file is written atomically; a checkpoint counts once all its files exist. ``log.csv`` gets
+a row every ``log_interval`` steps, appended before any checkpoint of that step is written, and
+``--resume`` cuts it back to the checkpoint's step, so it reads as one uninterrupted run.
+Timesteps are uniform, or drawn from the importance sampler of iddpm.txt Eq. 18 (guided-
+diffusion's ``loss-second-moment``), which sees every sample's loss of a step after the step, so
+the draw does not depend on how the batch is split into microbatches or processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -23,7 +31,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +44,7 @@ from ..errors import SamplerkitError
 from .objective import ImportanceSampler, Objective
 
 DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule")
+SCHEDULE_SAMPLERS = ("auto", "uniform", "loss-second-moment")
 LOG_COLUMNS = ("step", "loss", "mse", "vb", "gp", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "grad_norm",
                "images_per_s", "lr")
 
@@ -54,9 +63,11 @@ class TrainConfig:
     batch_size: int = 16
     microbatch: int = 0  # 0 = the whole per-process batch at once
     lr: float = 1e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled decay (not Eq. 11's lambda_WD ||theta||^2, see ``regularizer``)
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     warmup: int = 0
     ema_rates: tuple = (0.9999,)
+    schedule_sampler: str = "auto"  # uniform | loss-second-moment | auto (importance sampling for vlb only)
     save_interval: int = 1000
     log_interval: int = 10
     precision: str = "fp32"
@@ -75,6 +86,15 @@ class TrainConfig:
             raise SamplerkitError("EMA rates must lie in (0, 1)")
         if self.lr <= 0:
             raise SamplerkitError("--lr must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise SamplerkitError("--weight-decay and --grad-clip must be >= 0")
+        if self.schedule_sampler not in SCHEDULE_SAMPLERS:
+            raise SamplerkitError(f"unknown schedule sampler {self.schedule_sampler!r}; "
+                                  f"use one of {', '.join(SCHEDULE_SAMPLERS)}")
+
+    def importance_sampling(self) -> bool:
+        """Timesteps from iddpm.txt Eq. 18 (guided-diffusion's loss-second-moment) or uniform."""
+        return self.schedule_sampler == "loss-second-moment" or (self.schedule_sampler == "auto" and self.loss == "vlb")
 
 
 def split_flags(flags: dict) -> tuple[dict, str, int]:
@@ -83,10 +103,17 @@ def split_flags(flags: dict) -> tuple[dict, str, int]:
     return arch, str(flags.get("noise_schedule", "cosine")), int(flags.get("diffusion_steps", 1000))
 
 
-def latest_checkpoint(run: Path) -> int | None:
-    """The newest step whose state file exists (it is written after the model, EMA and optimizer)."""
+def checkpoint_files(step: int, ema_rates) -> list[str]:
+    """Names of the files of the checkpoint at ``step``; the state file is written last."""
+    emas = [f"ema_{rate}_{step:06d}.pt" for rate in ema_rates]
+    return [f"model{step:06d}.pt", *emas, f"opt{step:06d}.pt", f"state{step:06d}.json"]
+
+
+def latest_checkpoint(run: Path, ema_rates=(0.9999,)) -> int | None:
+    """The newest step whose checkpoint files are all present."""
     steps = [int(m.group(1)) for p in run.glob("state*.json") if (m := re.fullmatch(r"state(\d{6})\.json", p.name))]
-    return max(steps) if steps else None
+    complete = [s for s in steps if all((run / name).is_file() for name in checkpoint_files(s, ema_rates))]
+    return max(complete) if complete else None
 
 
 def _save_tensor_dict(path: Path, state: dict) -> None:
@@ -96,18 +123,32 @@ def _save_tensor_dict(path: Path, state: dict) -> None:
 
 
 def _read_log(path: Path, up_to: int) -> list[dict]:
+    """Rows of log.csv up to step ``up_to``; stops at the first row that is later, out of order
+    or incomplete (a run killed while appending leaves at most one partial last row)."""
+    rows: list[dict] = []
     if not path.is_file():
-        return []
+        return rows
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
+        try:
+            for r in csv.DictReader(f):
+                if None in r.values() or None in r:
+                    break
+                step = int(r["step"])
+                if step > up_to or (rows and step <= int(rows[-1]["step"])):
+                    break
+                rows.append(r)
+        except (ValueError, csv.Error):
+            pass
+    return rows
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def _log_text(rows: list[dict], header: bool) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
-    w.writeheader()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+    if header:
+        w.writeheader()
     w.writerows(rows)
-    output.atomic_write(path, buf.getvalue().encode())
+    return buf.getvalue()
 
 
 class Trainer:
@@ -137,18 +178,22 @@ class Trainer:
             raise SamplerkitError("class_cond=True needs class labels in the data (dataset.json or class folders)")
         if arch.get("class_cond"):
             arch.setdefault("num_classes", self.source.num_classes)
+        if arch.pop("use_fp16", False) not in (False, "False", "false", 0):
+            raise SamplerkitError("use_fp16 would make the weights fp16; for mixed precision with fp32 master "
+                                  "weights (ddpm-ip App. A.7) pass --precision fp16 instead")
         self.arch = arch
         torch.manual_seed(cfg.seed)
         self.model = create_unet(**arch).to(self.device)
         self.chain = Chain.from_alpha_bar(alphas_cumprod(betas_for(schedule, T)))
         self.objective = Objective(self.chain, cfg.loss, cfg.regularizer, cfg.gamma, cfg.lambda_gp, cfg.lambda_wd,
                                    learn_sigma=bool(arch.get("learn_sigma", False)))
-        self.sampler = ImportanceSampler(T) if cfg.loss == "vlb" else None
+        self.sampler = ImportanceSampler(T) if cfg.importance_sampling() else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.emas = {rate: [p.detach().clone() for p in self.model.parameters()] for rate in cfg.ema_rates}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
         self.log_rows: list[dict] = []
+        self.log_path = self.run_dir / "log.csv"
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             output.sweep_temporaries(self.run_dir)
@@ -156,6 +201,8 @@ class Trainer:
         self._settings(resume)
         if resume:
             self._resume()
+        if self.rank == 0:  # the log restarts at the checkpoint, as if the run had never stopped
+            output.atomic_write(self.log_path, _log_text(self.log_rows, header=True).encode())
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -164,9 +211,12 @@ class Trainer:
         settings = {**asdict(self.cfg), "ema_rates": list(self.cfg.ema_rates)}
         path = self.run_dir / "settings.json"
         keep = ("iterations", "save_interval", "log_interval", "device", "out")
-        if path.is_file():
-            old = json.loads(path.read_text())
-            same = lambda k: json.dumps(old.get(k), sort_keys=True) == json.dumps(settings[k], sort_keys=True)  # noqa: E731
+        old = json.loads(path.read_text()) if path.is_file() else None
+        distributed.barrier()  # every rank has looked before rank 0 writes
+        if old is not None:
+            defaults = {f.name: f.default for f in fields(TrainConfig)}  # a setting added later keeps its default
+            same = lambda k: (json.dumps(old.get(k, defaults.get(k)), sort_keys=True)  # noqa: E731
+                              == json.dumps(settings[k], sort_keys=True))
             diff = sorted(k for k in settings if k not in keep and not same(k))
             if not resume:
                 raise SamplerkitError(
@@ -181,7 +231,7 @@ class Trainer:
             output.atomic_json(self.run_dir / "flags.json", load_flags)
 
     def _resume(self) -> None:
-        step = latest_checkpoint(self.run_dir)
+        step = latest_checkpoint(self.run_dir, self.cfg.ema_rates)
         if step is None:
             return
         load = lambda name: torch.load(self.run_dir / name, map_location=self.device, weights_only=True)  # noqa: E731
@@ -193,8 +243,10 @@ class Trainer:
         state = json.loads((self.run_dir / f"state{step:06d}.json").read_text())
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = step
-        self.log_rows = _read_log(self.run_dir / "log.csv", step)
+        self.log_rows = _read_log(self.log_path, step)
 
     def save(self) -> None:
         if self.rank != 0:
@@ -205,9 +257,17 @@ class Trainer:
             names = [n for n, _ in self.model.named_parameters()]
             _save_tensor_dict(self.run_dir / f"ema_{rate}_{s:06d}.pt", dict(zip(names, params, strict=True)))
         _save_tensor_dict(self.run_dir / f"opt{s:06d}.pt", self.opt.state_dict())
-        state = {"step": s, "sampler": self.sampler.state_dict() if self.sampler else None}
-        output.atomic_json(self.run_dir / f"state{s:06d}.json", state)
-        _write_log(self.run_dir / "log.csv", self.log_rows)
+        state = {"step": s, "sampler": self.sampler.state_dict() if self.sampler else None,
+                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+        output.atomic_json(self.run_dir / f"state{s:06d}.json", state)  # last: the checkpoint is complete
+
+    def _append_log(self, row: dict) -> None:
+        """Append one row to log.csv (before any checkpoint of that step is written)."""
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self.log_rows.append(row)
+        if self.rank == 0:
+            with open(self.log_path, "a", newline="") as f:
+                f.write(_log_text([row], header=False))
 
     # -- one step -------------------------------------------------------------------------
 
@@ -262,20 +322,26 @@ class Trainer:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, self.rank, 1]).generate_state(1)[0]))  # dropout
         start = self.rank * self.local_batch
         records = []
+        last = start + self.local_batch - self.micro
         for m0 in range(start, start + self.local_batch, self.micro):
             js = range(m0, m0 + self.micro)
             x0, t, w, eps, xi, probe, y = self._batch(step, js)
-            with self._autocast():
-                terms = self.objective.terms(lambda x, tt, yy: self.ddp(x, tt, yy), x0, t, eps, xi, probe, y)
-            loss = (terms["loss"].float() * w).sum() / self.local_batch
-            if m0 == start:
-                loss = loss + self.objective.weight_decay(self.model.parameters()).to(loss.device)
-            self.scaler.scale(loss).backward()
+            # gradients are all-reduced once, after the last microbatch
+            sync = self.ddp.no_sync() if self.world > 1 and m0 != last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    terms = self.objective.terms(lambda x, tt, yy: self.ddp(x, tt, yy), x0, t, eps, xi, probe, y)
+                loss = (terms["loss"].float() * w).sum() / self.local_batch
+                if m0 == start:
+                    loss = loss + self.objective.weight_decay(self.model.parameters()).to(loss.device)
+                self.scaler.scale(loss).backward()
             parts = [t.float(), *(terms[k].detach().float() for k in ("loss", "mse", "vb", "gp"))]
             records.append(torch.stack(parts, 1))
         self.scaler.unscale_(self.opt)
         grad_norm = torch.linalg.vector_norm(
             torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]))
+        if cfg.grad_clip > 0 and math.isfinite(float(grad_norm)):  # logged grad_norm is the norm before clipping
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
         with torch.no_grad():
@@ -314,7 +380,7 @@ class Trainer:
                     now = time.perf_counter()
                     row["images_per_s"] = n_last / (now - t_last)
                     t_last, n_last = now, 0
-                    self.log_rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                    self._append_log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if not math.isfinite(row["loss"]):
                     raise SamplerkitError(f"the loss became {row['loss']} at step {self.step}; lower --lr or use fp32")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion import Chain, learned_log_variance, predict_x0_from_eps
+from ..diffusion import Chain, learned_log_variance, predict_x0_from_eps, q_sample
 from ..errors import SamplerkitError
 
 LOSSES = ("simple", "hybrid", "vlb")
@@ -41,15 +41,15 @@ def network_input(x0, alpha_bar, eps, xi, regularizer: str, gamma=0.1) -> tuple[
     * y: y_t = sqrt(abar) x0 + sqrt(1 - abar) sqrt(1 + gamma^2) eps, target eps (Eq. 8; here
       ``eps`` plays the role of eps').
     """
-    ab = _per_sample(torch.as_tensor(alpha_bar), x0)
+    ab = torch.as_tensor(alpha_bar).to(x0.dtype)
     g = torch.as_tensor(gamma, dtype=x0.dtype, device=x0.device)
     g = _per_sample(g, x0) if g.ndim else g
     if regularizer in ("none", "gp", "wd"):
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps, eps
+        return q_sample(x0, ab, eps), eps
     if regularizer == "ip":
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * (eps + g * xi), eps
+        return q_sample(x0, ab, eps + g * xi), eps
     if regularizer == "y":
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * (1 + g**2).sqrt() * eps, eps
+        return q_sample(x0, ab, (1 + g**2).sqrt() * eps), eps
     raise SamplerkitError(f"unknown regularizer {regularizer!r}; use one of {', '.join(REGULARIZERS)}")
 
 

@@ -1,7 +1,10 @@
 """Training presets: the IP paper's Tab. 9 (ADM and ADM-IP share them) and a CPU-sized ``tiny``.
 
 Each preset holds guided-diffusion flags (architecture + diffusion) and loop settings; every
-flag can be overridden with ``--flag KEY=VALUE``.
+flag can be overridden with ``--flag KEY=VALUE``. Tab. 9 does not name the timestep sampler;
+the released ADM-IP training commands use guided-diffusion's ``loss-second-moment`` sampler
+(iddpm.txt Eq. 18 applied to the hybrid loss) with ``rescale_learned_sigmas`` (lambda L_vlb =
+(T / 1000) L_t, T = 1000 here), so the Tab. 9 presets do too.
 """
 
 from __future__ import annotations
@@ -11,23 +14,26 @@ from ..errors import SamplerkitError
 _ADM = dict(learn_sigma=True, noise_schedule="cosine", diffusion_steps=1000, resblock_updown=True,
             use_scale_shift_norm=True, use_new_attention_order=True, class_cond=False)
 
+# App. A.7: 16-bit mixed precision with loss scaling, fp32 weights / EMA / optimizer state
+_LOOP = {"schedule_sampler": "loss-second-moment", "precision": "fp16"}
+
 # ddpm-ip-icml2023.txt Tab. 9
 PRESETS: dict[str, dict] = {
     "cifar10": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
                               num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
-                "batch_size": 128, "iterations": 540_000, "lr": 1e-4},
+                "batch_size": 128, "iterations": 540_000, "lr": 1e-4, **_LOOP},
     "imagenet32": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
                                  num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
-                   "batch_size": 512, "iterations": 5_000_000, "lr": 1e-4},
+                   "batch_size": 512, "iterations": 5_000_000, "lr": 1e-4, **_LOOP},
     "lsun-tower64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
                                    num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                     "batch_size": 256, "iterations": 340_000, "lr": 1e-4},
+                     "batch_size": 256, "iterations": 340_000, "lr": 1e-4, **_LOOP},
     "celeba64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
                                num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                 "batch_size": 256, "iterations": 540_000, "lr": 1e-4},
+                 "batch_size": 256, "iterations": 540_000, "lr": 1e-4, **_LOOP},
     "ffhq128": {"flags": dict(_ADM, image_size=128, num_channels=256, num_res_blocks=3, channel_mult="1,1,2,3,4",
                               num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                "batch_size": 128, "iterations": 480_000, "lr": 1e-4},
+                "batch_size": 128, "iterations": 480_000, "lr": 1e-4, **_LOOP},
     # CPU-sized: a few iterations per second on 2 cores at batch 16
     "tiny": {"flags": dict(_ADM, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
                            num_head_channels=16, attention_resolutions="8", dropout=0.0),
@@ -36,6 +42,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str) -> dict:
+    """A copy of preset ``name``: {"flags": {...}, "batch_size", "iterations", "lr", ...}."""
     if name not in PRESETS:
         raise SamplerkitError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[name]
