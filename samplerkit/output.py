@@ -84,7 +84,8 @@ def atomic_json(path: str | Path, obj) -> None:
 def json_text(obj) -> str:
     """Indented JSON with lists of numbers on one line (a manifest of 50,000 seeds stays readable)."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-    return re.sub(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]",
+    number = r"-?[\d.eE+-]+"  # an indented list has a newline after "[", which no JSON string holds
+    return re.sub(rf"\[\n\s*({number}(?:,\n\s*{number})*)\n\s*\]",
                   lambda m: "[" + ", ".join(v.strip() for v in m[1].split(",")) + "]", text) + "\n"
 
 
@@ -130,7 +131,9 @@ class FileWriter:
     def _raise_first_error(self) -> None:
         if self._errors:
             e = self._errors[0]
-            raise (SamplerkitError(f"cannot write an output file: {e.strerror or e}") if isinstance(e, OSError) else e)
+            if isinstance(e, OSError):
+                raise SamplerkitError(f"cannot write {e.filename or 'an output file'}: {e.strerror or e}")
+            raise e
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -167,3 +167,10 @@ def test_file_sha256_is_hashed_once_and_remembered_by_size_and_mtime(tmp_path, m
     st = model.stat()
     os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again
     assert output.file_sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_json_text_puts_number_lists_on_one_line_and_round_trips():
+    obj = {"seeds": list(range(5)), "labels": [[1, 2], [3]], "note": "[1,2]", "names": ["a"], "inf": "inf"}
+    text = output.json_text(obj)
+    assert json.loads(text) == obj
+    assert '"seeds": [0, 1, 2, 3, 4]' in text and text.count("\n") == 12
