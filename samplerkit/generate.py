@@ -89,6 +89,10 @@ def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
     opts = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
     if opts.get("rho") is not None and opts["rho"] <= 0:
         raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
+    if opts.get("eta") is not None and opts["eta"] < 0:  # checked here so a run fails before it starts
+        raise SamplerkitError(f"eta must be >= 0, got {opts['eta']}")
+    if opts.get("variance") == "learned" and not getattr(net, "learned_variance", False):
+        raise SamplerkitError("variance='learned' needs a model with learned variance; use fixedsmall or fixedlarge")
 
     if sampler in ("ddim", "ancestral") and hasattr(net, "alphas_cumprod"):
         grid = schedules.respace(net.alphas_cumprod.numel(), opts["respacing"] or str(steps))
