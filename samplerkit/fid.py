@@ -47,9 +47,9 @@ TorchScript files contain code; load only files you trust.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -332,15 +332,11 @@ class Statistics:
             arrays.update(mu_s=self.mu_s, sigma_s=self.sigma_s)
         if self.feats is not None:
             arrays["feats"] = self.feats.astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from .output import atomic_write
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(path, buf.getvalue())
         return path
 
     def fingerprint(self) -> str:
