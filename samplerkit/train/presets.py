@@ -17,23 +17,25 @@ _ADM = dict(learn_sigma=True, noise_schedule="cosine", diffusion_steps=1000, res
 # App. A.7: 16-bit mixed precision with loss scaling, fp32 weights / EMA / optimizer state
 _LOOP = {"schedule_sampler": "loss-second-moment", "precision": "fp16"}
 
-# ddpm-ip-icml2023.txt Tab. 9
+# ddpm-ip-icml2023.txt Tab. 9: CIFAR-10 and ImageNet 32 share one network, LSUN tower and CelebA 64 another
+_NET_32 = dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
+               num_head_channels=32, attention_resolutions="16,8", dropout=0.3)
+_NET_64 = dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
+               num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1)
+_NET_128 = dict(_ADM, image_size=128, num_channels=256, num_res_blocks=3, channel_mult="1,1,2,3,4",
+                num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1)
+
+
+def _paper(flags: dict, batch_size: int, iterations: int) -> dict:
+    return {"flags": flags, "batch_size": batch_size, "iterations": iterations, "lr": 1e-4, **_LOOP}
+
+
 PRESETS: dict[str, dict] = {
-    "cifar10": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
-                              num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
-                "batch_size": 128, "iterations": 540_000, "lr": 1e-4, **_LOOP},
-    "imagenet32": {"flags": dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
-                                 num_head_channels=32, attention_resolutions="16,8", dropout=0.3),
-                   "batch_size": 512, "iterations": 5_000_000, "lr": 1e-4, **_LOOP},
-    "lsun-tower64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
-                                   num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                     "batch_size": 256, "iterations": 340_000, "lr": 1e-4, **_LOOP},
-    "celeba64": {"flags": dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
-                               num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                 "batch_size": 256, "iterations": 540_000, "lr": 1e-4, **_LOOP},
-    "ffhq128": {"flags": dict(_ADM, image_size=128, num_channels=256, num_res_blocks=3, channel_mult="1,1,2,3,4",
-                              num_head_channels=64, attention_resolutions="32,16,8", dropout=0.1),
-                "batch_size": 128, "iterations": 480_000, "lr": 1e-4, **_LOOP},
+    "cifar10": _paper(_NET_32, 128, 540_000),
+    "imagenet32": _paper(_NET_32, 512, 5_000_000),
+    "lsun-tower64": _paper(_NET_64, 256, 340_000),
+    "celeba64": _paper(_NET_64, 256, 540_000),
+    "ffhq128": _paper(_NET_128, 128, 480_000),
     # CPU-sized: a few iterations per second on 2 cores at batch 16
     "tiny": {"flags": dict(_ADM, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
                            num_head_channels=16, attention_resolutions="8", dropout=0.0),
