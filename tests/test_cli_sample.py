@@ -391,3 +391,24 @@ def test_bad_input_through_python_m_samplerkit_has_no_traceback(console_runs, ca
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and SUBPROCESS_BAD[case][1] in stderr
     assert "Traceback" not in stderr
+
+
+def test_default_sampler_is_the_models_recommendation(tmp_path, monkeypatch):
+    """Without --sampler the zoo entry's recommended settings are used, the user's knobs on top;
+    --sampler without --steps takes the recommended count only for the recommended sampler."""
+    from samplerkit import zoo
+    from samplerkit.cli._options import resolve_sampler
+
+    entry = zoo.get("adm-imagenet64")
+    assert entry.recommended["sampler"] == "ancestral"
+    assert resolve_sampler("adm-imagenet64", None, None, {}) == ("ancestral", entry.recommended["steps"],
+                                                                 {"variance": "learned"})
+    assert resolve_sampler("adm-imagenet64", None, 50, {"variance": "fixedlarge"}) == (
+        "ancestral", 50, {"variance": "fixedlarge"})
+    assert resolve_sampler("adm-imagenet64", "heun", None, {}) == ("heun", 18, {})
+    assert resolve_sampler("adm-imagenet64", "ancestral", None, {}) == ("ancestral", entry.recommended["steps"], {})
+    assert resolve_sampler("some/file.pt", None, None, {}) == ("heun", 18, {})
+
+    monkeypatch.setitem(zoo.get(IDEAL).__dict__, "recommended", {"sampler": "ddim", "steps": 3, "eta": 0.0})
+    manifest = run_sample(model=IDEAL, seeds="0-1", out=tmp_path, quiet=True, device="cpu", grid=False)
+    assert (manifest["sampler"], manifest["steps"], manifest["eta"], manifest["nfe_per_image"]) == ("ddim", 3, 0.0, 3)

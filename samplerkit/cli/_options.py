@@ -66,6 +66,32 @@ def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: s
     return load(model, family=family, device=device, **kwargs)
 
 
+def recommended(name: str | None) -> dict:
+    """The zoo's recommended sampler settings of model ``name`` ({} for a file or an unknown name)."""
+    from .. import zoo
+
+    try:
+        return dict(zoo.get(name).recommended) if name else {}
+    except SamplerkitError:
+        return {}
+
+
+def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, options: dict) -> tuple[str, int, dict]:
+    """The sampler, step count and options a run uses when the user left some unset.
+
+    No ``--sampler``: the model's recommended settings (``samplerkit models show``), with the
+    user's own options on top; a model without one gets Heun with 18 steps. ``--sampler`` given
+    without ``--steps``: the recommended step count when it names the recommended sampler, else 18.
+    """
+    rec = recommended(name)
+    rec_sampler, rec_steps = rec.pop("sampler", "heun"), rec.pop("steps", 18)
+    if sampler is None:
+        return rec_sampler, rec_steps if steps is None else steps, {**rec, **options}
+    if steps is None:
+        steps = rec_steps if sampler == rec_sampler else 18
+    return sampler, steps, options
+
+
 def model_sha256(name: str) -> str:
     """sha256 of a local model file; the recorded one for a zoo name; '' for a built-in model."""
     from pathlib import Path

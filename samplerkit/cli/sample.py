@@ -28,7 +28,15 @@ from ..data import to_uint8
 from ..errors import SamplerkitError
 from ..generate import SAMPLER_OPTIONS, draw, generate, make_sampler, resolve_labels, with_precision
 from ..seeds import parse_seeds
-from ._options import chosen_options, load_model, model_options, model_sha256, parse_flags, sampler_options
+from ._options import (
+    chosen_options,
+    load_model,
+    model_options,
+    model_sha256,
+    parse_flags,
+    resolve_sampler,
+    sampler_options,
+)
 
 FORMATS = ("png", "npz", "both")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -79,9 +87,11 @@ def pick_device(name: str) -> torch.device:
 
 @click.command("sample", epilog=EXAMPLES)
 @model_options(DEFAULT_MODEL)
-@click.option("--sampler", type=click.Choice(list(SAMPLER_OPTIONS)), default="heun", show_default=True,
-              help="euler/heun/stochastic: EDM Alg. 1-2; ddim; ancestral: iDDPM respaced DDPM.")
-@click.option("--steps", type=int, default=18, show_default=True, help="Number of steps N (Heun: NFE = 2N - 1).")
+@click.option("--sampler", type=click.Choice(list(SAMPLER_OPTIONS)), default=None,
+              help="euler/heun/stochastic: EDM Alg. 1-2; ddim; ancestral: iDDPM respaced DDPM. "
+                   "[default: the model's recommended sampler (`samplerkit models show`), else heun]")
+@click.option("--steps", type=int, default=None,
+              help="Number of steps N (Heun: NFE = 2N - 1). [default: the recommended count, else 18]")
 @sampler_options
 @click.option("--seeds", default="0-63", show_default=True, help="Seeds: ranges and lists, e.g. 0-49999 or 0,5,9-12.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per network batch.")
@@ -106,7 +116,7 @@ def command(model, family, flags, preset, sampler, steps, seeds, batch, class_la
 
 def run_sample(
     *, model: str | None = None, net=None, family: str | None = None, flags: tuple[str, ...] = (),
-    preset: str | None = None, sampler: str = "heun", steps: int = 18, options: dict | None = None,
+    preset: str | None = None, sampler: str | None = None, steps: int | None = None, options: dict | None = None,
     seeds: str = "0-63", batch: int = 64, class_labels: str | None = None, out: str | Path = "out",
     fmt: str = "png", grid: bool = True, device: str = "auto", dtype: str = "float32", overwrite: bool = False,
     quiet: bool = False,
@@ -115,7 +125,8 @@ def run_sample(
 
     ``model`` defaults to the built-in default model. ``net``: an already loaded denoiser to use
     instead of loading ``model`` (which then only names it in the manifest). ``options``: sampler knobs by their
-    :data:`~samplerkit.generate.SAMPLER_OPTIONS` names; only these reach the sampler.
+    :data:`~samplerkit.generate.SAMPLER_OPTIONS` names; only these reach the sampler. ``sampler`` /
+    ``steps`` left as None: the model's recommended settings (:func:`resolve_sampler`).
     """
     t_start = time.perf_counter()
     seed_list = parse_seeds(seeds)
@@ -141,7 +152,8 @@ def run_sample(
         else:
             model, sha = str(model or type(net).__name__), None
         guard = _FiniteGuard(with_precision(net, dtype, dev))
-        prepared = make_sampler(guard, sampler, steps, **(options or {}))
+        sampler, steps, options = resolve_sampler(model, sampler, steps, options or {})
+        prepared = make_sampler(guard, sampler, steps, **options)
         labels = resolve_labels(net, labels_spec, len(seed_list))
         label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
         settings = _plain({
