@@ -11,10 +11,14 @@ import torch
 from .errors import SamplerkitError
 
 
+MAX_SEEDS = 10_000_000  # 200x a 50k-image FID run; a larger list is almost surely a typo
+
+
 def parse_seeds(spec: str | int) -> list[int]:
-    """'0-63' -> [0..63]; '0,5,9-12' -> [0, 5, 9, 10, 11, 12]; duplicates are an error."""
+    """'0-63' -> [0..63]; '0,5,9-12' -> [0, 5, 9, 10, 11, 12]; duplicates are an error, and so is a
+    specification of more than :data:`MAX_SEEDS` seeds (checked before any list is built)."""
     if isinstance(spec, int):
-        return [spec]
+        return parse_seeds(str(spec))
     seeds: list[int] = []
     for part in str(spec).split(","):
         part = part.strip()
@@ -24,6 +28,8 @@ def parse_seeds(spec: str | int) -> list[int]:
                 lo, hi = int(lo), int(hi)
                 if hi < lo:
                     raise ValueError
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+                    raise SamplerkitError(f"seed specification {spec!r} names more than {MAX_SEEDS:,} seeds")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))

@@ -331,6 +331,7 @@ BAD = [
     (["--seeds", "5-1"], "seed"),
     (["--seeds", "a,b"], "seed"),
     (["--seeds", "1,1"], "repeats"),
+    (["--seeds", "0-99999999999"], "more than 10,000,000 seeds"),
     (["--steps", "0"], "steps"),
     (["--sigma-min", "-1"], "positive"),
     (["--sigma-min", "5", "--sigma-max", "1"], "sigma_min < sigma_max"),
