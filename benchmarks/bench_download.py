@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import requests
+from _common import best_time
 
 from samplerkit import download
 
@@ -55,15 +56,6 @@ def _wait_until_up(url: str, deadline: float = 20.0) -> None:
         except requests.ConnectionError:
             time.sleep(0.1)
     raise RuntimeError(f"the test server at {url} did not start")
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -105,13 +97,13 @@ def main() -> None:
                 assert path.stat().st_size == args.mb * 10**6
                 shutil.rmtree(cache)
 
-            t_null = _best(curl_null, args.repeats)
-            t_file = _best(curl_file, args.repeats)
-            t_fetch = _best(lambda: fetch(digest), args.repeats)
+            t_null = best_time(curl_null, args.repeats)
+            t_file = best_time(curl_file, args.repeats)
+            t_fetch = best_time(lambda: fetch(digest), args.repeats)
             real_hasher = download._hasher
             download._hasher = _NoHash
             try:
-                t_nohash = _best(lambda: fetch(None), args.repeats)
+                t_nohash = best_time(lambda: fetch(None), args.repeats)
             finally:
                 download._hasher = real_hasher
         finally:

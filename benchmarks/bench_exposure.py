@@ -16,22 +16,10 @@ import argparse
 import time
 
 import torch
+from _common import SmallConvNet
 
 import samplerkit as sk
 from samplerkit import diffusion, exposure, samplers
-
-
-class SmallConvNet(torch.nn.Module):
-    def __init__(self, ch: int = 64):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, ch, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(ch, ch, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(ch, 3, 3, padding=1),
-        )
-
-    def forward(self, x, t, y=None):
-        return self.body(x) * 0.1
 
 
 def main(batch: int, steps: int, repeats: int, channels: int = 64) -> None:

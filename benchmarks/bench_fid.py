@@ -32,17 +32,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import best_time  # noqa: E402
+
 from samplerkit import fid  # noqa: E402
 from samplerkit.data import shapes  # noqa: E402
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def bench_features(n: int, batch: int, repeats: int, path: Path, workdir: Path) -> None:

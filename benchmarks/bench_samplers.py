@@ -18,23 +18,11 @@ import math
 import time
 
 import torch
+from _common import SmallConvNet
 
 import samplerkit as sk
 from adapters.analytic import GaussianDenoiser
 from samplerkit import diffusion, samplers, schedules
-
-
-class SmallConvNet(torch.nn.Module):
-    def __init__(self, ch=64):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, ch, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(ch, ch, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(ch, 3, 3, padding=1),
-        )
-
-    def forward(self, x, t, y=None):
-        return self.body(x) * 0.1
 
 
 def overhead(batch: int, repeats: int, steps: int = 10) -> None:
