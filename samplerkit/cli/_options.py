@@ -39,14 +39,14 @@ def model_options(default_model: str | None) -> Callable:
     """``--model``, ``--family``, ``--flag`` and ``--preset``, added to a click command."""
 
     def decorate(fn):
-        @click.option("--preset", default=None,
-                      help="Zoo entry whose flags a local .pt file uses (overridden by --flag).")
-        @click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
-                      help="Upstream architecture/diffusion flag for a local .pt file; repeatable.")
-        @click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
-                      help="Network family of a local checkpoint file (EDM .pkl files are detected).")
         @click.option("--model", "model", default=default_model, show_default=True,
                       help="Zoo name (see `samplerkit models list`) or path to a checkpoint file.")
+        @click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
+                      help="Network family of a local checkpoint file (EDM .pkl files are detected).")
+        @click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
+                      help="Upstream architecture/diffusion flag for a local .pt file; repeatable.")
+        @click.option("--preset", default=None,
+                      help="Zoo entry whose flags a local .pt file uses (overridden by --flag).")
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             return fn(*args, **kwargs)
