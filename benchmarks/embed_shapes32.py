@@ -30,18 +30,23 @@ def embed(run: Path, name: str, step: int) -> None:
 
 
 def record_samples() -> None:
-    """Reference samples of the shipped models (seeds 0-3, Heun 8 steps) for the reproduction test."""
+    """Reference samples of the shipped models for the reproduction test: seeds 0-3 with the
+    recommended sampler (what `samplerkit sample` draws by default) and with Heun, 8 steps."""
     import numpy as np
 
     import samplerkit as sk
+    from samplerkit.cli._options import resolve_sampler
     from samplerkit.data import to_uint8
     from samplerkit.generate import generate, make_sampler
 
     out = {}
     for name in ("shapes32-adm", "shapes32-adm-ip"):
         net = sk.load(name)
-        ((_, x, _),) = generate(net, make_sampler(net, "heun", 8), [0, 1, 2, 3], batch_size=4)
-        out[name] = to_uint8(x)
+        sampler, steps, options = resolve_sampler(name, None, None, {})
+        for key, prepared in ((name, make_sampler(net, sampler, steps, **options)),
+                              (f"{name}/heun8", make_sampler(net, "heun", 8))):
+            ((_, x, _),) = generate(net, prepared, [0, 1, 2, 3], batch_size=4)
+            out[key] = to_uint8(x)
     path = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "shapes32_samples.npz"
     np.savez(path, **out)
     print(f"recorded {path}")

@@ -170,11 +170,14 @@ def ancestral_chain(net, x_t: torch.Tensor, t_start: int, alphas_cumprod, class_
 
 
 def prediction_error(net, x0: torch.Tensor, t: int, alphas_cumprod, noise: torch.Tensor,
-                     class_labels=None) -> torch.Tensor:
-    """e_t = x0_hat - x0 (Sec. 5.3): x_t from Eq. 4 with ``noise``, x0_hat from eps_theta(x_t, t)."""
+                     class_labels=None, clip_denoised: bool = False) -> torch.Tensor:
+    """e_t = x0_hat - x0 (Sec. 5.3): x_t from Eq. 4 with ``noise``, x0_hat from eps_theta(x_t, t),
+    clipped to [-1, 1] first when ``clip_denoised`` (as ADM's sampler clips it; near t = T of a
+    cosine schedule the unclipped x0_hat is eps divided by sqrt(abar_T) ~ 0.006)."""
     ab = _prefix(alphas_cumprod, t)[-1].to(x0.device)
     x_t = q_sample(x0.to(torch.float64), ab, noise.to(torch.float64))
-    return predict_x0(net, x_t, ab, class_labels) - x0.to(torch.float64)
+    x0_hat = predict_x0(net, x_t, ab, class_labels)
+    return (x0_hat.clamp(-1, 1) if clip_denoised else x0_hat) - x0.to(torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +430,8 @@ def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.
                     pairs = (xb[: settings.pairs].cpu(), x_hat[: settings.pairs].cpu())
             else:
                 for _ in range(draws):
-                    e = prediction_error(net, xb, t, ab, gen.randn(xb.shape, dtype=torch.float64), lb)
+                    e = prediction_error(net, xb, t, ab, gen.randn(xb.shape, dtype=torch.float64), lb,
+                                         clip_denoised=settings.clip_denoised)
                     s1, s2, count = s1 + float(e.sum()), s2 + float((e**2).sum()), count + e.numel()
                     if mode == "normality":
                         errors.append(e.to(torch.float32).cpu())

@@ -10,7 +10,6 @@ import torch
 
 from .errors import SamplerkitError
 
-
 MAX_SEEDS = 10_000_000  # 200x a 50k-image FID run; a larger list is almost surely a typo
 
 

@@ -11,6 +11,7 @@ import samplerkit as sk
 from adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 from samplerkit import diffusion
 from samplerkit import exposure as ex
+from samplerkit.builtin import DEFAULT_MODEL
 from samplerkit.cli import main
 from samplerkit.data import to_uint8
 
@@ -245,5 +246,18 @@ def test_cli_writes_csv_plot_and_pairs(tmp_path, capsys):
     rows = (tmp_path / "eb.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("model,sha256,mode,t,")
     assert (tmp_path / "eb.png").stat().st_size > 0
-    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["shapes32-ideal-delta-t2.png",
-                                                                      "shapes32-ideal-delta-t4.png"]
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == [f"{DEFAULT_MODEL}-delta-t2.png",
+                                                                      f"{DEFAULT_MODEL}-delta-t4.png"]
+
+
+def test_clipped_prediction_error_clips_x0_hat_before_subtracting():
+    """--clip-denoised in the nu/normality modes: e_t = clip(x0_hat, -1, 1) - x0, same x_t."""
+    net = _some_eps_net()
+    x0 = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = net.alphas_cumprod.numel()  # abar_T is tiny: the unclipped x0_hat leaves [-1, 1] by far
+    raw = ex.prediction_error(net, x0, t, net.alphas_cumprod, noise)
+    clipped = ex.prediction_error(net, x0, t, net.alphas_cumprod, noise, clip_denoised=True)
+    assert (raw + x0).abs().max() > 2
+    assert torch.equal(clipped, (raw + x0).clamp(-1, 1) - x0)
+    assert clipped.abs().max() <= 2

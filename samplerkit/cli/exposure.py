@@ -113,7 +113,8 @@ def _fid_reference(path: str | None):
 @click.option("--stride", type=int, default=10, show_default=True,
               help="t grid of nu and normality: stride, 2 stride, ..., T.")
 @click.option("--clip-denoised/--no-clip-denoised", default=False, show_default=True,
-              help="Clip x0_hat to [-1, 1] at every step (Alg. 2 and 4 do not).")
+              help="Clip x0_hat to [-1, 1] at every chain step (delta, fid; Alg. 2 and 4 do not) and "
+                   "before e_t = x0_hat - x0 (nu, normality).")
 @click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
               help="Variance of the fid mode's ancestral steps "
                    "[default: learned if the model has it, else fixedsmall].")

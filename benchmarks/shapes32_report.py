@@ -1,0 +1,68 @@
+"""Markdown tables and the combined sweep plot of the shapes32 results (last step of
+``shapes32_results.sh``): reads the sweep and exposure-bias CSVs in OUT_DIR.
+
+    python benchmarks/shapes32_report.py OUT_DIR > OUT_DIR/results.md
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MODELS = ("shapes32-adm", "shapes32-adm-ip")
+SAMPLERS = ("euler", "heun", "ddim", "ancestral")
+
+
+def sweep_table(out: Path) -> pd.DataFrame:
+    frames = [pd.read_csv(out / f"sweep-{m.removeprefix('shapes32-')}.csv").assign(model=m) for m in MODELS]
+    return pd.concat(frames)[["model", "sampler", "steps", "nfe", "fid"]]
+
+
+def markdown(df: pd.DataFrame, index: str, columns: str, values: str, fmt: str) -> str:
+    wide = df.pivot_table(index=index, columns=columns, values=values, sort=False)
+    head = f"| {' | '.join([index if isinstance(index, str) else ' / '.join(index), *map(str, wide.columns)])} |"
+    rule = "|" + "---|" * (len(wide.columns) + 1)
+    rows = [
+        f"| {' / '.join(map(str, k)) if isinstance(k, tuple) else k} | {' | '.join(format(v, fmt) for v in row)} |"
+        for k, row in zip(wide.index, wide.to_numpy(), strict=True)
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def sweep_plot(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, sampler in enumerate(SAMPLERS):
+        for model, style in zip(MODELS, ("--", "-"), strict=True):
+            d = df[(df.model == model) & (df.sampler == sampler)].sort_values("nfe")
+            label = f"{sampler}, {model.removeprefix('shapes32-')}"
+            ax.plot(d.nfe, d.fid, style, marker="o", color=f"C{i}", label=label)
+    ax.set(xscale="log", xlabel="NFE", ylabel="FID (200 images vs 2,000 reference images)",
+           title="shapes32: ADM (dashed) vs ADM-IP (solid)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(out: Path) -> None:
+    sweep = sweep_table(out)
+    sweep_plot(sweep, out / "sweep.png")
+    print("### NFE vs FID\n")
+    print(markdown(sweep, ["sampler", "nfe"], "model", "fid", ".1f"))
+    eb = pd.read_csv(out / "exposure.csv")
+    delta = eb[eb["mode"] == "delta"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))
+    print("\n### Exposure bias: delta_t (mean over images, 95 % interval in the CSV)\n")
+    print(markdown(delta, "model", "t", "delta_mean", ".4f"))
+    nu = pd.read_csv(out / "exposure-nu.csv").assign(model=lambda d: d.model.str.replace("shapes32-", ""))
+    print("\n### Prediction error nu_t (x0_hat clipped to [-1, 1]; t on the 100-step respaced chain)\n")
+    print(markdown(nu[nu.t % 20 == 0], "model", "t", "nu", ".4f"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
