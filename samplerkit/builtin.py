@@ -47,7 +47,7 @@ BUILTIN_MODELS = {
 
 # zoo metadata of each built-in model (samplerkit.zoo registers them)
 _SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T=1000, schedule="cosine",
-                     recommended={"sampler": "heun", "steps": 18})
+                     recommended={"sampler": "ancestral", "steps": 50, "variance": "learned"})
 BUILTIN_INFO = {
     "shapes32-adm": dict(_SHIPPED_INFO, notes="ADM (tiny preset) trained on builtin:shapes32, no regularizer"),
     "shapes32-adm-ip": dict(_SHIPPED_INFO, notes="ADM-IP (tiny preset, gamma 0.1) trained on builtin:shapes32"),

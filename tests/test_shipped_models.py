@@ -10,6 +10,7 @@ import torch
 
 import samplerkit as sk
 from samplerkit.builtin import DEFAULT_MODEL, MODELS_DIR
+from samplerkit.cli._options import resolve_sampler
 from samplerkit.data import shapes, to_model_space, to_uint8
 from samplerkit.generate import generate, make_sampler
 
@@ -35,11 +36,30 @@ def test_shipped_model_loads_through_the_public_path_with_learned_variance(name)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_model_reproduces_the_recorded_samples(name):
+def test_float16_storage_loads_exactly_into_float32(name):
+    stored = torch.load(MODELS_DIR / f"{name}.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    loaded = {k.removeprefix("eps_fn.unet."): v for k, v in sk.load(name).state_dict().items()}
+    assert stored.keys() == loaded.keys()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v.float()) for k, v in stored.items())
+
+
+def _recommended(net, name):
+    sampler, steps, options = resolve_sampler(name, None, None, {})
+    assert (sampler, options) == ("ancestral", {"variance": "learned"})  # what `samplerkit sample` uses
+    return make_sampler(net, sampler, steps, **options)
+
+
+@pytest.mark.parametrize("key", [*NAMES, *(f"{n}/heun8" for n in NAMES)])
+def test_shipped_model_reproduces_the_recorded_samples(key):
+    """Seeds 0-3 with the recommended sampler and with Heun 8 steps, recorded when the weights
+    were embedded (benchmarks/embed_shapes32.py): within 1/255 per pixel."""
+    name, _, variant = key.partition("/")
     net = sk.load(name)
-    ((_, x, _),) = generate(net, make_sampler(net, "heun", 8), [0, 1, 2, 3], batch_size=4)
-    recorded = np.load(FIXTURE)[name]
-    assert np.abs(to_uint8(x).astype(int) - recorded.astype(int)).max() <= 1  # within 1/255 per pixel
+    prepared = make_sampler(net, "heun", 8) if variant else _recommended(net, name)
+    ((_, x, _),) = generate(net, prepared, [0, 1, 2, 3], batch_size=4)
+    recorded = np.load(FIXTURE)[key]
+    assert np.abs(to_uint8(x).astype(int) - recorded.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,7 +68,7 @@ def test_samples_are_closer_to_the_data_than_noise(name):
     nearest image among the first 2,048 of builtin:shapes32; samples must be at least 30 %
     closer than uniform-noise images are."""
     net = sk.load(name)
-    ((_, x, _),) = generate(net, make_sampler(net, "heun", 18), list(range(100, 108)), batch_size=8)
+    ((_, x, _),) = generate(net, _recommended(net, name), list(range(100, 108)), batch_size=8)
     data = to_model_space(shapes(np.arange(2048))[0]).double().flatten(1)
 
     def nearest(imgs):
