@@ -238,7 +238,8 @@ def test_loaded_pickle_matches_upstream_outputs(case, tmp_path, upstream_outputs
     labels = ref["labels"] if net.label_dim else None
     D = net(ref["x"], ref["sigma"], labels)
     assert D.dtype == torch.float32
-    assert (D - ref["D"]).abs().max().item() <= 1e-5
+    # float32 kernels differ between CPUs in the last bits: 1e-5 relative to the output's scale
+    assert (D - ref["D"]).abs().max().item() <= 1e-5 * max(1.0, ref["D"].abs().max().item())
 
 
 @pytest.mark.parametrize("case", ["vp-ddpmpp-cond", "vp-ddpmpp-uncond"])
