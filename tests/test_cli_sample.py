@@ -317,7 +317,8 @@ def test_nan_stops_the_run_naming_the_seed_and_the_evaluation(tmp_path, monkeypa
             return D
 
     monkeypatch.setattr(sample_cli, "load_model", lambda *a, **k: NaNLater())
-    code, _, err = _cli("sample", "--sampler", "heun", "--seeds", "4-7", "--steps", "3", "--out", str(tmp_path), "--quiet")
+    code, _, err = _cli("sample", "--sampler", "heun", "--seeds", "4-7", "--steps", "3", "--out", str(tmp_path),
+                        "--quiet")
     assert code == 2 and err.count("\n") == 1
     assert "seed(s) [5] at network evaluation 3 of 5" in err
 
