@@ -48,9 +48,22 @@ BUILTIN_MODELS = {
 # zoo metadata of each built-in model (samplerkit.zoo registers them)
 _SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T=1000, schedule="cosine",
                      recommended={"sampler": "ancestral", "steps": 50, "variance": "learned"})
+
+
+def _shipped_info(name: str, notes: str) -> dict:
+    """Zoo metadata of a shipped network: its flags, file, size and sha256 (recorded in manifests)."""
+    import hashlib
+
+    path = MODELS_DIR / f"{name}.pt"
+    if not path.is_file():
+        return dict(_SHIPPED_INFO, notes=notes)
+    return dict(_SHIPPED_INFO, notes=notes, flags=json.loads((MODELS_DIR / f"{name}.json").read_text()),
+                filename=str(path), size=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
 BUILTIN_INFO = {
-    "shapes32-adm": dict(_SHIPPED_INFO, notes="ADM (tiny preset) trained on builtin:shapes32, no regularizer"),
-    "shapes32-adm-ip": dict(_SHIPPED_INFO, notes="ADM-IP (tiny preset, gamma 0.1) trained on builtin:shapes32"),
+    "shapes32-adm": _shipped_info("shapes32-adm", "ADM (tiny preset) trained on builtin:shapes32, no regularizer"),
+    "shapes32-adm-ip": _shipped_info("shapes32-adm-ip", "ADM-IP (tiny preset, gamma 0.1) trained on builtin:shapes32"),
     "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
                            recommended={"sampler": "heun", "steps": 18},
                            notes="exact denoiser of the first 1,024 shapes32 images (analytic, no weights)"),

@@ -68,9 +68,10 @@ class ZooEntry:
     loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def local_path(self, cache_dir: str | Path | None = None) -> Path | None:
-        """Where the checkpoint is (or will be) cached; None for a built-in model."""
+        """Where the checkpoint is (or will be) cached; a shipped model's file in the package; None
+        for an analytic built-in model."""
         if self.family == "builtin":
-            return None
+            return Path(self.filename) if self.filename else None
         return (Path(cache_dir).expanduser() if cache_dir else download.default_cache_dir()) / self.filename
 
     def is_cached(self, cache_dir: str | Path | None = None) -> bool:

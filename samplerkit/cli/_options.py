@@ -93,7 +93,8 @@ def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, op
 
 
 def model_sha256(name: str) -> str:
-    """sha256 of a local model file; the recorded one for a zoo name; '' for a built-in model."""
+    """sha256 of a local model file; the published or recorded one for a zoo name (a shipped model's
+    own); '' when there is none (an analytic model, a download not made yet)."""
     from pathlib import Path
 
     from ..output import file_sha256
@@ -106,7 +107,7 @@ def model_sha256(name: str) -> str:
         entry = zoo.get(name)
     except SamplerkitError:
         return ""
-    return "" if entry.family == "builtin" else (entry.expected_sha256() or "")
+    return entry.expected_sha256() or ""  # a shipped model has its digest; an analytic one has none
 
 
 # CLI option name -> sampler option name in samplerkit.generate.SAMPLER_OPTIONS
