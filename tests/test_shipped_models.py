@@ -76,3 +76,20 @@ def test_samples_are_closer_to_the_data_than_noise(name):
 
     noise = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert nearest(x.clamp(-1, 1)) < 0.7 * nearest(noise)
+
+
+def test_sample_command_defaults_to_the_shipped_adm_ip(tmp_path):
+    """`samplerkit sample` with no model or sampler options: the shipped ADM-IP, its recommended
+    sampler, a grid, and the weights' sha256 in the manifest."""
+    import hashlib
+    import json
+
+    from samplerkit.cli import main
+
+    out = tmp_path / "out"
+    main(["sample", "--seeds", "0-3", "--out", str(out), "--quiet"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    digest = hashlib.sha256((MODELS_DIR / "shapes32-adm-ip.pt").read_bytes()).hexdigest()
+    assert (manifest["model"], manifest["model_sha256"]) == ("shapes32-adm-ip", digest)
+    assert (manifest["sampler"], manifest["variance"]) == ("ancestral", "learned")
+    assert (out / "grid.png").stat().st_size > 0 and len(list(out.glob("000000/*.png"))) == 4
