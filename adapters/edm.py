@@ -264,6 +264,23 @@ class FourierEmbedding(nn.Module):
 # networks F(x; c_noise, labels)
 
 
+def _decoder_level(dec: nn.ModuleDict, res: int, lowest: bool, cin: int, cout: int, skips: list[int],
+                   num_blocks: int, attention_at, block_kwargs: dict) -> int:
+    """Add one decoder level of SongUNet / DhariwalUNet to ``dec`` under EDM's key names: the two
+    middle blocks (lowest resolution) or an upsampling block, then num_blocks + 1 blocks that each
+    take one skip connection (``attention_at(idx)`` says where attention sits). Returns the width."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(in_channels=cin, out_channels=cin, attention=True, **block_kwargs)
+        dec[f"{res}x{res}_in1"] = UNetBlock(in_channels=cin, out_channels=cin, **block_kwargs)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(in_channels=cin, out_channels=cin, up=True, **block_kwargs)
+    for idx in range(num_blocks + 1):
+        dec[f"{res}x{res}_block{idx}"] = UNetBlock(in_channels=cin + skips.pop(), out_channels=cout,
+                                                   attention=attention_at(idx), **block_kwargs)
+        cin = cout
+    return cout
+
+
 class SongUNet(nn.Module):
     """DDPM++ / NCSN++ (Song et al. 2021) as configured in edm.txt App. F.2.
 
@@ -370,19 +387,10 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(
-                    in_channels=cout, out_channels=cout, attention=True, **block_kwargs
-                )
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(in_channels=cout, out_channels=cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(in_channels=cout, out_channels=cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attention = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    in_channels=cin, out_channels=cout, attention=attention, **block_kwargs
-                )
+            # DDPM++/NCSN++: attention only in the last block of a level
+            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult, skips,
+                                  num_blocks, lambda idx, r=res: idx == num_blocks and r in attn_resolutions,
+                                  block_kwargs)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(
@@ -506,18 +514,9 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(
-                    in_channels=cout, out_channels=cout, attention=True, **block_kwargs
-                )
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(in_channels=cout, out_channels=cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(in_channels=cout, out_channels=cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    in_channels=cin, out_channels=cout, attention=res in attn_resolutions, **block_kwargs
-                )
+            # ADM: attention in every block of an attention resolution
+            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult, skips,
+                                  num_blocks, lambda idx, r=res: r in attn_resolutions, block_kwargs)
         self.out_norm = GroupNorm(num_channels=cout)
         self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
 
