@@ -50,7 +50,20 @@ def sweep_plot(df: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def grids(out: Path) -> None:
+    """grids.png: the data set, ADM and ADM-IP grids side by side (64 images each)."""
+    from PIL import Image
+
+    images = [Image.open(out / f"grid-{name}.png").convert("RGB") for name in ("data", *MODELS)]
+    gap = 8
+    canvas = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), images[0].height), "white")
+    for k, image in enumerate(images):
+        canvas.paste(image, (k * (image.width + gap), 0))
+    canvas.save(out / "grids.png")
+
+
 def main(out: Path) -> None:
+    grids(out)
     sweep = sweep_table(out)
     sweep_plot(sweep, out / "sweep.png")
     print("### NFE vs FID\n")
