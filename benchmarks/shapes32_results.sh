@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's results section for the embedded models: sample grids, an NFE-vs-FID sweep of both
-# models and the exposure-bias comparison (delta_t of the IP paper's Tab. 6, nu_t of its Fig. 2).
+# models and the exposure-bias comparison (delta_t and FID of the IP paper's Tab. 6 and 1, nu_t of its Fig. 2).
 #
 #   bash benchmarks/shapes32_results.sh [OUT_DIR]        # default benchmarks/results
 #
@@ -30,12 +30,13 @@ for m in shapes32-adm shapes32-adm-ip; do
     samplerkit sweep --model "$m" --sampler euler,heun,ddim,ancestral --steps 5,10,20,50 --num-images 200 \
         --ref "$out/shapes32-ref.npz" --csv "$out/sweep-${m#shapes32-}.csv" --plot "$out/sweep-${m#shapes32-}.png" --quiet
 done
-# delta_t as Alg. 4 (no clipping); nu_t of x0_hat clipped to [-1, 1] as the ADM sampler does (unclipped,
+# delta_t as Alg. 4 (no clipping) and the FID of x0_hat against x0 (Tab. 1); t = 10..100 of the
+# 100-step respaced chain are t = 100..1000 of the T = 1000 chain (Tab. 6's columns); nu_t of x0_hat clipped to [-1, 1] as the ADM sampler does (unclipped,
 # x0_hat at t = T of the cosine schedule is divided by sqrt(abar_T) ~ 0.006 and nu_T is in the thousands)
-samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode delta \
+samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode delta,fid \
     --respacing 100 --t 10,30,60,100 --num-images 200 --csv "$out/exposure.csv" --plot "$out/exposure.png" \
     --pairs "$out/exposure-pairs" --quiet
 samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode nu \
-    --clip-denoised --respacing 100 --stride 5 --num-images 200 --csv "$out/exposure-nu.csv" --plot "$out/nu.png" \
+    --clip-denoised --respacing 100 --stride 5 --num-images 200 --csv "$out/exposure-nu.csv" --plot "$out/exposure-nu.png" \
     --quiet
 python benchmarks/shapes32_report.py "$out" > "$out/results.md"

@@ -687,7 +687,7 @@ def save_pairs(pairs: dict, directory: str | Path) -> list[Path]:
     return written
 
 
-def companion_path(path: str | Path, mode: str) -> Path:
-    """The delta plot at ``path``; the other modes beside it as ``<stem>-<mode><suffix>``."""
+def companion_path(path: str | Path, mode: str, first: str = "delta") -> Path:
+    """The plot of the ``first`` mode asked for at ``path``; the others beside it as ``<stem>-<mode><suffix>``."""
     path = Path(path)
-    return path if mode == "delta" else path.with_name(f"{path.stem}-{mode}{path.suffix or '.png'}")
+    return path if mode == first else path.with_name(f"{path.stem}-{mode}{path.suffix or '.png'}")

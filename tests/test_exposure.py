@@ -250,6 +250,13 @@ def test_cli_writes_csv_plot_and_pairs(tmp_path, capsys):
                                                                       f"{DEFAULT_MODEL}-delta-t4.png"]
 
 
+def test_cli_puts_the_first_modes_plot_at_the_plot_path(tmp_path, capsys):
+    code, out = _cli(capsys, "--model", "shapes32-ideal", "--data", "builtin:shapes32?n=4", "--num-images", "4",
+                     "--mode", "nu,delta", "--t", "2", "--stride", "500", "--plot", str(tmp_path / "nu.png"))
+    assert code == 0, out.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nu-delta.png", "nu.png"]
+
+
 def test_clipped_prediction_error_clips_x0_hat_before_subtracting():
     """--clip-denoised in the nu/normality modes: e_t = clip(x0_hat, -1, 1) - x0, same x_t."""
     net = _some_eps_net()

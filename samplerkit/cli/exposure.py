@@ -123,7 +123,8 @@ def _fid_reference(path: str | None):
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
               help="CSV of all rows; resumes from it.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="delta_t vs t PNG; other modes go beside it as <stem>-<mode>.png.")
+              help="PNG of the first --mode (delta_t vs t by default); other modes go beside it as "
+                   "<stem>-<mode>.png.")
 @click.option("--pairs", "pairs_dir", default=None, type=click.Path(file_okay=False),
               help="Directory for (x0, x0_hat) PNGs.")
 @click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
@@ -168,8 +169,9 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
         click.echo(exposure.gamma_text(name, g))
     if plot_path:
         for mode in settings.modes:
-            if exposure.plot(report.current, mode, exposure.companion_path(plot_path, mode)):
-                log(f"wrote {exposure.companion_path(plot_path, mode)}")
+            path = exposure.companion_path(plot_path, mode, settings.modes[0])
+            if exposure.plot(report.current, mode, path):
+                log(f"wrote {path}")
         hist = exposure.companion_path(plot_path, "histograms")
         if exposure.plot_histograms(report.histograms, hist):
             log(f"wrote {hist}")
