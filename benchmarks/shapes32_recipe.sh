@@ -21,4 +21,4 @@ for reg in none ip; do
     ) &
 done
 wait
-python benchmarks/embed_shapes32.py "$runs/shapes32-none" "$runs/shapes32-ip" "$iterations"
+python "$(dirname "$0")/embed_shapes32.py" "$runs/shapes32-none" "$runs/shapes32-ip" "$iterations"
