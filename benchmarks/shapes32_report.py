@@ -62,8 +62,31 @@ def grids(out: Path) -> None:
     canvas.save(out / "grids.png")
 
 
+def loss_curves(out: Path) -> str:
+    """loss.png: the training loss of both runs (log.csv rows every 100 steps, rolling mean of 10);
+    returns a markdown table of the last 1,000 steps."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rows = []
+    for model, style in zip(MODELS, ("--", "-"), strict=True):
+        log = pd.read_csv(out / f"{model}-log.csv")
+        ax.plot(log.step, log.loss.rolling(10, min_periods=1).mean(), style, label=model)
+        tail = log[log.step > log.step.max() - 1000]
+        rows.append(f"| {model} | {tail.loss.mean():.4f} | {tail.mse.mean():.4f} | {tail.vb.mean():.4f} | "
+                    f"{log.images_per_s.median():.0f} |")
+    ax.set(yscale="log", xlabel="step", ylabel="hybrid loss (rolling mean)", title="shapes32 training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    head = "| model | loss | L_simple (mse) | L_vlb term | images/s |\n|---|---|---|---|---|"
+    return "\n".join([head, *rows])
+
+
 def main(out: Path) -> None:
     grids(out)
+    print("### Training (mean over the last 1,000 steps)\n")
+    print(loss_curves(out))
+    print()
     sweep = sweep_table(out)
     sweep_plot(sweep, out / "sweep.png")
     print("### NFE vs FID\n")
