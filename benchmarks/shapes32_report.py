@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def main(out: Path) -> None:
     print()
     sweep = sweep_table(out)
     sweep_plot(sweep, out / "sweep.png")
-    print("### NFE vs FID\n")
+    floor = json.loads((out / "fid-data-floor.json").read_text())["fid"]
+    print(f"### NFE vs FID (200 fresh data-set images score {floor:.1f}: the floor at this sample size)\n")
     print(markdown(sweep, ["sampler", "nfe"], "model", "fid", ".1f"))
     eb = pd.read_csv(out / "exposure.csv")
     delta = eb[eb["mode"] == "delta"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))

@@ -39,4 +39,7 @@ samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data bui
 samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode nu \
     --clip-denoised --respacing 100 --stride 5 --num-images 200 --csv "$out/exposure-nu.csv" --plot "$out/exposure-nu.png" \
     --quiet
-python benchmarks/shapes32_report.py "$out" > "$out/results.md"
+# the floor of FID at this size: 200 fresh data-set images (another seed) against the same reference
+samplerkit fid --images "builtin:shapes32?n=200&seed=1" --ref "$out/shapes32-ref.npz" --json --quiet \
+    > "$out/fid-data-floor.json"
+python "$(dirname "$0")/shapes32_report.py" "$out" > "$out/results.md"
