@@ -97,6 +97,9 @@ def main(out: Path) -> None:
     delta = eb[eb["mode"] == "delta"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))
     print("\n### Exposure bias: delta_t (mean over images, 95 % interval in the CSV)\n")
     print(markdown(delta, "model", "t", "delta_mean", ".4f"))
+    clip = pd.read_csv(out / "exposure-clip.csv").assign(model=lambda d: d.model.str.replace("shapes32-", ""))
+    print("\n### Exposure bias: delta_t with x0_hat clipped to [-1, 1] at every step\n")
+    print(markdown(clip, "model", "t", "delta_mean", ".4f"))
     fid = eb[eb["mode"] == "fid"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))
     if len(fid):
         print("\n### Exposure bias: FID of x0_hat against x0 (Tab. 1's measurement)\n")

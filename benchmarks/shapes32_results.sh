@@ -36,6 +36,11 @@ done
 samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode delta,fid \
     --respacing 100 --t 10,30,60,100 --num-images 200 --csv "$out/exposure.csv" --plot "$out/exposure.png" \
     --pairs "$out/exposure-pairs" --quiet
+# delta_t again with x0_hat clipped to [-1, 1] at every step (Tab. 6 says its error is bounded by 2,
+# which the unclipped Alg. 4 is not on a cosine schedule)
+samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode delta \
+    --clip-denoised --respacing 100 --t 10,30,60,100 --num-images 200 --csv "$out/exposure-clip.csv" \
+    --plot "$out/exposure-clip.png" --quiet
 samplerkit exposure-bias --model shapes32-adm --model shapes32-adm-ip --data builtin:shapes32 --mode nu \
     --clip-denoised --respacing 100 --stride 5 --num-images 200 --csv "$out/exposure-nu.csv" --plot "$out/exposure-nu.png" \
     --quiet
