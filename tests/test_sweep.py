@@ -13,6 +13,8 @@ from test_fid import assert_one_line_error, run_cli
 
 import samplerkit as sk
 from samplerkit import fid, sweep
+from samplerkit.builtin import DEFAULT_MODEL
+from samplerkit.cli._options import model_sha256
 from samplerkit.errors import SamplerkitError
 
 SEEDS = list(range(6))
@@ -146,7 +148,8 @@ def test_sweep_command_end_to_end_with_inception_resumes_without_recomputing(tmp
     code, out, err = run_cli(*args)
     assert code == 0, err
     rows = read_rows(tmp_path / "s.csv")
-    assert [(r["sampler"], r["nfe"], r["n_images"], r["sha256"]) for r in rows] == [("heun", "5", "4", "")]
+    expected = [("heun", "5", "4", model_sha256(DEFAULT_MODEL))]  # the shipped weights' digest
+    assert [(r["sampler"], r["nfe"], r["n_images"], r["sha256"]) for r in rows] == expected
     assert math.isfinite(float(rows[0]["fid"])) and float(rows[0]["fid"]) > 0
     assert (tmp_path / "s.png").is_file() and "heun" in out
     assert len(list(tmp_path.glob("s.ref-*.npz"))) == 1
