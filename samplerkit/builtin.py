@@ -51,14 +51,13 @@ _SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T
 
 
 def _shipped_info(name: str, notes: str) -> dict:
-    """Zoo metadata of a shipped network: its flags, file, size and sha256 (recorded in manifests)."""
-    import hashlib
-
+    """Zoo metadata of a shipped network: its flags, file and size (the zoo hashes the file when its
+    sha256 is first asked for, not at import)."""
     path = MODELS_DIR / f"{name}.pt"
     if not path.is_file():
         return dict(_SHIPPED_INFO, notes=notes)
     return dict(_SHIPPED_INFO, notes=notes, flags=json.loads((MODELS_DIR / f"{name}.json").read_text()),
-                filename=str(path), size=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+                filename=str(path), size=path.stat().st_size)
 
 
 BUILTIN_INFO = {

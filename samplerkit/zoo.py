@@ -79,9 +79,14 @@ class ZooEntry:
         return self.family == "builtin" or self.local_path(cache_dir).is_file()
 
     def expected_sha256(self, cache_dir: str | Path | None = None) -> str | None:
-        """The published sha256, else the one recorded at the first download, else None."""
-        if self.sha256 or self.family == "builtin":
+        """The published sha256, else the one recorded at the first download (a shipped model: its
+        file's, computed once), else None."""
+        if self.sha256:
             return self.sha256
+        if self.family == "builtin":
+            from .output import file_sha256
+
+            return file_sha256(self.filename) if self.filename else None
         record = download.read_record(self.local_path(cache_dir))
         return record["sha256"] if record else None
 

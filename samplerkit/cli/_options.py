@@ -79,7 +79,7 @@ def recommended(name: str | None) -> dict:
 def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, options: dict) -> tuple[str, int, dict]:
     """The sampler, step count and options a run uses when the user left some unset.
 
-    No ``--sampler``: the model's recommended settings (``samplerkit models show``), with the
+    No ``--sampler``: the model's recommended settings (``samplerkit models info``), with the
     user's own options on top; a model without one gets Heun with 18 steps. ``--sampler`` given
     without ``--steps``: the recommended step count when it names the recommended sampler, else 18.
     """

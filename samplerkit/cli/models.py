@@ -42,7 +42,7 @@ def _as_dict(entry: zoo.ZooEntry) -> dict:
     if d["size"] is None:
         d["size"] = _known_size(entry)
     d["sha256"] = entry.expected_sha256()
-    d["sha256_published"] = entry.sha256 is not None
+    d["sha256_published"] = entry.sha256 is not None or entry.family == "builtin"  # not from a download record
     return d
 
 

@@ -44,7 +44,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 EXAMPLES = """
 \b
 Examples:
-  samplerkit sample                                    # built-in model, Heun 18 steps, seeds 0-63 -> out/
+  samplerkit sample                                    # built-in model, its recommended sampler, seeds 0-63 -> out/
   samplerkit sample --model adm-imagenet64 --sampler ancestral --respacing 250 --class-labels random
   samplerkit sample --model edm-imagenet64-cond --sampler stochastic --steps 256 \\
       --S-churn 40 --S-min 0.05 --S-max 50 --S-noise 1.003 --seeds 0-49999 --format npz
@@ -89,7 +89,7 @@ def pick_device(name: str) -> torch.device:
 @model_options(DEFAULT_MODEL)
 @click.option("--sampler", type=click.Choice(list(SAMPLER_OPTIONS)), default=None,
               help="euler/heun/stochastic: EDM Alg. 1-2; ddim; ancestral: iDDPM respaced DDPM. "
-                   "[default: the model's recommended sampler (`samplerkit models show`), else heun]")
+                   "[default: the model's recommended sampler (`samplerkit models info`), else heun]")
 @click.option("--steps", type=int, default=None,
               help="Number of steps N (Heun: NFE = 2N - 1). [default: the recommended count, else 18]")
 @sampler_options
