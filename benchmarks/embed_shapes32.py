@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
+
+from samplerkit.output import atomic_file, atomic_write
 
 MODELS = Path(__file__).resolve().parent.parent / "samplerkit" / "models"
 
@@ -24,8 +25,9 @@ def embed(run: Path, name: str, step: int) -> None:
     for k, v in state.items():  # float16 storage must give back the same float32 weights to within fp16 rounding
         assert torch.allclose(half[k].float(), v, rtol=1e-3, atol=1e-4), k
     MODELS.mkdir(exist_ok=True)
-    torch.save(half, MODELS / f"{name}.pt")
-    shutil.copy(run / "flags.json", MODELS / f"{name}.json")
+    with atomic_file(MODELS / f"{name}.pt") as f:  # the shipped file is either the old or the new one
+        torch.save(half, f)
+    atomic_write(MODELS / f"{name}.json", (run / "flags.json").read_bytes())
     print(f"{name}: step {step}, EMA {rate}, {(MODELS / f'{name}.pt').stat().st_size / 2**20:.2f} MiB")
 
 
@@ -48,7 +50,8 @@ def record_samples() -> None:
             ((_, x, _),) = generate(net, prepared, [0, 1, 2, 3], batch_size=4)
             out[key] = to_uint8(x)
     path = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "shapes32_samples.npz"
-    np.savez(path, **out)
+    with atomic_file(path) as f:
+        np.savez(f, **out)
     print(f"recorded {path}")
 
 

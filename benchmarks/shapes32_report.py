@@ -25,7 +25,7 @@ def sweep_table(out: Path) -> pd.DataFrame:
     return pd.concat(frames)[["model", "sampler", "steps", "nfe", "fid"]]
 
 
-def markdown(df: pd.DataFrame, index: str, columns: str, values: str, fmt: str) -> str:
+def markdown(df: pd.DataFrame, index: str | list[str], columns: str, values: str, fmt: str) -> str:
     wide = df.pivot_table(index=index, columns=columns, values=values, sort=False)
     head = f"| {' | '.join([index if isinstance(index, str) else ' / '.join(index), *map(str, wide.columns)])} |"
     rule = "|" + "---|" * (len(wide.columns) + 1)
