@@ -229,7 +229,7 @@ class UNetModel(nn.Module):
     """The ADM / iDDPM UNet: ``forward(x [B, C, H, W], timesteps [B], y [B] int | None) -> [B, out, H, W]``.
 
     ``attention_resolutions`` are downsample rates (1, 2, 4, ...), as in the upstream class;
-    the flag parsers in :mod:`adapters.adm` and :mod:`adapters.iddpm` convert image
+    the flag parsers in :mod:`samplerkit.adapters.adm` and :mod:`samplerkit.adapters.iddpm` convert image
     resolutions to rates. With ``use_fp16`` the convolutions of the encoder, middle and
     decoder hold float16 weights and run in float16 (upstream ``convert_to_fp16``); the
     embeddings, group norms and the output head stay float32, as do inputs and outputs.

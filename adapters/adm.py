@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from samplerkit.denoisers import DiscreteEpsDenoiser
-from samplerkit.diffusion import alphas_cumprod, betas_for
+from samplerkit.diffusion import alpha_bar_from_betas, betas_for
 from samplerkit.errors import SamplerkitError
 
 from ._unet_blocks import UNetModel
@@ -384,7 +384,7 @@ def wrap_unet(
     label_dim: int,
 ) -> UNetDenoiser:
     """The denoiser over ``unet`` trained on ``d['noise_schedule']`` with ``d['diffusion_steps']`` levels."""
-    abar = alphas_cumprod(betas_for(d["noise_schedule"], d["diffusion_steps"]))
+    abar = alpha_bar_from_betas(betas_for(d["noise_schedule"], d["diffusion_steps"]))
     net = UNetDenoiser(
         EpsNetwork(unet.eval().requires_grad_(False), d["diffusion_steps"], d["rescale_timesteps"]),
         abar,

@@ -2,7 +2,7 @@
 
 EDM releases its networks (and its training snapshots ``network-snapshot-*.pkl``) as pickles
 whose objects carry the source of their defining module. :func:`load_pickle` reads such a file
-with :mod:`adapters.safe_pickle`, which turns every persistent object into a neutral record,
+with :mod:`samplerkit.adapters.safe_pickle`, which turns every persistent object into a neutral record,
 then builds *our* implementation of the named class from the pickled constructor arguments and
 assigns the pickled parameters and buffers by name (strict).
 

@@ -3,7 +3,7 @@
 improved-diffusion's UNet is ADM's without its later options: heads are a fixed count
 (``num_heads``, split before q/k/v), resampling is by conv layers, the first level has
 ``num_channels`` channels, and ``channel_mult`` follows from ``image_size``. Its state dicts
-share ADM's key layout, so the network and the loading come from :mod:`adapters.adm`; only
+share ADM's key layout, so the network and the loading come from :mod:`samplerkit.adapters.adm`; only
 the flags and their defaults (improved-diffusion's ``script_util``) differ. By default the
 network is fed t * 1000 / T (``rescale_timesteps=True``); the released models use
 ``diffusion_steps=4000`` with the cosine schedule (iddpm.txt Sec. 3.2, Eq. 17).

@@ -40,7 +40,7 @@ VARIANTS = ("reference", "sdpa", "channels_last", "bf16_autocast")
 
 
 def run_variant(variant: str, batch: int, repeats: int, threads: int | None, queue) -> None:
-    from adapters import adm
+    from samplerkit.adapters import adm
 
     if threads:
         torch.set_num_threads(threads)

@@ -7,8 +7,8 @@ weights) in the upstream persistence layout, then measures, each in a fresh proc
 
 * ``plain``: ``pickle.load`` with stand-in ``torch_utils.persistence`` / ``dnnlib.util``
   modules registered (the stand-in returns the meta dict, so no pickled code runs either);
-* ``safe-unpickle``: :func:`adapters.safe_pickle.load` alone;
-* ``load_pickle``: :func:`adapters.edm.load_pickle`, i.e. safe unpickling plus building our
+* ``safe-unpickle``: :func:`samplerkit.adapters.safe_pickle.load` alone;
+* ``load_pickle``: :func:`samplerkit.adapters.edm.load_pickle`, i.e. safe unpickling plus building our
   network and assigning its parameters.
 
 Time is the best of ``--repeats`` loads; memory is the peak resident-set growth over the
@@ -43,9 +43,8 @@ CIFAR10_COND_VP = dict(
 def write_pickle(path: Path) -> int:
     """The network pickle as EDM's generate-style release holds it: ``{'ema': network}``."""
     import torch
+    from samplerkit.adapters import edm
     from test_adapter_edm import as_upstream, dump_upstream, recording_init_arguments
-
-    from adapters import edm
 
     torch.manual_seed(0)
     with recording_init_arguments():
@@ -70,8 +69,7 @@ def _status_bytes(field: str) -> int:
 def measure(mode: str, path: str, repeats: int) -> dict:
     """Run in a child process: best load time and peak RSS growth of one loading method."""
     import torch  # noqa: F401  (imported before the baseline is taken, as every method needs it)
-
-    from adapters import edm, safe_pickle
+    from samplerkit.adapters import edm, safe_pickle
 
     if mode == "plain":
         from test_adapter_edm import upstream_module_names

@@ -24,7 +24,7 @@ from samplerkit import diffusion, exposure, samplers
 
 def main(batch: int, steps: int, repeats: int, channels: int = 64) -> None:
     torch.manual_seed(0)
-    ab = torch.as_tensor(diffusion.alphas_cumprod(diffusion.linear_betas(1000)))
+    ab = torch.as_tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(1000)))
     net = sk.DiscreteEpsDenoiser(SmallConvNet(channels).eval(), ab, img_channels=3, img_resolution=32)
     x0 = torch.rand(batch, 3, 32, 32, dtype=torch.float64) * 2 - 1
     x_t = diffusion.q_sample(x0, ab[steps - 1], torch.randn_like(x0))

@@ -28,7 +28,7 @@ import torch
 
 import samplerkit as sk
 from samplerkit.cli.sample import run_sample
-from samplerkit.diffusion import alphas_cumprod, cosine_betas
+from samplerkit.diffusion import alpha_bar_from_betas, cosine_betas
 from samplerkit.seeds import StackedRandomGenerator
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    ab = alphas_cumprod(cosine_betas(1000))
+    ab = alpha_bar_from_betas(cosine_betas(1000))
     conv = sk.DiscreteEpsDenoiser(TinyEps().eval(), ab, img_resolution=32)
     free = sk.DiscreteEpsDenoiser(ZeroEps(), ab, img_resolution=32)
     sigmas = sk.schedules.edm(args.steps, sigma_min=max(0.002, conv.sigma_min), sigma_max=min(80.0, conv.sigma_max))

@@ -19,15 +19,15 @@ import time
 
 import torch
 from _common import SmallConvNet
+from samplerkit.adapters.analytic import GaussianDenoiser
 
 import samplerkit as sk
-from adapters.analytic import GaussianDenoiser
 from samplerkit import diffusion, samplers, schedules
 
 
 def overhead(batch: int, repeats: int, steps: int = 10) -> None:
     torch.manual_seed(0)
-    ab = diffusion.alphas_cumprod(diffusion.linear_betas(1000))
+    ab = diffusion.alpha_bar_from_betas(diffusion.linear_betas(1000))
     net = sk.DiscreteEpsDenoiser(SmallConvNet().eval(), ab, img_channels=3, img_resolution=32)
     lat = torch.randn(batch, 3, 32, 32)
     x = lat.double() * 10

@@ -32,7 +32,7 @@ def shipped_model(name: str):
 
 def shapes32_ideal(num_images: int = 1024, conditional: bool = False):
     """The ideal denoiser of shapes images 0 .. num_images-1 (class-conditional if asked)."""
-    from adapters.analytic import FiniteSetDenoiser
+    from samplerkit.adapters.analytic import FiniteSetDenoiser
 
     images, labels = shapes(np.arange(num_images))
     return FiniteSetDenoiser(to_model_space(images).double(), labels if conditional else None,

@@ -60,6 +60,10 @@ class Denoiser(torch.nn.Module):
     Attributes: ``sigma_min``, ``sigma_max``, ``sigma_data``, ``img_channels``,
     ``img_resolution``, ``label_dim`` (0 = unconditional). ``round_sigma`` maps a noise level
     to one the model was trained on (identity for continuous-time models).
+
+    The discrete-time interface, which every denoiser has and the discrete-chain samplers, the
+    exposure-bias harness and the likelihood use: :meth:`training_alpha_bar` (None for a
+    continuous-time model), ``learned_variance`` and :meth:`denoise_with_variance`.
     """
 
     sigma_min: float = 0.0
@@ -68,9 +72,20 @@ class Denoiser(torch.nn.Module):
     img_channels: int = 3
     img_resolution: int = 0
     label_dim: int = 0
+    learned_variance: bool = False
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
+
+    def training_alpha_bar(self) -> torch.Tensor | None:
+        """abar_t of the T training timesteps (float64, t = 0 .. T-1) of a discrete-time model;
+        None for a continuous-time one."""
+        return None
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma, class_labels=None):
+        """(D(x; sigma), v) from one network call; v (Nichol & Dhariwal 2021, Eq. 15, in [-1, 1])
+        is None unless ``learned_variance``."""
+        return self(x, sigma, class_labels), None
 
     def prepare_labels(self, class_labels, batch: int, device) -> torch.Tensor | None:
         """Validate labels: int [B] (or one-hot [B, label_dim]) -> one-hot float32 [B, label_dim]."""
@@ -135,6 +150,9 @@ class DiscreteEpsDenoiser(Denoiser):
     def num_timesteps(self) -> int:
         return self.alphas_cumprod.numel()
 
+    def training_alpha_bar(self) -> torch.Tensor:
+        return self.alphas_cumprod
+
     def timestep(self, sigma) -> torch.Tensor:
         """Index of the trained level nearest to sigma (int64, same shape as sigma)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device)
@@ -165,4 +183,39 @@ class DiscreteEpsDenoiser(Denoiser):
         return x.to(torch.float64) + c_out * eps, v
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        return self.denoise_with_variance(x, sigma, class_labels)[0]
+
+
+def training_alpha_bar(net) -> torch.Tensor | None:
+    """The training abar_t of a discrete-time denoiser; None for a continuous-time one (or a plain
+    callable that is not a :class:`Denoiser`)."""
+    return net.training_alpha_bar() if isinstance(net, Denoiser) else None
+
+
+class DenoiserWrapper(Denoiser):
+    """A denoiser that changes how another is called (precision, checks, guidance, remedies) and
+    keeps the rest: the contract attributes, ``round_sigma`` and the discrete-time interface.
+
+    Subclasses override :meth:`denoise_with_variance`; the plain call goes through it.
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        for name in ("sigma_min", "sigma_max", "sigma_data", "img_channels", "img_resolution", "label_dim",
+                     "learned_variance"):
+            setattr(self, name, getattr(inner, name, getattr(Denoiser, name)))
+
+    def round_sigma(self, sigma):
+        return self.inner.round_sigma(sigma)
+
+    def training_alpha_bar(self):
+        return training_alpha_bar(self.inner)
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        if isinstance(self.inner, Denoiser):
+            return self.inner.denoise_with_variance(x, sigma, class_labels)
+        return self.inner(x, sigma, class_labels), None
+
+    def forward(self, x, sigma, class_labels=None):
         return self.denoise_with_variance(x, sigma, class_labels)[0]

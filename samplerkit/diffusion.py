@@ -53,7 +53,7 @@ def betas_for(schedule: str, T: int) -> np.ndarray:
     raise SamplerkitError(f"unknown noise schedule {schedule!r}; use 'linear' or 'cosine'")
 
 
-def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
     """abar_t = prod_{s<=t} (1 - beta_s)."""
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
 

@@ -37,8 +37,7 @@ import torch
 
 from . import samplers, schedules
 from .data import to_uint8
-from .diffusion import Chain, betas_for, predict_x0_from_eps, q_sample, sigma_from_alpha_bar
-from .diffusion import alphas_cumprod as cumprod_of_betas
+from .diffusion import Chain, alpha_bar_from_betas, betas_for, predict_x0_from_eps, q_sample, sigma_from_alpha_bar
 from .errors import SamplerkitError
 from .output import atomic_csv
 from .seeds import StackedRandomGenerator
@@ -69,7 +68,7 @@ def reference_alphas_cumprod(reference: str = "linear:1000") -> torch.Tensor:
     except ValueError:
         raise SamplerkitError(f"bad reference schedule {reference!r}; use e.g. 'linear:1000' or 'cosine:4000'"
                               ) from None
-    return torch.as_tensor(cumprod_of_betas(betas_for(name, T)), dtype=torch.float64)
+    return torch.as_tensor(alpha_bar_from_betas(betas_for(name, T)), dtype=torch.float64)
 
 
 def chain_alphas_cumprod(net, respacing: str | None = None, reference: str = "linear:1000") -> torch.Tensor:

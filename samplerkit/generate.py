@@ -17,22 +17,24 @@ import numpy as np
 import torch
 
 from . import samplers, schedules
+from .denoisers import DenoiserWrapper, training_alpha_bar
 from .errors import SamplerkitError
 from .seeds import StackedRandomGenerator
 
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
 
-# options each sampler accepts, with defaults (None = derived from the model)
-SAMPLER_OPTIONS: dict[str, dict[str, object]] = {
-    "euler": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0, "schedule": "linear", "scaling": "none"},
-    "heun": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0, "schedule": "linear", "scaling": "none"},
-    "stochastic": {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0,
-                   "S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0},
-    "ddim": {"respacing": None, "eta": 0.0, "clip_denoised": True,
-             "disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0},
-    "ancestral": {"respacing": None, "variance": "auto", "clip_denoised": True,
-                  "disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0},
-}
+# options of the noise-level grid, with defaults (None = derived from the model); a discrete chain
+# also takes a respacing of the model's training timesteps
+GRID_OPTIONS: dict[str, object] = {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0}
+CHAIN_OPTIONS: dict[str, object] = {"respacing": None}
+
+
+def sampler_options(sampler: str) -> dict[str, object]:
+    """Every option ``sampler`` takes, with its default: the grid's, then the sampler's own knobs
+    (read from its signature, see :func:`samplerkit.samplers.knobs`)."""
+    row = samplers.info(sampler)
+    return {**(CHAIN_OPTIONS if row.grid == "chain" else {}), **GRID_OPTIONS, **row.knobs}
+
 
 # defaults of EDM's ablation sampler per discretization
 _DEFAULT_RANGE = {"edm": (0.002, 80.0), "iddpm": (0.002, 81.0), "ve": (0.02, 100.0), "vp": (None, None)}
@@ -78,43 +80,41 @@ def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
     discrete-time model the chain is ``respace(T, respacing or str(steps))``; on a continuous
     model it is the sigma grid of ``disc``.
     """
-    if sampler not in SAMPLER_OPTIONS:
-        raise SamplerkitError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLER_OPTIONS)}")
+    row = samplers.info(sampler)
     schedules._check_steps(steps)
-    defaults = SAMPLER_OPTIONS[sampler]
+    defaults = sampler_options(sampler)
     unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
     if unknown:
         raise SamplerkitError(f"option(s) {', '.join(unknown)} do not apply to the {sampler} sampler "
                               f"(it takes: {', '.join(defaults)})")
     opts = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
-    if opts.get("rho") is not None and opts["rho"] <= 0:
+    if opts["rho"] <= 0:
         raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
-    if opts.get("eta") is not None and opts["eta"] < 0:  # checked here so a run fails before it starts
-        raise SamplerkitError(f"eta must be >= 0, got {opts['eta']}")
-    if opts.get("variance") == "learned" and not getattr(net, "learned_variance", False):
-        raise SamplerkitError("variance='learned' needs a model with learned variance; use fixedsmall or fixedlarge")
+    if row.resolve is not None:  # so that a run fails before it starts
+        opts = row.resolve(net, opts)
 
-    if sampler in ("ddim", "ancestral") and hasattr(net, "alphas_cumprod"):
-        grid = schedules.respace(net.alphas_cumprod.numel(), opts["respacing"] or str(steps))
+    alpha_bar = training_alpha_bar(net)
+    if row.grid == "chain" and alpha_bar is not None:
+        grid = schedules.respace(alpha_bar.numel(), opts["respacing"] or str(steps))
         steps = grid.numel()
         for k in ("disc", "sigma_min", "sigma_max", "rho"):
             opts.pop(k)
         opts["respacing"] = opts["respacing"] or str(steps)
     else:
-        if sampler in ("ddim", "ancestral") and opts.get("respacing"):
+        if opts.get("respacing"):
             raise SamplerkitError("--respacing needs a discrete-time model (ADM/iDDPM); use --disc for this model")
         opts.pop("respacing", None)
         grid = sigma_grid(net, steps, opts["disc"], opts["sigma_min"], opts["sigma_max"], opts["rho"])
         opts["sigma_min"], opts["sigma_max"] = float(grid[-2]), float(grid[0])  # as used, after clamping
 
-    fn = getattr(samplers, sampler)
-    kwargs = {k: v for k, v in opts.items() if k not in ("disc", "sigma_min", "sigma_max", "rho", "respacing")}
-    if sampler in ("euler", "heun"):
-        run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
-    else:
+    fn = row.fn
+    kwargs = {k: v for k, v in opts.items() if k in row.knobs}
+    if row.stochastic:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, randn_like=randn_like, **kwargs)  # noqa: E731
+    else:
+        run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
     settings = {"sampler": sampler, "steps": steps, **opts}
-    return PreparedSampler(sampler, steps, samplers.nfe(sampler, steps), settings, run)
+    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run)
 
 
 def resolve_labels(net, class_labels, n: int) -> str | int | list[int] | None:
@@ -171,26 +171,17 @@ def generate(
         yield chunk, x, (y.cpu().numpy() if y is not None else None)
 
 
-class WithPrecision:
+class WithPrecision(DenoiserWrapper):
     """A denoiser whose network runs under ``torch.autocast`` in a lower precision (float16 /
-    bfloat16); the sampler's arithmetic is untouched (float64). Attributes pass through."""
+    bfloat16); the sampler's arithmetic is untouched (float64)."""
 
     def __init__(self, net, dtype: torch.dtype, device_type: str):
-        self.net, self.dtype, self.device_type = net, dtype, device_type
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
-
-    def _autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def __call__(self, x, sigma, class_labels=None):
-        with self._autocast():
-            return self.net(x, sigma, class_labels).to(torch.float64)
+        super().__init__(net)
+        self.dtype, self.device_type = dtype, device_type
 
     def denoise_with_variance(self, x, sigma, class_labels=None):
-        with self._autocast():
-            D, v = self.net.denoise_with_variance(x, sigma, class_labels)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            D, v = super().denoise_with_variance(x, sigma, class_labels)
         return D.to(torch.float64), (v.to(torch.float64) if v is not None else None)
 
 

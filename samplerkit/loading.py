@@ -53,17 +53,17 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
     if family in ("adm", "iddpm") and not flags and (path.parent / "flags.json").is_file():
         flags = json.loads((path.parent / "flags.json").read_text())  # a samplerkit training run
     if family == "adm":
-        from adapters import adm
+        from samplerkit.adapters import adm
 
         return adm.load_checkpoint(path, device=device, **flags)
     if family == "iddpm":
-        from adapters import iddpm
+        from samplerkit.adapters import iddpm
 
         return iddpm.load_checkpoint(path, device=device, **flags)
     if family == "edm":
         if flags:
             raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
-        from adapters import edm
+        from samplerkit.adapters import edm
 
         return edm.load_pickle(path, device=device)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")

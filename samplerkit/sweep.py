@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import samplers as samplers_table
 from .errors import SamplerkitError
 from .fid import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
-from .generate import SAMPLER_OPTIONS, generate, make_sampler
+from .generate import generate, make_sampler, sampler_options
 from .output import atomic_csv
 
 CSV_COLUMNS = (
@@ -45,16 +46,15 @@ def seeds_text(seeds: Sequence[int]) -> str:
 
 def options_for(sampler: str, options: dict | None) -> dict:
     """The user-set options that apply to ``sampler`` (the others belong to other samplers)."""
-    return {k: v for k, v in (options or {}).items() if v is not None and k in SAMPLER_OPTIONS[sampler]}
+    return {k: v for k, v in (options or {}).items() if v is not None and k in sampler_options(sampler)}
 
 
 def check_options(samplers: Sequence[str], options: dict | None) -> None:
     """Every user-set option must apply to at least one of the chosen samplers."""
     for name in samplers:
-        if name not in SAMPLER_OPTIONS:
-            raise SamplerkitError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_OPTIONS)}")
+        samplers_table.info(name)  # an unknown name is an error that lists the choices
     for key, value in (options or {}).items():
-        if value is not None and not any(key in SAMPLER_OPTIONS[s] for s in samplers):
+        if value is not None and not any(key in sampler_options(s) for s in samplers):
             flag = "--" + key.replace("_", "-")
             raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
 
@@ -121,7 +121,7 @@ def run(
     ``features``: an :class:`samplerkit.fid.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
     compare against. ``options``: sampler knobs the user set (each goes to the samplers that
-    take it, see :data:`samplerkit.generate.SAMPLER_OPTIONS`).
+    take it, see :func:`samplerkit.generate.sampler_options`).
     """
     from tqdm import tqdm
 

@@ -2,7 +2,7 @@
 
 The reference network below is a plain functional forward over a state dict (F.conv2d,
 F.group_norm, ...) computed in float64, written from the architecture description and
-independent of :mod:`adapters._unet_blocks`; ``tests/fixtures/unet_upstream_outputs.pt``
+independent of :mod:`samplerkit.adapters._unet_blocks`; ``tests/fixtures/unet_upstream_outputs.pt``
 holds outputs of the upstream guided-/improved-diffusion code on the weights of
 :func:`random_state_dict`.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from samplerkit.adapters import adm
 
 import samplerkit as sk
-from adapters import adm
-from samplerkit.diffusion import alphas_cumprod, betas_for, sigma_from_alpha_bar
+from samplerkit.diffusion import alpha_bar_from_betas, betas_for, sigma_from_alpha_bar
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -306,7 +306,7 @@ def test_denoiser_is_x_minus_sigma_eps_at_nearest_trained_level(tmp_path):
     cfg = ADM_CONFIGS["ddpm-ip-cifar10"]
     path, sd = save_checkpoint(tmp_path, cfg)
     net = sk.load(path, family="adm", **cfg)
-    levels = sigma_from_alpha_bar(torch.as_tensor(alphas_cumprod(betas_for("cosine", 1000))))
+    levels = sigma_from_alpha_bar(torch.as_tensor(alpha_bar_from_betas(betas_for("cosine", 1000))))
     sigma = torch.tensor([levels[12].item() * 1.01, levels[640].item() * 0.9995], dtype=torch.float64)
     t = (sigma[:, None] - levels[None]).abs().argmin(dim=1)
     assert t.tolist() == [12, 640]

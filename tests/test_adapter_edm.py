@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from samplerkit.adapters import edm, safe_pickle
 from torch import nn
 
 import samplerkit as sk
-from adapters import edm, safe_pickle
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PLACEHOLDER_SRC = "# module source of training/networks.py would be here; it must never run\n"

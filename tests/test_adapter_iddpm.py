@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from samplerkit.adapters import iddpm
 from test_adapter_adm import (
     FIXTURES,
     attn_keys,
@@ -19,8 +20,7 @@ from test_adapter_adm import (
 )
 
 import samplerkit as sk
-from adapters import iddpm
-from samplerkit.diffusion import alphas_cumprod, betas_for, sigma_from_alpha_bar
+from samplerkit.diffusion import alpha_bar_from_betas, betas_for, sigma_from_alpha_bar
 
 # released improved-diffusion models at reduced width (128 / 192 channels -> 32)
 IDDPM_CONFIGS = {
@@ -127,7 +127,7 @@ def test_denoiser_feeds_the_network_t_times_1000_over_T(tmp_path):
     cfg = IDDPM_CONFIGS["cifar10"]
     path, sd = save_checkpoint(tmp_path, cfg)
     net = sk.load(path, family="iddpm", **cfg)
-    levels = sigma_from_alpha_bar(torch.as_tensor(alphas_cumprod(betas_for("cosine", 4000))))
+    levels = sigma_from_alpha_bar(torch.as_tensor(alpha_bar_from_betas(betas_for("cosine", 4000))))
     sigma = torch.tensor([levels[40].item() * 1.002, levels[3001].item()], dtype=torch.float64)
     t = torch.tensor([40, 3001])
     assert torch.equal((sigma[:, None] - levels[None]).abs().argmin(dim=1), t)

@@ -85,9 +85,9 @@ class TinyConvEps(torch.nn.Module):
 
 
 def _conv_net():
-    from samplerkit.diffusion import alphas_cumprod, cosine_betas
+    from samplerkit.diffusion import alpha_bar_from_betas, cosine_betas
 
-    return sk.DiscreteEpsDenoiser(TinyConvEps(), alphas_cumprod(cosine_betas(100)), img_resolution=8)
+    return sk.DiscreteEpsDenoiser(TinyConvEps(), alpha_bar_from_betas(cosine_betas(100)), img_resolution=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,15 +4,15 @@ import math
 
 import pytest
 import torch
+from samplerkit.adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 
 import samplerkit as sk
-from adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 from samplerkit import denoisers, diffusion
 from samplerkit.errors import SamplerkitError
 
 
 def _ab(T=100):
-    return torch.tensor(diffusion.alphas_cumprod(diffusion.cosine_betas(T)))
+    return torch.tensor(diffusion.alpha_bar_from_betas(diffusion.cosine_betas(T)))
 
 
 def test_discrete_eps_denoiser_is_x_minus_sigma_eps_at_nearest_level():

@@ -17,7 +17,7 @@ def test_linear_betas_are_ddpm_range_at_1000_steps():
 
 def test_cosine_alpha_bar_follows_eq17():
     T, s = 4000, 0.008
-    ab = D.alphas_cumprod(D.cosine_betas(T))
+    ab = D.alpha_bar_from_betas(D.cosine_betas(T))
     t = np.array([1, 100, 2000, 3000])
     f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     expected = [f(k) / f(0) for k in t]
@@ -50,7 +50,7 @@ def test_vp_betas_for_range_hits_both_end_points():
 
 def test_full_chain_posterior_matches_eqs_10_to_12():
     betas = D.linear_betas(100)
-    ab = D.alphas_cumprod(betas)
+    ab = D.alpha_bar_from_betas(betas)
     c = D.Chain.from_alpha_bar(ab)
     torch.testing.assert_close(c.betas, torch.tensor(betas), rtol=1e-12, atol=1e-15)
     k = 37
@@ -65,7 +65,7 @@ def test_full_chain_posterior_matches_eqs_10_to_12():
 
 
 def test_respaced_chain_betas_follow_eq19():
-    ab = D.alphas_cumprod(D.cosine_betas(1000))
+    ab = D.alpha_bar_from_betas(D.cosine_betas(1000))
     kept = [0, 250, 500, 999]
     c = D.Chain.from_alpha_bar(ab[kept])
     expected = [1 - ab[0]] + [1 - ab[kept[i]] / ab[kept[i - 1]] for i in range(1, 4)]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from samplerkit.adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 
 import samplerkit as sk
-from adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 from samplerkit import diffusion
 from samplerkit import exposure as ex
 from samplerkit.builtin import DEFAULT_MODEL
@@ -20,7 +20,7 @@ REF100 = ex.reference_alphas_cumprod("linear:100")
 
 
 def _discrete(eps_fn, T: int, resolution: int) -> sk.DiscreteEpsDenoiser:
-    ab = torch.as_tensor(diffusion.alphas_cumprod(diffusion.linear_betas(T)))
+    ab = torch.as_tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(T)))
     return sk.DiscreteEpsDenoiser(eps_fn, ab, img_channels=3, img_resolution=resolution, dtype=torch.float64)
 
 
@@ -72,7 +72,7 @@ def test_delta_grows_with_t_and_with_the_eps_error():
     u = (torch.randint(0, 2, (1, 3, 4, 4), generator=g) * 2 - 1).to(torch.float64)
     images = torch.stack([(j - 3.5) * 1.9 * u[0] / math.sqrt(48) for j in range(8)])
     ideal = FiniteSetDenoiser(images)
-    ab = torch.as_tensor(diffusion.alphas_cumprod(diffusion.linear_betas(100)))
+    ab = torch.as_tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(100)))
 
     def biased(b):
         exact = _exact_eps(ideal, ab)

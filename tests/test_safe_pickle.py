@@ -14,8 +14,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from samplerkit.adapters import safe_pickle
 
-from adapters import safe_pickle
 from samplerkit.errors import SamplerkitError
 
 

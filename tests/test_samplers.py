@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from samplerkit.adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 
 import samplerkit as sk
-from adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 from samplerkit import diffusion, samplers, schedules
 from samplerkit.errors import SamplerkitError
 from samplerkit.seeds import StackedRandomGenerator
@@ -111,7 +111,7 @@ def test_ancestral_output_moments_match_closed_form(variance, spacing):
     mean, std = 0.2, 0.3
     net = GaussianDenoiser(mean, std, img_channels=1, img_resolution=16)
     steps = schedules.respace(1000, spacing)
-    ab = torch.tensor(diffusion.alphas_cumprod(diffusion.linear_betas(1000)))
+    ab = torch.tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(1000)))
     chain = diffusion.Chain.from_alpha_bar(ab[steps])
     m, v = _linear_gaussian_moments(chain, mean, std**2, variance)
     n = 256 * 16 * 16
@@ -130,7 +130,7 @@ def test_ancestral_output_moments_match_closed_form(variance, spacing):
 def _gaussian_eps_model(T=50, learned=False):
     """The exact Gaussian denoiser seen as a discrete eps-model on a T-step linear schedule."""
     g = GaussianDenoiser(0.1, 0.4, img_channels=1, img_resolution=4)
-    ab = torch.tensor(diffusion.alphas_cumprod(diffusion.linear_betas(T)))
+    ab = torch.tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(T)))
 
     def eps_fn(x_t, t, labels):
         e = g.eps(x_t.double(), ab[t])

@@ -73,7 +73,7 @@ def test_loss_falls_and_ema_samples_move_towards_the_data(toy_data, tmp_path):
     ema = sk.load(tmp_path / "run" / "ema_0.9_000060.pt", family="adm")  # flags from flags.json
     lat = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     # the step-0 network: ADM zero-initialises its output convolution, so it predicts eps = 0, v = 0
-    from adapters.adm import create_unet
+    from samplerkit.adapters.adm import create_unet
 
     fresh = create_unet(**{k: v for k, v in FLAGS.items() if k not in ("noise_schedule", "diffusion_steps")})
     assert float(fresh(lat, torch.zeros(16, dtype=torch.long)).detach().abs().max()) == 0.0

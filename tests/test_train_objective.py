@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samplerkit.diffusion import Chain, alphas_cumprod, cosine_betas
+from samplerkit.diffusion import Chain, alpha_bar_from_betas, cosine_betas
 from samplerkit.errors import SamplerkitError
 from samplerkit.train.objective import (
     ImportanceSampler,
@@ -17,7 +17,7 @@ from samplerkit.train.objective import (
 )
 
 T = 100
-CHAIN = Chain.from_alpha_bar(alphas_cumprod(cosine_betas(T)))
+CHAIN = Chain.from_alpha_bar(alpha_bar_from_betas(cosine_betas(T)))
 
 
 def _data(seed=0, B=4):

@@ -16,7 +16,7 @@ from _http_server import FileServer
 from samplerkit import download, zoo
 from samplerkit.cli import main
 from samplerkit.errors import SamplerkitError
-from samplerkit.generate import SAMPLER_OPTIONS
+from samplerkit.generate import sampler_options
 
 ENTRIES = [e for e in zoo.entries() if e.family != "builtin"]  # downloadable checkpoints
 BUILTIN = [e for e in zoo.entries() if e.family == "builtin"]
@@ -101,7 +101,7 @@ def test_flags_agree_with_the_entry_metadata():
 
 
 def test_flag_names_are_the_adapters_upstream_flags():
-    from adapters import adm, iddpm
+    from samplerkit.adapters import adm, iddpm
 
     for e in UNET_ENTRIES:
         module = adm if e.family == "adm" else iddpm
@@ -111,7 +111,7 @@ def test_flag_names_are_the_adapters_upstream_flags():
 
 @pytest.mark.parametrize("entry", UNET_ENTRIES, ids=lambda e: e.name)
 def test_each_entry_flags_construct_its_adapter_at_reduced_width(entry):
-    from adapters import adm, iddpm
+    from samplerkit.adapters import adm, iddpm
 
     module = adm if entry.family == "adm" else iddpm
     flags = {k: v for k, v in entry.flags.items() if k in module.NETWORK_DEFAULTS}
@@ -129,7 +129,7 @@ def test_recommended_settings_are_valid_sampler_options():
         rec = dict(e.recommended)
         sampler, steps = rec.pop("sampler"), rec.pop("steps")
         assert isinstance(steps, int) and steps > 0, e.name
-        assert set(rec) <= set(SAMPLER_OPTIONS[sampler]), e.name
+        assert set(rec) <= set(sampler_options(sampler)), e.name
 
 
 def test_edm_recommendations_follow_the_edm_readme():
@@ -185,7 +185,7 @@ TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2",
 
 
 def _tiny_checkpoint() -> bytes:
-    from adapters import adm
+    from samplerkit.adapters import adm
 
     torch.manual_seed(0)
     unet = adm.create_unet(**{k: v for k, v in TINY.items() if k in adm.NETWORK_DEFAULTS})

@@ -110,7 +110,7 @@ def model_sha256(name: str) -> str:
     return entry.expected_sha256() or ""  # a shipped model has its digest; an analytic one has none
 
 
-# CLI option name -> sampler option name in samplerkit.generate.SAMPLER_OPTIONS
+# CLI option name -> sampler option name (samplerkit.generate.sampler_options)
 KNOBS = {
     "disc": "disc", "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho",
     "schedule": "schedule", "scaling": "scaling", "s_churn": "S_churn", "s_min": "S_min", "s_max": "S_max",

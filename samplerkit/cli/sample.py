@@ -25,8 +25,10 @@ import torch
 from .. import distributed, output
 from ..builtin import DEFAULT_MODEL
 from ..data import to_uint8
+from ..denoisers import DenoiserWrapper
 from ..errors import SamplerkitError
-from ..generate import SAMPLER_OPTIONS, draw, generate, make_sampler, resolve_labels, with_precision
+from ..generate import draw, generate, make_sampler, resolve_labels, with_precision
+from ..samplers import SAMPLERS
 from ..seeds import parse_seeds
 from ._options import (
     chosen_options,
@@ -87,7 +89,7 @@ def pick_device(name: str) -> torch.device:
 
 @click.command("sample", epilog=EXAMPLES)
 @model_options(DEFAULT_MODEL)
-@click.option("--sampler", type=click.Choice(list(SAMPLER_OPTIONS)), default=None,
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
               help="euler/heun/stochastic: EDM Alg. 1-2; ddim; ancestral: iDDPM respaced DDPM. "
                    "[default: the model's recommended sampler (`samplerkit models info`), else heun]")
 @click.option("--steps", type=int, default=None,
@@ -125,7 +127,7 @@ def run_sample(
 
     ``model`` defaults to the built-in default model. ``net``: an already loaded denoiser to use
     instead of loading ``model`` (which then only names it in the manifest). ``options``: sampler knobs by their
-    :data:`~samplerkit.generate.SAMPLER_OPTIONS` names; only these reach the sampler. ``sampler`` /
+    :func:`~samplerkit.generate.sampler_options` names; only these reach the sampler. ``sampler`` /
     ``steps`` left as None: the model's recommended settings (:func:`resolve_sampler`).
     """
     t_start = time.perf_counter()
@@ -210,30 +212,22 @@ class _NonFinite(Exception):
         self.rows, self.call, self.sigma = rows, call, sigma
 
 
-class _FiniteGuard:
+class _FiniteGuard(DenoiserWrapper):
     """The denoiser, stopping at the first network evaluation whose output is not finite (to
-    name the step where NaN/Inf appeared). Every other attribute passes through."""
+    name the step where NaN/Inf appeared)."""
 
     def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
-
-    def __call__(self, x, sigma, class_labels=None):
-        return self._check(self.net(x, sigma, class_labels), sigma)
+        super().__init__(net)
+        self.calls = 0
 
     def denoise_with_variance(self, x, sigma, class_labels=None):
-        D, v = self.net.denoise_with_variance(x, sigma, class_labels)
-        return self._check(D, sigma), v
-
-    def _check(self, D: torch.Tensor, sigma) -> torch.Tensor:
+        D, v = super().denoise_with_variance(x, sigma, class_labels)
         self.calls += 1
         finite = torch.isfinite(D.flatten(1).sum(dim=1, dtype=torch.float64))  # NaN/Inf survive the sum
         if not bool(finite.all()):
             s = float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0])
             raise _NonFinite((~finite).nonzero().flatten().tolist(), self.calls, s)
-        return D
+        return D, v
 
 
 def _plain(obj):

@@ -39,7 +39,7 @@ import torch
 
 from .. import distributed, output
 from ..data import open_source, to_model_space
-from ..diffusion import Chain, alphas_cumprod, betas_for
+from ..diffusion import Chain, alpha_bar_from_betas, betas_for
 from ..errors import SamplerkitError
 from .objective import ImportanceSampler, Objective
 
@@ -155,7 +155,7 @@ class Trainer:
     """One training run; ``run()`` trains from the latest checkpoint (if resuming) to ``iterations``."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        from adapters.adm import create_unet
+        from samplerkit.adapters.adm import create_unet
 
         cfg.check()
         self.cfg, self.run_dir = cfg, Path(cfg.out)
@@ -184,7 +184,7 @@ class Trainer:
         self.arch = arch
         torch.manual_seed(cfg.seed)
         self.model = create_unet(**arch).to(self.device)
-        self.chain = Chain.from_alpha_bar(alphas_cumprod(betas_for(schedule, T)))
+        self.chain = Chain.from_alpha_bar(alpha_bar_from_betas(betas_for(schedule, T)))
         self.objective = Objective(self.chain, cfg.loss, cfg.regularizer, cfg.gamma, cfg.lambda_gp, cfg.lambda_wd,
                                    learn_sigma=bool(arch.get("learn_sigma", False)))
         self.sampler = ImportanceSampler(T) if cfg.importance_sampling() else None
