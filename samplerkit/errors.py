@@ -6,3 +6,10 @@ class SamplerkitError(Exception):
 
     The command line prints ``str(err)`` as one line and exits non-zero.
     """
+
+
+class Interrupted(SamplerkitError):
+    """A long run stopped by the user (Ctrl-C); the message says what was saved and how to resume.
+
+    The command line prints it as one line and exits 130.
+    """

@@ -23,30 +23,36 @@ from click.testing import CliRunner
 from PIL import Image
 
 import samplerkit as sk
-import samplerkit.cli.sample as sample_cli
-from samplerkit import distributed
+from samplerkit import distributed, runs
 from samplerkit.cli import main
-from samplerkit.cli.sample import run_sample
 from samplerkit.data import to_uint8
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import draw
+from samplerkit.runs import SampleSettings, sample_folder
 
 IDEAL = "shapes32-ideal"
 COND = "shapes32-ideal-cond"
 SMALL = dict(model=IDEAL, steps=2, quiet=True, device="cpu")
 
 
+def run_sample(net=None, **settings):
+    """One sampling run to a folder, through the library entry point."""
+    return sample_folder(SampleSettings(**settings), net=net)
+
+
 @pytest.fixture(autouse=True)
 def loaded_once(monkeypatch):
     """Every in-process run loads its model through the real loader, once per session."""
-    monkeypatch.setattr(sample_cli, "load_model", _cached_load)
+    monkeypatch.setattr(runs, "load_model", _cached_load)
+
+
+def _cached_load(model, family, flags, preset, device="cpu"):
+    return _load_once(model, family, tuple(sorted(dict(flags).items())), preset, str(device))
 
 
 @functools.cache
-def _cached_load(model, family, flags, preset, device="cpu"):
-    from samplerkit.cli._options import load_model
-
-    return load_model(model, family, flags, preset, device=device)
+def _load_once(model, family, flags, preset, device):
+    return runs.load(model, family=family, device=device, **dict(flags), **({"preset": preset} if preset else {}))
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -268,7 +274,7 @@ def test_manifest_records_the_sha256_of_a_model_file(tmp_path, monkeypatch):
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(os.urandom(4096))
     seen = []
-    monkeypatch.setattr(sample_cli, "load_model", lambda model, *a, **k: seen.append(model) or _cached_load(
+    monkeypatch.setattr(runs, "load_model", lambda model, *a, **k: seen.append(model) or _cached_load(
         IDEAL, None, (), None, device=torch.device("cpu")))
     code, _, err = _cli("sample", "--model", str(checkpoint), "--family", "adm", "--flag", "num_channels=8",
                         "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "o"), "--quiet")
@@ -283,7 +289,7 @@ def test_same_model_file_under_another_path_resumes(tmp_path, monkeypatch):
     moved.parent.mkdir()
     first.write_bytes(b"weights")
     moved.write_bytes(b"weights")
-    monkeypatch.setattr(sample_cli, "load_model", lambda *a, **k: _cached_load(IDEAL, None, (), None, "cpu"))
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: _cached_load(IDEAL, None, (), None, "cpu"))
     run_sample(**{**SMALL, "model": str(first)}, seeds="0", out=tmp_path / "o")
     m = run_sample(**{**SMALL, "model": str(moved)}, seeds="0-1", out=tmp_path / "o")
     assert m["new_images"] == 1 and m["model"] == str(moved)
@@ -297,7 +303,7 @@ def test_default_run_is_offline_and_says_where_the_images_went(tmp_path, monkeyp
     monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
     code, out, err = _cli("sample", "--seeds", "0-1", "--steps", "2")  # default model, default --out
     assert code == 0, err
-    assert sample_cli.DEFAULT_MODEL in ("shapes32-ideal", "shapes32-adm-ip")
+    assert runs.DEFAULT_MODEL in ("shapes32-ideal", "shapes32-adm-ip")
     assert "2 images (2 new) in out/: 000000/000000.png ... 000000/000001.png" in out
     assert "img/s" in err  # the progress bar
     assert len(_pngs(tmp_path / "out")) == 2
@@ -316,7 +322,7 @@ def test_nan_stops_the_run_naming_the_seed_and_the_evaluation(tmp_path, monkeypa
                 D[1] = float("nan")
             return D
 
-    monkeypatch.setattr(sample_cli, "load_model", lambda *a, **k: NaNLater())
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: NaNLater())
     code, _, err = _cli("sample", "--sampler", "heun", "--seeds", "4-7", "--steps", "3", "--out", str(tmp_path),
                         "--quiet")
     assert code == 2 and err.count("\n") == 1

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ..errors import SamplerkitError
+from ..errors import Interrupted, SamplerkitError
 
 # shown in this order in --help; modules not listed come after, alphabetically
 _ORDER = ["sample", "sweep", "exposure", "retrain", "fid", "models"]
@@ -28,7 +28,8 @@ def cli() -> None:
 
     \b
     Examples:
-      samplerkit sample --sampler heun --steps 18 --seeds 0-63 --out out/
+      samplerkit sample                                   # the built-in model -> out/
+      samplerkit sample --sampler heun --steps 18 --out out-heun18/
       samplerkit models list
     """
 
@@ -40,6 +41,8 @@ def _register() -> None:
         module = importlib.import_module(f"{__name__}.{name}")
         for cmd in getattr(module, "COMMANDS", [getattr(module, "command", None)]):
             if cmd is not None:
+                if cmd.short_help is None and cmd.help:  # click would cut the summary at "et al."
+                    cmd.short_help = cmd.help.strip().splitlines()[0].rstrip(".")
                 cli.add_command(cmd)
 
 
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"error: {_one_line(e.format_message())}", err=True)
         sys.exit(2)
+    except Interrupted as e:
+        click.echo(_one_line(e), err=True)
+        sys.exit(130)
     except SamplerkitError as e:
         click.echo(f"error: {_one_line(e)}", err=True)
         sys.exit(2)

@@ -57,58 +57,14 @@ def model_options(default_model: str | None) -> Callable:
 
 
 def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: str | None, device="cpu"):
-    """Load the model the user named, with its flags; returns the denoiser."""
-    from ..loading import load
+    """Load the model the user named, with its ``--flag KEY=VALUE`` flags; returns the denoiser."""
+    from ..runs import load_model as load_with_flags
 
-    kwargs = parse_flags(flags)
-    if preset is not None:
-        kwargs["preset"] = preset
-    return load(model, family=family, device=device, **kwargs)
+    return load_with_flags(model, family, parse_flags(flags), preset, device=device)
 
 
-def recommended(name: str | None) -> dict:
-    """The zoo's recommended sampler settings of model ``name`` ({} for a file or an unknown name)."""
-    from .. import zoo
-
-    try:
-        return dict(zoo.get(name).recommended) if name else {}
-    except SamplerkitError:
-        return {}
-
-
-def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, options: dict) -> tuple[str, int, dict]:
-    """The sampler, step count and options a run uses when the user left some unset.
-
-    No ``--sampler``: the model's recommended settings (``samplerkit models info``), with the
-    user's own options on top; a model without one gets Heun with 18 steps. ``--sampler`` given
-    without ``--steps``: the recommended step count when it names the recommended sampler, else 18.
-    """
-    rec = recommended(name)
-    rec_sampler, rec_steps = rec.pop("sampler", "heun"), rec.pop("steps", 18)
-    if sampler is None:
-        return rec_sampler, rec_steps if steps is None else steps, {**rec, **options}
-    if steps is None:
-        steps = rec_steps if sampler == rec_sampler else 18
-    return sampler, steps, options
-
-
-def model_sha256(name: str) -> str:
-    """sha256 of a local model file; the published or recorded one for a zoo name (a shipped model's
-    own); '' when there is none (an analytic model, a download not made yet)."""
-    from pathlib import Path
-
-    from ..output import file_sha256
-
-    if Path(name).is_file():
-        return file_sha256(name)
-    from .. import zoo
-
-    try:
-        entry = zoo.get(name)
-    except SamplerkitError:
-        return ""
-    return entry.expected_sha256() or ""  # a shipped model has its digest; an analytic one has none
-
+# what a run records lives in the library; the commands use it from here
+from ..runs import model_sha256, recommended, resolve_sampler  # noqa: E402, F401
 
 # CLI option name -> sampler option name (samplerkit.generate.sampler_options)
 KNOBS = {

@@ -1,0 +1,396 @@
+"""Sampling runs to a folder: the library entry point behind ``samplerkit sample``.
+
+A run is described by a :class:`SampleSettings`; :func:`sample_folder` makes its images, one
+file per seed written atomically as soon as it is made, and skips the seeds already on disk, so
+an interrupted run resumes. Seed s gives the same latents and noise whatever the batch size or
+number of processes (per-seed generators, as EDM's ``generate.py``). Folders of 1000 PNGs,
+the evaluator's npz, ``grid.png`` and ``manifest.json``: see :mod:`samplerkit.output`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from . import distributed, output
+from .builtin import DEFAULT_MODEL
+from .data import to_uint8
+from .denoisers import DenoiserWrapper
+from .errors import Interrupted, SamplerkitError
+from .generate import draw, generate, make_sampler, resolve_labels, with_precision
+from .loading import load
+from .seeds import parse_seeds
+
+FORMATS = ("png", "npz", "both")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class SampleSettings:
+    """What a sampling run makes; every field has the default of ``samplerkit sample``.
+
+    ``model``: zoo name or checkpoint path (``family``/``flags``/``preset`` for a local ``.pt``,
+    as :func:`samplerkit.load`). ``sampler``/``steps`` left None: the model's recommended
+    settings. ``options``: sampler knobs by their :func:`~samplerkit.generate.sampler_options`
+    names. ``seeds``: '0-63', '0,5,9-12'. ``class_labels``: None/'random', 'N' or one per seed
+    ('0,1,2'). ``fmt``: png | npz | both.
+    """
+
+    model: str | None = None  # None: the built-in default model
+    family: str | None = None
+    flags: dict = field(default_factory=dict)
+    preset: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    options: dict = field(default_factory=dict)
+    seeds: str = "0-63"
+    batch: int = 64
+    class_labels: str | None = None
+    out: str | Path = "out"
+    fmt: str = "png"
+    grid: bool = True
+    device: str = "auto"
+    dtype: str = "float32"
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def load_model(model: str, family: str | None, flags: dict, preset: str | None, device="cpu"):
+    """Load the model a run names: :func:`samplerkit.load` with the upstream flags and preset."""
+    return load(model, family=family, device=device, **flags, **({"preset": preset} if preset else {}))
+
+
+def recommended(name: str | None) -> dict:
+    """The zoo's recommended sampler settings of model ``name`` ({} for a file or an unknown name)."""
+    from . import zoo
+
+    try:
+        return dict(zoo.get(name).recommended) if name else {}
+    except SamplerkitError:
+        return {}
+
+
+def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, options: dict) -> tuple[str, int, dict]:
+    """The sampler, step count and options a run uses when the user left some unset.
+
+    No ``--sampler``: the model's recommended settings (``samplerkit models info``), with the
+    user's own options on top; a model without one gets Heun with 18 steps. ``--sampler`` given
+    without ``--steps``: the recommended step count when it names the recommended sampler, else 18.
+    """
+    rec = recommended(name)
+    rec_sampler, rec_steps = rec.pop("sampler", "heun"), rec.pop("steps", 18)
+    if sampler is None:
+        return rec_sampler, rec_steps if steps is None else steps, {**rec, **options}
+    if steps is None:
+        steps = rec_steps if sampler == rec_sampler else 18
+    return sampler, steps, options
+
+
+def model_sha256(name: str) -> str:
+    """sha256 of a local model file; the published or recorded one for a zoo name (a shipped model's
+    own); '' when there is none (an analytic model, a download not made yet)."""
+    from pathlib import Path
+
+    from .output import file_sha256
+
+    if Path(name).is_file():
+        return file_sha256(name)
+    from . import zoo
+
+    try:
+        entry = zoo.get(name)
+    except SamplerkitError:
+        return ""
+    return entry.expected_sha256() or ""  # a shipped model has its digest; an analytic one has none
+
+
+def parse_class_labels(text: str | None) -> str | int | list[int] | None:
+    """None / 'random' / 'N' / a list like '1,5,7' or '0-3,7' (repeats allowed)."""
+    if text is None or text.strip() == "random":
+        return None if text is None else "random"
+    values: list[int] = []
+    for part in text.split(","):
+        span = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", part)
+        try:
+            values.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
+        except ValueError:
+            raise SamplerkitError(f"bad --class-labels {text!r}; use random, a class N or a list like 1,5,7") from None
+        if span and int(span[2]) < int(span[1]):
+            raise SamplerkitError(f"bad --class-labels {text!r}: the range {part.strip()} is empty")
+    return values[0] if len(values) == 1 else values
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise SamplerkitError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SamplerkitError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def sample_folder(settings: SampleSettings, net=None) -> dict | None:
+    """Make (or resume) the images of ``settings`` in ``settings.out``; returns the manifest on
+    rank 0 (None on other ranks).
+
+    ``net``: an already loaded denoiser to use instead of loading ``settings.model`` (which then
+    only names it in the manifest).
+    """
+    s = settings
+    t_start = time.perf_counter()
+    seed_list = parse_seeds(s.seeds)
+    if s.batch < 1:
+        raise SamplerkitError(f"--batch must be >= 1, got {s.batch}")
+    if s.fmt not in FORMATS:
+        raise SamplerkitError(f"unknown format {s.fmt!r}; use png, npz or both")
+    if s.dtype not in DTYPES:
+        raise SamplerkitError(f"unknown dtype {s.dtype!r}; use float32, float16 or bfloat16")
+    dev = pick_device(s.device)
+    labels_spec = parse_class_labels(s.class_labels)
+    out = output.check_writable(s.out)
+
+    joined_already = distributed.is_initialized()  # e.g. called from a training script: leave its group alone
+    rank, world = distributed.init(dev)
+    try:
+        dev = distributed.local_device(dev)
+        if net is None:
+            model = s.model or DEFAULT_MODEL
+            net = load_model(model, s.family, s.flags, s.preset, device=dev)
+            sha = model_sha256(model) or None
+        else:
+            model, sha = str(s.model or type(net).__name__), None
+        guard = _FiniteGuard(with_precision(net, s.dtype, dev))
+        sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
+        prepared = make_sampler(guard, sampler, steps, **options)
+        labels = resolve_labels(net, labels_spec, len(seed_list))
+        label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
+        record = _plain({
+            "model": model, "model_sha256": sha, "family": s.family, "flags": dict(s.flags), "preset": s.preset,
+            **prepared.settings, "class_labels": labels, "dtype": s.dtype, "device_type": dev.type,
+            "image_shape": [net.img_channels, net.img_resolution, net.img_resolution],
+        })
+        new_total = _prepare_folder(out, record, s.overwrite, s.fmt, seed_list)
+
+        mine = distributed.shard(seed_list)
+        todo = [seed for seed in mine if not _done(out, seed, s.fmt)]
+        bar = _progress(len(mine), len(mine) - len(todo), s.quiet or rank != 0 or not todo,
+                        f"rank 0 of {world}" if world > 1 else "sampling")
+        t_gen = time.perf_counter()
+        made = 0
+        try:
+            with output.FileWriter(max_pending=max(2 * s.batch, 64)) as writer:
+                for chunk, x, _ in generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed):
+                    for seed, image in zip(chunk, to_uint8(x), strict=True):
+                        if s.fmt == "npz":
+                            writer.submit(output.part_path(out, seed), partial(output.encode_npy, image))
+                        else:
+                            writer.submit(output.png_path(out, seed), partial(output.encode_png, image))
+                    made += len(chunk)
+                    guard.calls = 0
+                    bar.update(len(chunk))
+        except _NonFinite as e:
+            bad = [todo[made + i] for i in e.rows][:8]
+            raise SamplerkitError(
+                f"non-finite values in the network output for seed(s) {bad} at network evaluation {e.call} of "
+                f"{prepared.nfe} (sigma = {e.sigma:.4g}); try --dtype float32 or other sampler settings") from None
+        except KeyboardInterrupt:
+            saved = len(mine) - len(todo) + made
+            raise Interrupted(f"interrupted: {saved} of {len(mine)} images are saved in {out}; rerun the same "
+                              "command to make the rest") from None
+        finally:
+            bar.close()
+        distributed.barrier()
+        gen_seconds = time.perf_counter() - t_gen
+        if not distributed.is_main():
+            return None
+        manifest = _finish(out, net, seed_list, s.seeds, labels, label_of_seed, s.fmt, s.grid, record, prepared, dev,
+                           world, new_total, gen_seconds, time.perf_counter() - t_start)
+        if not s.quiet:
+            files = [manifest["npz"]] if s.fmt == "npz" else [
+                f"{output.png_path('', seed_list[0]).as_posix()} ... {output.png_path('', seed_list[-1]).as_posix()}"]
+            files += ([manifest["npz"]] if s.fmt == "both" else []) + (["grid.png"] if s.grid else [])
+            click.echo(f"{len(seed_list)} images ({new_total} new) in {out}/: {', '.join(files + ['manifest.json'])}")
+        return manifest
+    finally:
+        if not joined_already:
+            distributed.cleanup()
+
+
+class _NonFinite(Exception):
+    def __init__(self, rows: list[int], call: int, sigma: float):
+        super().__init__(rows, call, sigma)
+        self.rows, self.call, self.sigma = rows, call, sigma
+
+
+class _FiniteGuard(DenoiserWrapper):
+    """The denoiser, stopping at the first network evaluation whose output is not finite (to
+    name the step where NaN/Inf appeared)."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.calls = 0
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        D, v = super().denoise_with_variance(x, sigma, class_labels)
+        self.calls += 1
+        finite = torch.isfinite(D.flatten(1).sum(dim=1, dtype=torch.float64))  # NaN/Inf survive the sum
+        if not bool(finite.all()):
+            s = float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0])
+            raise _NonFinite((~finite).nonzero().flatten().tolist(), self.calls, s)
+        return D, v
+
+
+def _plain(obj):
+    """Settings as plain JSON (no Infinity/NaN, tuples as lists) so that they compare after a reload."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def _fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _done(out: Path, seed: int, fmt: str) -> bool:
+    """Whether a seed's image is on disk (a PNG; for npz-only runs also its ``.parts`` array)."""
+    return output.png_path(out, seed).is_file() or (fmt == "npz" and output.part_path(out, seed).is_file())
+
+
+def _prepare_folder(out: Path, settings: dict, overwrite: bool, fmt: str, seeds: list[int]) -> int:
+    """Check ``out`` against the settings of the run that wrote it, then (rank 0) sweep temporaries,
+    record the settings and unpack a finished npz for resuming. Returns the number of seeds still
+    to make (on rank 0; 0 elsewhere)."""
+    path = out / "settings.json"
+    old = output.read_json(path) if path.is_file() else None
+    changed = _changed_settings(old, settings) if old is not None else []
+    differs = old is not None and old != settings
+    if changed and not overwrite and output.has_images(out):
+        key, more = changed[0], f"; {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise SamplerkitError(f"{out} holds images made with other settings ({key}: {_short(old.get(key))} "
+                              f"there, {_short(settings.get(key))} now{more}); use another --out, or --overwrite "
+                              "to replace them")
+    distributed.barrier()  # every rank has looked before rank 0 changes anything
+    pending = 0
+    if distributed.is_main():
+        output.sweep_temporaries(out)
+        if changed:
+            output.clear_outputs(out)
+        if old is None or differs:
+            output.atomic_json(path, settings)
+        if fmt == "npz":
+            _unpack_finished_npz(out, seeds)
+        pending = sum(not _done(out, s, fmt) for s in seeds)
+    distributed.barrier()
+    return pending
+
+
+def _changed_settings(old: dict, new: dict) -> list[str]:
+    """Settings that differ; a model file named by another path but with the same sha256 is the same."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if old.get("model_sha256") and old.get("model_sha256") == new.get("model_sha256"):
+        keys = [k for k in keys if k != "model"]
+    return keys
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unpack_finished_npz(out: Path, seeds: list[int]) -> None:
+    """An npz-only run deletes its per-seed parts once the npz is written; to resume or extend it,
+    put back the parts of the wanted seeds from the npz the manifest names."""
+    manifest = output.read_json(out / "manifest.json")
+    name, old_seeds = manifest.get("npz"), manifest.get("seeds")
+    if not name or not isinstance(old_seeds, list) or not (out / name).is_file():
+        return
+    wanted = set(seeds)
+    missing = {s for s in old_seeds if s in wanted and not _done(out, s, "npz")}
+    for seed, image in zip(old_seeds, output.iter_npz_images(out / name), strict=False):
+        if seed in missing:
+            output.atomic_write(output.part_path(out, seed), output.encode_npy(image))
+
+
+def _progress(total: int, done: int, disable: bool, desc: str):
+    """Images done, images/s and ETA on stderr (tqdm's rate counts only this run's images)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="img", desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _labels_for(net, seeds, labels, label_of_seed, device) -> np.ndarray | None:
+    """The class label of every seed (int64), as the sampler drew or was given it."""
+    if net.label_dim == 0:
+        return None
+    if label_of_seed is not None:
+        return np.array([label_of_seed[s] for s in seeds], dtype=np.int64)
+    if isinstance(labels, int):
+        return np.full(len(seeds), labels, dtype=np.int64)
+    # random labels come from each seed's generator right after its latents: redraw them
+    return np.concatenate([draw(net, seeds[i : i + 256], labels, device)[1].cpu().numpy()
+                           for i in range(0, len(seeds), 256)])
+
+
+def _finish(out, net, seeds, seed_spec, labels, label_of_seed, fmt, grid, settings, prepared, dev, world, new,
+            gen_seconds, wall) -> dict:
+    """Rank 0, after every rank is done: grid, npz (streamed from the per-seed files), manifest."""
+    import samplerkit
+
+    label_array = _labels_for(net, seeds, labels, label_of_seed, dev)
+    if grid:
+        first = np.stack([output.read_image(out, s) for s in seeds[:64]])
+        output.atomic_write(out / "grid.png", output.encode_png(output.grid(first)))
+    npz = None
+    if fmt in ("npz", "both"):
+        npz = output.npz_name(len(seeds), *output.read_image(out, seeds[0]).shape)
+        (out / "manifest.json").unlink(missing_ok=True)  # a manifest always describes the npz beside it
+        output.write_npz(out / npz, (output.read_image(out, s) for s in seeds), label_array, count=len(seeds))
+    manifest = {
+        **settings,
+        "settings_fingerprint": _fingerprint(settings),
+        "nfe_per_image": prepared.nfe,
+        "num_images": len(seeds),
+        "seed_spec": str(seed_spec),
+        "seeds": seeds,
+        "labels": label_array.tolist() if label_array is not None else None,
+        "format": fmt,
+        "npz": npz,
+        "device": str(dev),
+        "world_size": world,
+        "new_images": new,
+        "sampling_seconds": round(gen_seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(new / gen_seconds, 3) if new and gen_seconds > 0 else None,
+        "versions": {"samplerkit": samplerkit.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+    }
+    output.atomic_write(out / "manifest.json", output.json_text(manifest).encode())
+    if npz is not None:
+        for stale in out.glob("samples*.npz"):
+            if stale.name != npz:
+                stale.unlink()
+        if fmt == "npz":
+            shutil.rmtree(out / ".parts", ignore_errors=True)
+    return manifest
