@@ -177,6 +177,8 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         guard = _FiniteGuard(with_precision(net, s.dtype, dev))
         sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
         prepared = make_sampler(guard, sampler, steps, **options)
+        if rank == 0 and not s.quiet:
+            _notes(prepared, s.dtype, dev)
         labels = resolve_labels(net, labels_spec, len(seed_list))
         label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
         record = _plain({
@@ -229,6 +231,15 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
     finally:
         if not joined_already:
             distributed.cleanup()
+
+
+def _notes(prepared, dtype: str, device: torch.device) -> None:
+    """One line each on stderr for settings that are legal but rarely what a person means."""
+    if prepared.name == "stochastic" and prepared.settings.get("S_churn") == 0:
+        click.echo("note: the stochastic sampler with S_churn = 0 is exactly heun; set --S-churn for churn",
+                   err=True)
+    if dtype != "float32" and device.type == "cpu":
+        click.echo(f"warning: --dtype {dtype} on a CPU is emulated and usually much slower than float32", err=True)
 
 
 class _NonFinite(Exception):
@@ -286,10 +297,10 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool, fmt: str, seeds:
     changed = _changed_settings(old, settings) if old is not None else []
     differs = old is not None and old != settings
     if changed and not overwrite and output.has_images(out):
-        key, more = changed[0], f"; {len(changed) - 1} more" if len(changed) > 1 else ""
-        raise SamplerkitError(f"{out} holds images made with other settings ({key}: {_short(old.get(key))} "
-                              f"there, {_short(settings.get(key))} now{more}); use another --out, or --overwrite "
-                              "to replace them")
+        shown = ", ".join(f"{k}: {_short(old.get(k))} there, {_short(settings.get(k))} now" for k in changed[:3])
+        more = f"; {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise SamplerkitError(f"{out} holds images made with other settings ({shown}{more}); to start a new run "
+                              "pass another --out, or --overwrite to replace them")
     distributed.barrier()  # every rank has looked before rank 0 changes anything
     pending = 0
     if distributed.is_main():
@@ -305,9 +316,15 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool, fmt: str, seeds:
     return pending
 
 
+# the settings a person recognises a run by, named first when a folder is refused
+_FIRST = ("sampler", "steps", "model", "model_sha256")
+
+
 def _changed_settings(old: dict, new: dict) -> list[str]:
-    """Settings that differ; a model file named by another path but with the same sha256 is the same."""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    """Settings that differ (sampler, steps and model first); a model file named by another path
+    but with the same sha256 is the same."""
+    keys = sorted((k for k in set(old) | set(new) if old.get(k) != new.get(k)),
+                  key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
     if old.get("model_sha256") and old.get("model_sha256") == new.get("model_sha256"):
         keys = [k for k in keys if k != "model"]
     return keys

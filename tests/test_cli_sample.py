@@ -420,3 +420,40 @@ def test_default_sampler_is_the_models_recommendation(tmp_path, monkeypatch):
     monkeypatch.setitem(zoo.get(IDEAL).__dict__, "recommended", {"sampler": "ddim", "steps": 3, "eta": 0.0})
     manifest = run_sample(model=IDEAL, seeds="0-1", out=tmp_path, quiet=True, device="cpu", grid=False)
     assert (manifest["sampler"], manifest["steps"], manifest["eta"], manifest["nfe_per_image"]) == ("ddim", 3, 0.0, 3)
+
+
+def test_refused_folder_names_sampler_steps_and_model_first_and_how_to_start_anew(tmp_path):
+    base = ["sample", "--model", IDEAL, "--seeds", "0", "--out", str(tmp_path), "--quiet", "--device", "cpu"]
+    assert _cli(*base, "--sampler", "heun", "--steps", "2")[0] == 0
+    code, _, err = _cli(*base, "--sampler", "euler", "--steps", "3", "--rho", "5")
+    assert code == 2 and err.count("\n") == 1
+    assert err.index("sampler: \"heun\" there, \"euler\" now") < err.index("steps: 2 there, 3 now") < err.index("rho")
+    assert "pass another --out" in err
+
+
+def test_ctrl_c_says_how_many_images_are_saved_and_that_a_rerun_resumes(tmp_path, monkeypatch):
+    class StopAfterTwoBatches(sk.Denoiser):
+        img_channels, img_resolution, calls = 3, 8, 0
+
+        def forward(self, x, sigma, class_labels=None):
+            self.calls += 1
+            if self.calls > 2 * 3:  # heun 2 steps = 3 evaluations per batch
+                raise KeyboardInterrupt
+            return torch.zeros_like(x)
+
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: StopAfterTwoBatches())
+    code, _, err = _cli("sample", "--sampler", "heun", "--steps", "2", "--seeds", "0-9", "--batch", "2",
+                        "--out", str(tmp_path), "--quiet")
+    assert code == 130 and err.count("\n") == 1
+    assert f"4 of 10 images are saved in {tmp_path}" in err and "rerun the same command" in err
+    assert len(_pngs(tmp_path)) == 4
+
+
+def test_churn_free_stochastic_and_cpu_float16_each_print_one_note(tmp_path):
+    args = ["sample", "--model", IDEAL, "--seeds", "0", "--steps", "2", "--device", "cpu", "--no-grid"]
+    code, _, err = _cli(*args, "--sampler", "stochastic", "--out", str(tmp_path / "a"))
+    assert code == 0 and err.count("S_churn = 0 is exactly heun") == 1
+    code, _, err = _cli(*args, "--sampler", "heun", "--dtype", "float16", "--out", str(tmp_path / "b"))
+    assert code == 0 and err.count("--dtype float16 on a CPU") == 1
+    code, _, err = _cli(*args, "--sampler", "heun", "--out", str(tmp_path / "c"))
+    assert "note:" not in err and "warning:" not in err
