@@ -8,6 +8,7 @@ from . import diffusion, samplers, schedules
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError
 from .loading import load
+from .output import save_images
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,6 @@ __all__ = [
     "diffusion",
     "load",
     "samplers",
+    "save_images",
     "schedules",
 ]

@@ -352,3 +352,24 @@ def read_json(path: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def save_images(images, out: str | Path, seeds: Iterable[int] | None = None,
+                grid_png: bool = True) -> list[Path]:
+    """Write a batch of images in [-1, 1] (NCHW, as the samplers return them) as PNGs in the
+    layout of ``samplerkit sample`` (``out/000000/000123.png``, one file per seed, default seeds
+    0 .. B-1) plus ``out/grid.png`` of the first 64; every file is written atomically.
+    Returns the per-image paths."""
+    from .data import to_uint8
+
+    pixels = to_uint8(images)
+    seeds = list(range(len(pixels))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(pixels):
+        raise SamplerkitError(f"got {len(seeds)} seeds for {len(pixels)} images")
+    out = check_writable(out)
+    paths = [png_path(out, seed) for seed in seeds]
+    for path, image in zip(paths, pixels, strict=True):
+        atomic_write(path, encode_png(image))
+    if grid_png:
+        atomic_write(out / "grid.png", encode_png(grid(pixels)))
+    return paths
