@@ -1,9 +1,9 @@
-"""The denoiser contract D(x; sigma) and the preconditioning of edm.txt Table 1.
+"""The denoiser contract D(x; sigma) and the preconditioning of Karras et al. 2022 (EDM), Table 1.
 
 Every model samplerkit runs is a :class:`Denoiser`: called as ``net(x, sigma, class_labels)``
 on unscaled ``x = y + sigma n`` (sigma-space, data y in [-1, 1]) it returns the denoised
 estimate ``D(x; sigma)`` of the same shape. ``D = c_skip x + c_out F(c_in x; c_noise)``
-with the per-family coefficients below (edm.txt Sec. 5, Eq. 7, Table 1).
+with the per-family coefficients below (Karras et al. 2022 (EDM), Sec. 5, Eq. 7, Table 1).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .diffusion import sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
 from .errors import SamplerkitError
 
 # ---------------------------------------------------------------------------------------------
-# preconditioning (edm.txt Table 1), each returns (c_skip, c_out, c_in, c_noise)
+# preconditioning (Karras et al. 2022 (EDM), Table 1), each returns (c_skip, c_out, c_in, c_noise)
 
 
 def vp_preconditioning(sigma, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
@@ -118,9 +118,9 @@ class DiscreteEpsDenoiser(Denoiser):
 
     ``eps_fn(x_t, t, class_labels)`` takes x_t in x_t-space in the network's dtype, integer
     timesteps ``t`` [B] in 0 .. T-1 and the labels as given, and returns eps [B, C, H, W] --
-    or [B, 2C, H, W] = (eps, v) when ``learned_variance`` (iddpm.txt Eq. 15, v in [-1, 1]).
+    or [B, 2C, H, W] = (eps, v) when ``learned_variance`` (Nichol & Dhariwal 2021, Eq. 15, v in [-1, 1]).
     ``alphas_cumprod`` are the T training abar_t. D(x; sigma) = x - sigma eps(x/sqrt(sigma^2+1),
-    t(sigma)) with t(sigma) the trained level nearest to sigma (edm.txt Table 1, iDDPM row).
+    t(sigma)) with t(sigma) the trained level nearest to sigma (Karras et al. 2022 (EDM), Table 1, iDDPM row).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ Discrete-time (DDPM / iDDPM / ADM) quantities live in x_t-space,
 ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with ``t = 0 .. T-1`` the training
 timesteps; continuous (EDM) quantities live in sigma-space, ``x = x_0 + sigma n``.
 The two are linked by ``x = x_t / sqrt(abar)`` and ``sigma = sqrt((1 - abar) / abar)``
-(edm.txt Sec. 2 and Table 1, iDDPM row).
+(Karras et al. 2022 (EDM), Sec. 2 and Table 1, iDDPM row).
 
 All arrays are float64 numpy arrays or float64 torch tensors.
 """
@@ -20,7 +20,7 @@ import torch
 from .errors import SamplerkitError
 
 # ---------------------------------------------------------------------------------------------
-# beta schedules (iddpm.txt Sec. 2 and Eq. 17)
+# beta schedules (Nichol & Dhariwal 2021, Sec. 2 and Eq. 17)
 
 
 def linear_betas(T: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def linear_betas(T: int) -> np.ndarray:
 
 
 def cosine_alpha_bar(t: np.ndarray | float, s: float = 0.008) -> np.ndarray:
-    """f(t)/f(0) with f(t) = cos^2(((t + s)/(1 + s)) pi/2), t in [0, 1] (iddpm.txt Eq. 17)."""
+    """f(t)/f(0) with f(t) = cos^2(((t + s)/(1 + s)) pi/2), t in [0, 1] (Nichol & Dhariwal 2021, Eq. 17)."""
     f = lambda u: np.cos((np.asarray(u, dtype=np.float64) + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     return f(t) / f(0.0)
 
@@ -59,7 +59,7 @@ def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# sigma <-> abar <-> t (edm.txt Table 1)
+# sigma <-> abar <-> t (Karras et al. 2022 (EDM), Table 1)
 
 
 def sigma_from_alpha_bar(alpha_bar):
@@ -73,7 +73,7 @@ def alpha_bar_from_sigma(sigma):
 
 
 def vp_sigma(t, beta_d: float = 19.9, beta_min: float = 0.1):
-    """VP noise level sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (edm.txt Table 1)."""
+    """VP noise level sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (Karras et al. 2022 (EDM), Table 1)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return (torch.exp(0.5 * beta_d * t**2 + beta_min * t) - 1).sqrt()
 
@@ -101,7 +101,7 @@ def vp_betas_for_range(sigma_min: float, sigma_max: float, epsilon_s: float = 1e
 
 
 # ---------------------------------------------------------------------------------------------
-# one chain of (possibly respaced) timesteps: betas, posterior (iddpm.txt Eqs. 10-12, 15, 19)
+# one chain of (possibly respaced) timesteps: betas, posterior (Nichol & Dhariwal 2021, Eqs. 10-12, 15, 19)
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,12 @@ class Chain:
         return Chain(**{f: getattr(self, f).to(device) for f in self.__dataclass_fields__})
 
     def posterior_mean(self, k: int, x0: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """mu~_t(x_t, x_0) of q(x_{t-1} | x_t, x_0) (iddpm.txt Eq. 11), in x_t-space."""
+        """mu~_t(x_t, x_0) of q(x_{t-1} | x_t, x_0) (Nichol & Dhariwal 2021, Eq. 11), in x_t-space."""
         return self.posterior_mean_coef1[k] * x0 + self.posterior_mean_coef2[k] * x_t
 
     def log_variance(self, k: int, variance: str, v: torch.Tensor | None = None):
         """log Sigma for step k: 'fixedsmall' (beta~), 'fixedlarge' (beta, entry 0 -> beta~_1),
-        or 'learned' from the network's v in [-1, 1] (iddpm.txt Eq. 15, fraction (v + 1) / 2)."""
+        or 'learned' from the network's v in [-1, 1] (Nichol & Dhariwal 2021, Eq. 15, fraction (v + 1) / 2)."""
         if variance == "fixedsmall":
             return self.posterior_log_variance_clipped[k]
         if variance == "fixedlarge":
@@ -167,13 +167,13 @@ class Chain:
 
 
 def learned_log_variance(v: torch.Tensor, log_beta, log_beta_tilde) -> torch.Tensor:
-    """log Sigma_theta = f log beta + (1 - f) log beta~ with f = (v + 1) / 2 (iddpm.txt Eq. 15)."""
+    """log Sigma_theta = f log beta + (1 - f) log beta~ with f = (v + 1) / 2 (Nichol & Dhariwal 2021, Eq. 15)."""
     frac = (v.to(torch.float64) + 1) / 2
     return frac * log_beta + (1 - frac) * log_beta_tilde
 
 
 def q_sample(x0: torch.Tensor, alpha_bar, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (iddpm.txt Eq. 9); abar broadcast per sample."""
+    """x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (Nichol & Dhariwal 2021, Eq. 9); abar broadcast per sample."""
     ab = torch.as_tensor(alpha_bar, dtype=x0.dtype, device=x0.device)
     ab = ab.reshape(-1, *([1] * (x0.ndim - 1))) if ab.ndim else ab
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
