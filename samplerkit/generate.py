@@ -95,6 +95,11 @@ def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
 
     alpha_bar = training_alpha_bar(net)
     if row.grid == "chain" and alpha_bar is not None:
+        given = [k for k in GRID_OPTIONS if options.get(k) is not None]
+        if given:  # the chain is the model's own training timesteps: a sigma grid knob would be ignored
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SamplerkitError(f"{flags} do(es) not apply to {sampler} on a discrete-time model, whose chain is "
+                                  "its own respaced training timesteps; use --steps or --respacing")
         grid = schedules.respace(alpha_bar.numel(), opts["respacing"] or str(steps))
         steps = grid.numel()
         for k in ("disc", "sigma_min", "sigma_max", "rho"):
