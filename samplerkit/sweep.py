@@ -1,16 +1,15 @@
-"""NFE-vs-FID sweeps: samplers x step counts -> one CSV row per cell and a plot like EDM Fig. 2.
+"""NFE-vs-FID sweeps: samplers x step counts -> one CSV row per cell and a plot like Karras et al. 2022 (EDM), Fig. 2.
 
 Each cell (sampler, steps) generates the same seeds through :func:`samplerkit.generate.generate`
 (the code path of ``samplerkit sample``) and measures the images straight from the tensors
-(:mod:`samplerkit.fid`). A cell is identified by (model, sha256, sampler, steps, settings,
+(:mod:`samplerkit.metrics`). A cell is identified by (model, sha256, sampler, steps, settings,
 n_images, seeds, reference); a row with that identity and the asked metrics already in the CSV
-is not recomputed, so a killed sweep resumes where it stopped. The CSV is rewritten atomically
-(temporary file + rename) after every cell.
+is not recomputed, so a killed sweep resumes where it stopped. The CSV
+(:class:`samplerkit.results.ResultsCSV`) is rewritten atomically after every cell.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plots
 from . import samplers as samplers_table
 from .errors import SamplerkitError
-from .fid import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
 from .generate import generate, make_sampler, sampler_options
-from .output import atomic_csv
+from .metrics import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
+from .results import ResultsCSV
 
 CSV_COLUMNS = (
     "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "n_images", "seeds",
@@ -59,38 +59,14 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
             raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
+def results_csv(path: str | Path) -> ResultsCSV:
+    """The sweep's CSV at ``path``: one row per (model, sampler, steps, settings, images, reference)."""
+    return ResultsCSV(path, CSV_COLUMNS, KEY_COLUMNS, "a sweep")
+
+
 def read_csv(path: str | Path) -> list[dict]:
     """Rows of an existing sweep CSV as dicts of strings ([] if there is none)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise SamplerkitError(f"{path}: unreadable CSV ({err}); move it away or pick another --csv") from None
-    missing = sorted(set(KEY_COLUMNS) - set(rows[0])) if rows else []
-    if missing:
-        raise SamplerkitError(f"{path} is not a sweep CSV (it lacks the column(s) {', '.join(missing)})")
-    return rows
-
-
-def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
-    """Write all rows to a temporary file beside ``path``, then rename it over ``path``."""
-    columns = list(CSV_COLUMNS) + sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
-    atomic_csv(path, columns, [{k: _cell_text(row.get(k, "")) for k in columns} for row in rows])
-
-
-def _cell_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _key(row: dict) -> tuple[str, ...]:
-    return tuple(str(row.get(k, "")) for k in KEY_COLUMNS)
+    return results_csv(path).read()
 
 
 def _complete(row: dict, metrics: Sequence[str]) -> bool:
@@ -118,7 +94,7 @@ def run(
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
-    ``features``: an :class:`samplerkit.fid.Inception` (or any object with ``extract(images,
+    ``features``: an :class:`samplerkit.metrics.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
     compare against. ``options``: sampler knobs the user set (each goes to the samplers that
     take it, see :func:`samplerkit.generate.sampler_options`).
@@ -143,9 +119,10 @@ def run(
                    "settings": json.dumps(settings, sort_keys=True)}
             cells.append((prepared, row))
 
-    rows = read_csv(csv_path)
-    index = {_key(r): i for i, r in enumerate(rows)}
-    todo = [c for c in cells if not (_key(c[1]) in index and _complete(rows[index[_key(c[1])]], metrics))]
+    table = results_csv(csv_path)
+    rows = table.read()
+    finished = {table.key(r): r for r in rows}
+    todo = [c for c in cells if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics))]
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
     with tqdm(total=len(todo) * len(seeds), unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
@@ -168,14 +145,10 @@ def run(
             done = dict(row, **values, seconds=round(sample_seconds, 3),
                         images_per_s=round(len(seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
                         eval_seconds=round(eval_seconds, 3))
-            key = _key(row)
-            if key in index:
-                rows[index[key]] = done
-            else:
-                index[key] = len(rows)
-                rows.append(done)
-            write_csv(csv_path, rows)
-    return [rows[index[_key(row)]] for _, row in cells]
+            table.put(rows, done)
+            table.write(rows)
+    by_key = {table.key(r): r for r in rows}
+    return [by_key[table.key(row)] for _, row in cells]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,23 +172,15 @@ def table(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)) -> str:
     return frame(rows, metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """FID vs NFE on a log-x axis, one line per sampler (edm.txt Fig. 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
+def plot(rows: Sequence[dict], path: str | Path, title: str = ""):
+    """FID vs NFE on a log-x axis, one line per sampler (Karras et al. 2022 (EDM), Fig. 2), ticks
+    at the measured NFE values that fit without overlapping. Returns the saved figure."""
     df = frame(rows)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plots.figure(figsize=(5.5, 4))
     for name, group in df.groupby("sampler", sort=False):
         group = group.sort_values("nfe")
         ax.plot(group["nfe"], group["fid"], marker="o", label=name)
     ax.set_xscale("log")
-    ax.set_xticks(sorted(set(int(v) for v in df["nfe"].dropna())))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE")
     ax.set_ylabel("FID")
     finite = df["fid"][np.isfinite(df["fid"])]
@@ -226,8 +191,6 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.spaced_xticks(fig, ax, [int(v) for v in df["nfe"].dropna()])
+    plots.save(fig, path)
+    return fig

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_fid import assert_one_line_error, run_cli
 
 import samplerkit as sk
-from samplerkit import fid, sweep
+from samplerkit import metrics, plots, sweep
 from samplerkit.builtin import DEFAULT_MODEL
 from samplerkit.cli._options import model_sha256
 from samplerkit.errors import SamplerkitError
@@ -29,7 +30,7 @@ class PooledPixels:
         self.fail_after = fail_after
 
     def extract(self, images, spatial=False):
-        x = fid.as_uint8(images).astype(np.float64) / 255
+        x = metrics.as_uint8(images).astype(np.float64) / 255
         n = len(x)
         if self.fail_after is not None and self.images + n > self.fail_after:
             raise RuntimeError("injected failure")
@@ -45,7 +46,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def reference():
-    return fid.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "sfid", "pr"))
+    return metrics.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "sfid", "pr"))
 
 
 def run(net, reference, csv_path, features=None, samplers=("heun", "euler"), steps=(2, 4), **kwargs):
@@ -68,10 +69,34 @@ def test_sweep_writes_one_row_per_sampler_and_step_count_with_its_nfe(net, refer
     assert json.loads(rows[0]["settings"])["rho"] == 7.0
 
 
-def test_sweep_plot_is_a_png(net, reference, tmp_path):
-    rows = run(net, reference, tmp_path / "s.csv")
-    sweep.plot(rows, tmp_path / "s.png", title="test")
-    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_sweep_plot_draws_the_csv_values_one_line_per_sampler(net, reference, tmp_path):
+    run(net, reference, tmp_path / "s.csv")
+    rows = read_rows(tmp_path / "s.csv")
+    fig = sweep.plot(rows, tmp_path / "s.png", title="test")
+    expected = {name: ([float(r["nfe"]) for r in rows if r["sampler"] == name],
+                       [float(r["fid"]) for r in rows if r["sampler"] == name]) for name in ("heun", "euler")}
+    assert plots.lines(fig.axes[0]) == expected
+    assert fig.axes[0].get_title() == "test" and fig.axes[0].get_xscale() == "log"
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.size == (660, 480)  # 5.5 x 4 inches at 120 dpi
+
+
+def _rows(cells):
+    return [{"sampler": s, "steps": n, "nfe": nfe, "fid": fid} for s, n, nfe, fid in cells]
+
+
+def test_sweep_plot_nfe_tick_labels_do_not_overlap(tmp_path):
+    """The README's sweep: euler/ddim at NFE 5, 10, 20, 50 and heun at 9, 19, 39, 99 (9 and 10,
+    19 and 20 sit side by side on a log axis)."""
+    cells = [("euler", n, n, 300.0 - n) for n in (5, 10, 20, 50)] + [("heun", n, 2 * n - 1, 310.0 - n)
+                                                                      for n in (5, 10, 20, 50)]
+    fig = sweep.plot(_rows(cells), tmp_path / "s.png")
+    ax = fig.axes[0]
+    ticks = [float(v) for v in ax.get_xticks()]
+    assert ticks[0] == 5 and ticks[-1] == 99 and set(ticks) <= {5, 9, 10, 19, 20, 39, 50, 99}
+    boxes = plots.label_boxes(fig, ax)
+    assert len(boxes) == len(ticks) >= 4
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [(b.x0, b.x1) for b in boxes]
 
 
 def test_rerunning_a_finished_sweep_computes_nothing(net, reference, tmp_path):
@@ -88,7 +113,7 @@ def test_deleting_a_row_recomputes_only_that_cell_to_the_same_fid(net, reference
     run(net, reference, path)
     rows = read_rows(path)
     deleted = rows.pop(1)
-    sweep.write_csv(path, rows)
+    sweep.results_csv(path).write(rows)
     counter = PooledPixels()
     again = run(net, reference, path, features=counter)
     assert counter.images == len(SEEDS)
@@ -133,9 +158,12 @@ def test_sweep_reports_sfid_precision_and_recall_when_asked(net, reference, tmp_
     assert all(math.isfinite(v) for v in values) and 0 <= values[2] <= 1 and 0 <= values[3] <= 1
 
 
-def test_table_lists_every_cell(net, reference, tmp_path):
-    text = sweep.table(run(net, reference, tmp_path / "s.csv"))
-    assert len(text.splitlines()) == 5 and "heun" in text and "euler" in text
+def test_table_lists_every_cell_with_its_values(net, reference, tmp_path):
+    rows = run(net, reference, tmp_path / "s.csv")
+    lines = sweep.table(rows).splitlines()
+    assert lines[0].split() == ["sampler", "steps", "nfe", "fid", "n_images", "seconds", "images_per_s"]
+    cells = [line.split()[:5] for line in lines[1:]]
+    assert cells == [[r["sampler"], str(r["steps"]), str(r["nfe"]), f"{float(r['fid']):.4g}", "6"] for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------

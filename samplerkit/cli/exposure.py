@@ -1,4 +1,4 @@
-"""``samplerkit exposure-bias``: the exposure-bias report of ddpm-ip-icml2023.txt (Sec. 4, 5.3, App. A.1, A.5)."""
+"""``samplerkit exposure-bias``: the exposure-bias report of Ning et al. 2023 (Sec. 4, 5.3, App. A.1, A.5)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,10 @@ def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _fid_features(device):
-    """(features(uint8 NHWC) -> [n, 2048], None) from samplerkit.fid's Inception network."""
-    try:
-        from .. import fid
-    except ImportError:
-        raise SamplerkitError("the fid mode needs samplerkit.fid, which this installation lacks") from None
-    return fid.inception_features(device=device)
+    """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
+    from ..metrics import inception
+
+    return inception(device=device)
 
 
 def _fid_reference(path: str | None):
@@ -89,7 +87,8 @@ def _fid_reference(path: str | None):
         raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
 
 
-@click.command(name="exposure-bias", context_settings={"max_content_width": 100})
+@click.command(name="exposure-bias", context_settings={"max_content_width": 100},
+               short_help="Exposure bias as Ning et al. 2023 measure it: delta_t, FID of x0_hat, nu_t, normality.")
 @click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
               help="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and ADM-IP) in one table.")
 @click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
@@ -107,14 +106,18 @@ def _fid_reference(path: str | None):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every eps and sampler noise.")
 @click.option("--mode", "modes", multiple=True, default=("delta",), show_default=True,
               help="delta | fid | nu | normality; repeatable or comma-separated.")
-@click.option("--respacing", default=None, help="Respace the chain first (iDDPM Sec. 4): 'K', 'ddimK' or '10,15,20'.")
+@click.option("--respacing", default=None,
+              help="Measure on a respaced chain (Nichol & Dhariwal 2021, Sec. 4): 'K', 'ddimK' or '10,15,20'; "
+                   "--t then counts its steps, and rows say so (--respacing 100 --t 60: 't = 596 of T = 1000 "
+                   "via 60 respaced steps')  [default: the full chain].")
 @click.option("--ref", "reference", default="linear:1000", show_default=True,
               help="Reference DDPM schedule NAME[:T] for models without a discrete chain (EDM/VP/VE, analytic).")
 @click.option("--stride", type=int, default=10, show_default=True,
               help="t grid of nu and normality: stride, 2 stride, ..., T.")
-@click.option("--clip-denoised/--no-clip-denoised", default=False, show_default=True,
-              help="Clip x0_hat to [-1, 1] at every chain step (delta, fid; Alg. 2 and 4 do not) and "
-                   "before e_t = x0_hat - x0 (nu, normality).")
+@click.option("--clip-denoised/--no-clip-denoised", default=True, show_default=True,
+              help="Clip x0_hat to [-1, 1] at every chain step (delta, fid; guided-diffusion's default, which "
+                   "the authors' measurements use) and before e_t = x0_hat - x0 (nu, normality). Every row "
+                   "records the setting.")
 @click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
               help="Variance of the fid mode's ancestral steps "
                    "[default: learned if the model has it, else fixedsmall].")
@@ -132,11 +135,13 @@ def _fid_reference(path: str | None):
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
             stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, quiet):
-    """Measure exposure bias (Ning et al. 2023): delta_t of Alg. 4 / Tab. 6, the FID variant of
+    """Measure exposure bias as Ning et al. 2023 do: delta_t of Alg. 4 / Tab. 6, the FID variant of
     Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
 
-    Discrete eps-models run on their own T-step chain; other models on the reference schedule
-    (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t).
+    Discrete eps-models run on their own full T-step chain; other models on the reference schedule
+    (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
+    [-1, 1] unless --no-clip-denoised. With several --model, every model sees the same images and
+    noise, and the delta table adds each model's paired difference to the first (95% t interval).
 
     \b
     Examples:
@@ -165,15 +170,15 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
         text = exposure.table(report.current, mode)
         if text:
             click.echo(text)
-    for name, g in report.gamma.items():
-        click.echo(exposure.gamma_text(name, g))
+    for name, summary in report.nu.items():
+        click.echo(exposure.nu_text(name, summary))
     if plot_path:
         for mode in settings.modes:
             path = exposure.companion_path(plot_path, mode, settings.modes[0])
-            if exposure.plot(report.current, mode, path):
+            if exposure.plot(report.current, mode, path) is not None:
                 log(f"wrote {path}")
         hist = exposure.companion_path(plot_path, "histograms")
-        if exposure.plot_histograms(report.histograms, hist):
+        if exposure.plot_histograms(report.histograms, hist) is not None:
             log(f"wrote {hist}")
     if pairs_dir and report.pairs:
         written = exposure.save_pairs(report.pairs, pairs_dir)
