@@ -1,8 +1,8 @@
 """Noise-level discretizations and timestep respacing.
 
 Each discretization returns a 1-D float64 tensor of N + 1 noise levels, descending, last 0
-(edm.txt Table 1, "time steps" row, and Eq. 5). ``respace`` returns the sorted *training*
-timesteps an iDDPM/ADM model is sampled on (iddpm.txt Sec. 4).
+(Karras et al. 2022 (EDM), Table 1, "time steps" row, and Eq. 5). ``respace`` returns the sorted
+*training* timesteps an iDDPM/ADM model is sampled on (Nichol & Dhariwal 2021, Sec. 4).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 
 from .diffusion import vp_betas_for_range, vp_sigma
 from .errors import SamplerkitError
+
+_RTOL = 1e-9  # relative tolerance of the iDDPM range test
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> None:
@@ -36,7 +38,7 @@ def _fraction(num_steps: int) -> torch.Tensor:
 
 
 def edm(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (edm.txt Eq. 5)."""
+    """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (EDM Eq. 5)."""
     _check_steps(num_steps)
     _check_range(sigma_min, sigma_max)
     if not rho > 0:
@@ -45,13 +47,21 @@ def edm(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: 
     return _with_zero((a + _fraction(num_steps) * (b - a)) ** rho)
 
 
+def for_model(num_steps: int, net, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+    """EDM's grid (Eq. 5) over [sigma_min, sigma_max] clamped to the model's own range
+    [net.sigma_min, net.sigma_max]: what an integer step count means to a sampler, and what
+    ``samplerkit sample --steps N`` uses by default."""
+    _check_steps(num_steps)
+    return edm(num_steps, max(sigma_min, float(net.sigma_min)), min(sigma_max, float(net.sigma_max)), rho)
+
+
 def vp(
     num_steps: int,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     epsilon_s: float = 1e-3,
 ) -> torch.Tensor:
-    """VP: t_i = 1 + i/(N-1) (epsilon_s - 1), sigma_i = sigma(t_i) (edm.txt Table 1).
+    """VP: t_i = 1 + i/(N-1) (epsilon_s - 1), sigma_i = sigma(t_i) (EDM Table 1).
 
     beta_d and beta_min are chosen so that sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max;
     the defaults are the VP model's own range (beta_d 19.9, beta_min 0.1).
@@ -66,7 +76,7 @@ def vp(
 
 
 def ve(num_steps: int, sigma_min: float = 0.02, sigma_max: float = 100.0) -> torch.Tensor:
-    """VE: t_i = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i/(N-1)), sigma_i = sqrt(t_i) (edm.txt Table 1)."""
+    """VE: t_i = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i/(N-1)), sigma_i = sqrt(t_i) (EDM Table 1)."""
     _check_steps(num_steps)
     _check_range(sigma_min, sigma_max)
     t = sigma_max**2 * (sigma_min**2 / sigma_max**2) ** _fraction(num_steps)
@@ -75,7 +85,7 @@ def ve(num_steps: int, sigma_min: float = 0.02, sigma_max: float = 100.0) -> tor
 
 def iddpm_levels(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> torch.Tensor:
     """u_0 > ... > u_M = 0 with u_{j-1} = sqrt((u_j^2 + 1) / max(abar_{j-1}/abar_j, C1) - 1) and
-    abar_j = sin^2(pi/2 j / (M (C2 + 1))) (edm.txt Table 1, iDDPM column)."""
+    abar_j = sin^2(pi/2 j / (M (C2 + 1))) (EDM Table 1, iDDPM column)."""
     alpha_bar = lambda j: math.sin(0.5 * math.pi * j / M / (C2 + 1)) ** 2  # noqa: E731
     u = [0.0] * (M + 1)
     for j in range(M, 0, -1):
@@ -93,10 +103,12 @@ def iddpm(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
 ) -> torch.Tensor:
-    """iDDPM: t_i = u_{floor(j0 + (M-1-j0)/(N-1) i + 1/2)} (edm.txt Table 1).
+    """iDDPM: t_i = u_{floor(j0 + (M-1-j0)/(N-1) i + 1/2)} (EDM Table 1).
 
-    With ``sigma_min`` / ``sigma_max`` (or a ``net`` that bounds them) the levels outside the
-    range are dropped first and N are picked evenly from the rest, as EDM's ablation code does.
+    With ``sigma_min`` / ``sigma_max`` (or a ``net`` that bounds them) the levels u_j0 .. u_{M-1}
+    outside the range are dropped first and N are picked evenly from the rest, as EDM's ablation
+    sampler does. The bounds are compared with a relative tolerance of 1e-9, so that a model whose
+    own sigma_min is u_{M-1} up to rounding (an ADM/iDDPM cosine model: ~1e-15 apart) keeps it.
     """
     _check_steps(num_steps)
     if not 0 <= j0 < M:
@@ -108,7 +120,8 @@ def iddpm(
         return _with_zero(u[j])
     lo = max(sigma_min if sigma_min is not None else 0.002, getattr(net, "sigma_min", 0.0))
     hi = min(sigma_max if sigma_max is not None else 81.0, getattr(net, "sigma_max", float("inf")))
-    kept = u[(u >= lo) & (u <= hi)]
+    u = u[j0:M]  # EDM's recursion leaves u_0 .. u_{j0-1} unset (0), so they never pass the range test
+    kept = u[(u >= lo * (1 - _RTOL)) & (u <= hi * (1 + _RTOL))]
     if kept.numel() == 0:
         raise SamplerkitError(f"no iDDPM level lies in [{lo}, {hi}]")
     idx = ((kept.numel() - 1) / max(num_steps - 1, 1) * torch.arange(num_steps, dtype=torch.float64)).round()
@@ -118,7 +131,7 @@ def iddpm(
 def respace(T: int, spec: str) -> torch.Tensor:
     """Training timesteps to sample on, sorted ascending, as an int64 tensor.
 
-    * ``"K"``: K evenly spaced real numbers between 1 and T, rounded (iddpm.txt Sec. 4),
+    * ``"K"``: K evenly spaced real numbers between 1 and T, rounded (Nichol & Dhariwal 2021, Sec. 4),
       shifted to the 0-based indices 0 .. T-1;
     * ``"ddimK"``: the uniform stride T // K starting at 0 (DDIM's respacing);
     * ``"a,b,c"``: the T steps cut into as many equal sections, a steps taken evenly from the

@@ -341,7 +341,7 @@ BAD = [
     (["--seeds", "0-99999999999"], "more than 10,000,000 seeds"),
     (["--steps", "0"], "steps"),
     (["--sigma-min", "-1"], "positive"),
-    (["--sigma-min", "5", "--sigma-max", "1"], "sigma_min < sigma_max"),
+    (["--sigma-min", "5", "--sigma-max", "1"], "--sigma-min < --sigma-max"),
     (["--rho", "0"], "rho"),
     (["--sampler", "ddim", "--eta", "-0.5"], "eta"),
     (["--sampler", "plms"], "plms"),

@@ -9,6 +9,7 @@ from samplerkit.adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 
 import samplerkit as sk
 from samplerkit import diffusion, samplers, schedules
+from samplerkit.denoisers import DenoiserWrapper
 from samplerkit.errors import SamplerkitError
 from samplerkit.seeds import StackedRandomGenerator
 
@@ -219,3 +220,122 @@ def test_nfe_counts():
 def test_bad_sampler_arguments_raise_our_error(gauss, call):
     with pytest.raises(SamplerkitError):
         call(gauss)
+
+
+# ---------------------------------------------------------------------------------------------
+# every sampler: NFE, callback, integer step counts, knob checks
+
+class Counting(DenoiserWrapper):
+    """Counts network calls (one per batch call, either entry point)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.calls = 0
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        self.calls += 1
+        return super().denoise_with_variance(x, sigma, class_labels)
+
+
+def _noise(seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return lambda x: torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+@pytest.mark.parametrize("discrete", [False, True])
+def test_recorded_nfe_is_the_real_number_of_network_calls(name, discrete):
+    from samplerkit.generate import make_sampler
+
+    inner = _gaussian_eps_model(T=200)[0] if discrete else GaussianDenoiser(0.1, 0.5, img_channels=1, img_resolution=4)
+    net = Counting(inner)
+    for steps in (1, 2, 7):
+        prepared = make_sampler(net, name, steps)
+        net.calls = 0
+        prepared.run(_latents(2, 1, 4), None, _noise())
+        assert net.calls == prepared.nfe == samplers.nfe(name, prepared.steps), (name, steps)
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_callback_reports_each_step_with_its_denoised_estimate(name):
+    net = GaussianDenoiser(0.1, 0.5, img_channels=1, img_resolution=4)
+    sigmas = schedules.edm(5)
+    log = []
+    kw = {"randn_like": _noise()} if samplers.SAMPLERS[name].stochastic else {}
+    if samplers.SAMPLERS[name].grid == "chain":
+        kw["clip_denoised"] = False
+    out = getattr(samplers, name)(net, _latents(2, 1, 4), sigmas, callback=log.append, **kw)
+    assert [e["i"] for e in log] == list(range(5))
+    assert {"i", "x", "sigma", "sigma_hat", "denoised"} <= set(log[0])
+    for e in log:
+        x = e["x"]
+        if samplers.SAMPLERS[name].grid == "chain":  # x_t-space: x_sigma = x_t sqrt(1 + sigma^2)
+            x = x * (1 + e["sigma"] ** 2).sqrt()
+        torch.testing.assert_close(e["denoised"], net(x, e["sigma_hat"]), rtol=1e-12, atol=1e-12)
+    assert float(log[0]["sigma"]) == pytest.approx(80.0) and out.shape == log[0]["x"].shape
+
+
+class _Constant(sk.Denoiser):
+    img_channels, img_resolution = 1, 2
+
+    def forward(self, x, sigma, class_labels=None):
+        return torch.full_like(x, 5.0, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "stochastic", "dpmpp_2m", "unipc"])
+def test_clip_denoised_clamps_D_to_the_data_range(name):
+    """D = 5 everywhere: every solver ends at the last data prediction, 5, or 1 when clipped."""
+    fn, lat, sigmas = getattr(samplers, name), torch.zeros(1, 1, 2, 2), schedules.edm(4)
+    torch.testing.assert_close(fn(_Constant(), lat, sigmas), torch.full((1, 1, 2, 2), 5.0, dtype=torch.float64))
+    torch.testing.assert_close(fn(_Constant(), lat, sigmas, clip_denoised=True),
+                               torch.ones(1, 1, 2, 2, dtype=torch.float64))
+    assert samplers.knobs(fn)["clip_denoised"] is False
+
+
+def test_an_int_is_a_number_of_respaced_steps_for_ddim_and_ancestral():
+    """Issue: ddim(net, lat, 20) used to run a one-step chain at timestep 20."""
+    net, ab = _gaussian_eps_model(T=200)
+    counting = Counting(net)
+    lat = _latents(2, 1, 4, seed=7)
+    x = samplers.ddim(counting, lat, 20)
+    assert counting.calls == 20
+    torch.testing.assert_close(x, samplers.ddim(net, lat, schedules.respace(200, "20")), rtol=0, atol=0)
+    x = samplers.ancestral(net, lat, 10, randn_like=_noise())
+    torch.testing.assert_close(x, samplers.ancestral(net, lat, schedules.respace(200, "10"), randn_like=_noise()),
+                               rtol=0, atol=0)
+    with pytest.raises(SamplerkitError):
+        samplers.ddim(net, lat, 201)  # more steps than the model was trained with
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "stochastic", "ddim", "dpmpp_2m", "unipc"])
+def test_an_int_is_edms_grid_over_the_models_range(name):
+    net = GaussianDenoiser(0.1, 0.5, img_channels=1, img_resolution=4)
+    fn, lat = getattr(samplers, name), _latents(2, 1, 4)
+    grid = schedules.for_model(6, net)
+    assert torch.equal(grid, schedules.edm(6, 0.002, 80.0))
+    torch.testing.assert_close(fn(net, lat, 6), fn(net, lat, grid), rtol=0, atol=0)
+    with pytest.raises(SamplerkitError):
+        fn(net, lat, 0)
+
+
+@pytest.mark.parametrize("name,options,flag", [
+    ("euler_ancestral", {"eta": -0.5}, "eta"),
+    ("dpm_2_ancestral", {"eta": 1.5}, "eta"),
+    ("dpmpp_2m_sde", {"s_noise": -1.0}, "s_noise"),
+    ("dpmpp_2m_sde", {"solver_type": "rk4"}, "solver_type"),
+    ("dpmpp_3m_sde", {"eta": -1.0}, "eta"),
+    ("lms", {"order": 5}, "order"),
+    ("ipndm", {"order": 0}, "order"),
+    ("unipc", {"order": 4}, "order"),
+    ("unipc", {"variant": "bh3"}, "variant"),
+    ("stochastic", {"S_churn": -1.0}, "S_churn"),
+])
+def test_bad_knobs_fail_before_the_run_with_one_line(name, options, flag):
+    from samplerkit.generate import make_sampler
+
+    net = Counting(GaussianDenoiser(0.1, 0.5, img_channels=1, img_resolution=4))
+    with pytest.raises(SamplerkitError, match=flag) as err:
+        make_sampler(net, name, 4, **options)
+    assert "\n" not in str(err.value) and net.calls == 0
+    with pytest.raises(SamplerkitError, match=flag):  # the sampler itself checks too
+        getattr(samplers, name)(net, _latents(1, 1, 4), schedules.edm(3), **options)

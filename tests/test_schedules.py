@@ -1,4 +1,4 @@
-"""Discretizations against edm.txt Table 1 and respacing against iddpm.txt Sec. 4."""
+"""Discretizations against Karras et al. 2022 (EDM), Table 1, and respacing against Nichol & Dhariwal 2021, Sec. 4."""
 
 import math
 
@@ -78,3 +78,36 @@ def test_respace_section_counts():
 def test_bad_schedule_arguments_raise_our_error(call):
     with pytest.raises(SamplerkitError):
         call()
+
+
+def _edm_iddpm_reference(num_steps, sigma_min, sigma_max, j0=8, M=1000, C1=0.001, C2=0.008):
+    """EDM's ablation sampler, iddpm discretization, written out: u_j for j = M .. j0+1 (the rest
+    stays 0), the levels within [sigma_min, sigma_max], N of them picked evenly."""
+    u = torch.zeros(M + 1, dtype=torch.float64)
+    alpha_bar = lambda j: math.sin(0.5 * math.pi * j / M / (C2 + 1)) ** 2  # noqa: E731
+    for j in range(M, j0, -1):
+        u[j - 1] = math.sqrt((float(u[j]) ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
+    u_filtered = u[(u >= sigma_min) & (u <= sigma_max)]
+    idx = ((len(u_filtered) - 1) / (num_steps - 1) * torch.arange(num_steps, dtype=torch.float64)).round()
+    return u_filtered[idx.to(torch.int64)], u_filtered
+
+
+def test_iddpm_grid_keeps_a_cosine_models_smallest_level():
+    """Issue: net.sigma_min of an ADM/iDDPM cosine model exceeds u_999 by ~1e-15, and the level was
+    dropped (991 levels kept instead of 992, grid ending at t = 1)."""
+    import samplerkit as sk
+    from samplerkit import diffusion
+    from samplerkit.generate import sigma_grid
+
+    ab = diffusion.alpha_bar_from_betas(diffusion.cosine_betas(1000))
+    net = sk.DiscreteEpsDenoiser(lambda x, t, labels: x * 0, ab)
+    u = schedules.iddpm_levels()
+    assert net.sigma_min > float(u[999])  # the rounding that used to drop it
+    grid = sigma_grid(net, 992, "iddpm")
+    assert torch.equal(grid[:-1], u[8:1000])  # every level u_8 .. u_999, each once
+    assert net.timestep(grid[-2]) == 0  # ends at the model's t = 0
+    # exact numbers: EDM's own filter with the bounds it would use (0.002 and 81 clamped to the model)
+    for n in (18, 50, 256):
+        expected, kept = _edm_iddpm_reference(n, float(u[999]), 81.0)
+        assert kept.numel() == 992
+        torch.testing.assert_close(sigma_grid(net, n, "iddpm")[:-1], expected, rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 import click
@@ -66,17 +67,40 @@ def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: s
 # what a run records lives in the library; the commands use it from here
 from ..runs import model_sha256, recommended, resolve_sampler  # noqa: E402, F401
 
-# CLI option name -> sampler option name (samplerkit.generate.sampler_options)
+# click parameter name -> sampler option name (samplerkit.generate.sampler_options)
 KNOBS = {
     "disc": "disc", "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho",
-    "schedule": "schedule", "scaling": "scaling", "s_churn": "S_churn", "s_min": "S_min", "s_max": "S_max",
-    "s_noise": "S_noise", "eta": "eta", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
+    "schedule": "schedule", "scaling": "scaling", "S_churn": "S_churn", "S_min": "S_min", "S_max": "S_max",
+    "S_noise": "S_noise", "eta": "eta", "s_noise": "s_noise", "solver_type": "solver_type", "order": "order",
+    "variant": "variant", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
 }
+
+# sampler option name -> the flag a user types; error messages name the flag. Plain words that
+# also occur in prose (variance, schedule, ...) are left alone.
+FLAGS = {
+    "sigma_min": "--sigma-min", "sigma_max": "--sigma-max", "rho": "--rho", "S_churn": "--S-churn",
+    "S_min": "--S-min", "S_max": "--S-max", "S_noise": "--S-noise", "eta": "--eta", "s_noise": "--s-noise",
+    "solver_type": "--solver-type", "order": "--order", "variant": "--variant", "clip_denoised": "--clip/--no-clip",
+}
+_FLAG_PATTERN = re.compile(r"(?<![-\w])(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")\b")
+
+
+def flag_of(option: str) -> str | None:
+    """The command-line flag of sampler option ``option`` (None for an option the CLI does not set)."""
+    if option in FLAGS:
+        return FLAGS[option]
+    return f"--{option.replace('_', '-')}" if option in KNOBS.values() else None
+
+
+def with_flag_names(message: str) -> str:
+    """``message`` with the sampler options' Python names replaced by their command-line flags."""
+    return _FLAG_PATTERN.sub(lambda m: FLAGS[m.group(1)], message)
 
 
 def sampler_options(fn):
     """The sampler knobs, with the papers' names; none has a default here, so only what the
-    user set reaches the sampler (an option the chosen sampler does not take is an error)."""
+    user set reaches the sampler (an option the chosen sampler does not take is an error). Errors
+    raised by the command name these flags as the user typed them (``--S-churn``, not ``S_churn``)."""
     opts = [
         click.option("--disc", type=click.Choice(["edm", "vp", "ve", "iddpm"]),
                      help="Step discretization (EDM Table 1)."),
@@ -85,20 +109,37 @@ def sampler_options(fn):
         click.option("--rho", type=float, help="EDM grid exponent rho (Eq. 5), default 7."),
         click.option("--schedule", type=click.Choice(["linear", "vp", "ve"]), help="sigma(t) of Alg. 1 (euler/heun)."),
         click.option("--scaling", type=click.Choice(["none", "vp"]), help="s(t) of Alg. 1 (euler/heun)."),
-        click.option("--S-churn", "s_churn", type=float, help="Alg. 2 S_churn (stochastic)."),
-        click.option("--S-min", "s_min", type=float, help="Alg. 2 S_tmin (stochastic)."),
-        click.option("--S-max", "s_max", type=float, help="Alg. 2 S_tmax (stochastic)."),
-        click.option("--S-noise", "s_noise", type=float, help="Alg. 2 S_noise (stochastic)."),
-        click.option("--eta", type=float, help="DDIM eta (0 = deterministic)."),
+        click.option("--S-churn", "S_churn", type=float, help="EDM Alg. 2 S_churn (stochastic)."),
+        click.option("--S-min", "S_min", type=float, help="EDM Alg. 2 S_tmin (stochastic)."),
+        click.option("--S-max", "S_max", type=float, help="EDM Alg. 2 S_tmax (stochastic)."),
+        click.option("--S-noise", "S_noise", type=float, help="EDM Alg. 2 S_noise (stochastic)."),
+        click.option("--eta", type=float,
+                     help="DDIM eta; amount of ancestral/SDE noise of the k-diffusion samplers (0 = deterministic)."),
+        click.option("--s-noise", "s_noise", type=float,
+                     help="Noise scale s_noise of the ancestral/SDE samplers (*_ancestral, *_sde)."),
+        click.option("--solver-type", "solver_type", type=click.Choice(["midpoint", "heun"]),
+                     help="2nd-order correction of dpmpp_2m_sde."),
+        click.option("--order", type=int, help="Order of lms/ipndm (1-4) and unipc (1-3)."),
+        click.option("--variant", type=click.Choice(["bh1", "bh2"]), help="UniPC B(h): bh1 = h, bh2 = e^h - 1."),
         click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]),
                      help="Ancestral variance (iDDPM Eq. 15 when learned)."),
         click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
-        click.option("--clip/--no-clip", "clip", default=None, help="Clip x0 to [-1, 1] (ddim/ancestral)."),
+        click.option("--clip/--no-clip", "clip", default=None,
+                     help="Clamp the denoised estimate to [-1, 1] (default: on for ddim/ancestral, off otherwise)."),
     ]
+
+    @functools.wraps(fn)
+    def named_flags(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SamplerkitError as e:
+            raise SamplerkitError(with_flag_names(str(e))) from e
+
     for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+        named_flags = opt(named_flags)
+    return named_flags
 
 
 def chosen_options(kwargs: dict) -> dict:
+    """The sampler options the user set (click parameter names -> sampler option names)."""
     return {KNOBS[k]: v for k, v in kwargs.items() if k in KNOBS and v is not None}

@@ -34,7 +34,7 @@ uint8 NHWC, arr_1 labels), grid.png, manifest.json.
 @click.command("sample", epilog=EXAMPLES)
 @model_options(DEFAULT_MODEL)
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
-              help="euler/heun/stochastic: EDM Alg. 1-2; ddim; ancestral: iDDPM respaced DDPM. "
+              help="Any of `samplerkit samplers` (heun, ancestral, ddim, dpmpp_2m, unipc, ...). "
                    "[default: the model's recommended sampler (`samplerkit models info`), else heun]")
 @click.option("--steps", type=int, default=None,
               help="Number of steps N (Heun: NFE = 2N - 1). [default: the recommended count, else 18]")

@@ -3,13 +3,22 @@
 * :mod:`.ode` -- ``euler``, ``heun`` (Karras et al. 2022 (EDM), Alg. 1, with the general
   sigma(t), s(t) of Sec. 3) and ``stochastic`` (EDM Alg. 2, churn);
 * :mod:`.discrete` -- ``ddim`` (Song et al. 2021) and ``ancestral`` (Ho et al. 2020, Alg. 2 on
-  the respaced chain of Nichol & Dhariwal 2021, Eq. 19, learned variance from Eq. 15).
+  the respaced chain of Nichol & Dhariwal 2021, Eq. 19, learned variance from Eq. 15);
+* :mod:`.dpm` -- the k-diffusion family: ``euler_ancestral``, ``dpm_2``, ``dpm_2_ancestral``,
+  ``dpmpp_2s_ancestral``, ``dpmpp_2m``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde`` (Lu et al. 2022,
+  DPM-Solver and DPM-Solver++; crowsonkb/k-diffusion);
+* :mod:`.multistep` -- ``lms``, ``unipc`` (Zhao et al. 2023), ``ipndm`` (Zhang & Chen 2023).
 
 Conventions: latents are standard normal; the sigma-space samplers start at
 ``latents * sigma_0`` (EDM), the discrete-chain ones at ``x_T = latents`` in x_t-space
 (guided-diffusion). Arithmetic is float64; the network runs in its own dtype. Stochastic samplers
 draw their noise only through ``randn_like``, once per step, in step order. Every sampler
-returns the final images in [-1, 1] data space.
+returns the final images in data space ([-1, 1] for a good model), and takes
+``callback(dict(i, x, sigma, sigma_hat, denoised))``, called once per step after the step's first
+network call (k-diffusion's convention; x in the sampler's own space: sigma-space, or x_t-space
+for ``ddim``/``ancestral``). A plain int N in place of the grid means N steps: EDM's grid over the
+model's range (:func:`samplerkit.schedules.for_model`), or ``respace(T, str(N))`` for
+``ddim``/``ancestral`` on a discrete-time model.
 
 :data:`SAMPLERS` is the one table of samplers: name -> function, order, NFE for N steps, kind
 of grid, source. A sampler's knobs and their defaults are read from its signature
@@ -24,7 +33,19 @@ from dataclasses import dataclass
 
 from ..errors import SamplerkitError
 from .discrete import ancestral, chain_alpha_bar, check_eta, ddim, resolve_variance
-from .ode import TimeSchedule, euler, heun, stochastic
+from .dpm import (
+    SOLVER_TYPES,
+    check_noise,
+    dpm_2,
+    dpm_2_ancestral,
+    dpmpp_2m,
+    dpmpp_2m_sde,
+    dpmpp_2s_ancestral,
+    dpmpp_3m_sde,
+    euler_ancestral,
+)
+from .multistep import UNIPC_VARIANTS, check_order, ipndm, lms, unipc
+from .ode import TimeSchedule, check_churn, euler, heun, stochastic
 
 # arguments every sampler has that are not knobs a user sets
 _NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback")
@@ -72,15 +93,64 @@ def _resolve_ancestral(net, options: dict) -> dict:
     return {**options, "variance": resolve_variance(net, options["variance"])}
 
 
+def _resolve_churn(net, options: dict) -> dict:
+    check_churn(options["S_churn"], options["S_min"], options["S_max"], options["S_noise"])
+    return options
+
+
+def _resolve_noise(max_eta: float = float("inf")):
+    def resolve(net, options: dict) -> dict:
+        check_noise(options["eta"], options["s_noise"], max_eta)
+        solver_type = options.get("solver_type", SOLVER_TYPES[0])
+        if solver_type not in SOLVER_TYPES:
+            raise SamplerkitError(f"unknown solver_type {solver_type!r}; use {' or '.join(SOLVER_TYPES)}")
+        return options
+
+    return resolve
+
+
+def _resolve_order(name: str, highest: int):
+    def resolve(net, options: dict) -> dict:
+        check_order(name, options["order"], highest)
+        if options.get("variant", UNIPC_VARIANTS[0]) not in UNIPC_VARIANTS:
+            raise SamplerkitError(f"unknown UniPC variant {options['variant']!r}; use {' or '.join(UNIPC_VARIANTS)}")
+        return options
+
+    return resolve
+
+
+_KD = "crowsonkb/k-diffusion"
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo(euler, "1", lambda n: n, "sigmas", "Karras et al. 2022 (EDM), Alg. 1 without lines 6-8"),
     "heun": SamplerInfo(heun, "2", lambda n: 2 * n - 1, "sigmas", "Karras et al. 2022 (EDM), Alg. 1"),
     "stochastic": SamplerInfo(stochastic, "2 (SDE)", lambda n: 2 * n - 1, "sigmas",
-                              "Karras et al. 2022 (EDM), Alg. 2"),
+                              "Karras et al. 2022 (EDM), Alg. 2", _resolve_churn),
     "ddim": SamplerInfo(ddim, "1", lambda n: n, "chain", "Song et al. 2021 (DDIM), Eq. 12",
                         _resolve_ddim),
     "ancestral": SamplerInfo(ancestral, "1 (SDE)", lambda n: n, "chain",
                              "Ho et al. 2020, Alg. 2; Nichol & Dhariwal 2021, Sec. 4, Eq. 15, 19", _resolve_ancestral),
+    "euler_ancestral": SamplerInfo(euler_ancestral, "1 (SDE)", lambda n: n, "sigmas",
+                                   f"{_KD} sample_euler_ancestral", _resolve_noise()),
+    "dpm_2": SamplerInfo(dpm_2, "2", lambda n: 2 * n - 1, "sigmas",
+                         f"Lu et al. 2022 (DPM-Solver), Alg. 1 (r1 = 1/2); {_KD} sample_dpm_2"),
+    "dpm_2_ancestral": SamplerInfo(dpm_2_ancestral, "2 (SDE)", lambda n: 2 * n - 1, "sigmas",
+                                   f"Lu et al. 2022 (DPM-Solver); {_KD} sample_dpm_2_ancestral", _resolve_noise(1.0)),
+    "lms": SamplerInfo(lms, "= order knob (1-4, default 4)", lambda n: n, "sigmas", f"{_KD} sample_lms",
+                       _resolve_order("lms", 4)),
+    "dpmpp_2s_ancestral": SamplerInfo(dpmpp_2s_ancestral, "2 (SDE)", lambda n: 2 * n - 1, "sigmas",
+                                      f"Lu et al. 2022 (DPM-Solver++), Alg. 1; {_KD} sample_dpmpp_2s_ancestral",
+                                      _resolve_noise(1.0)),
+    "dpmpp_2m": SamplerInfo(dpmpp_2m, "2", lambda n: n, "sigmas",
+                            f"Lu et al. 2022 (DPM-Solver++), Alg. 2; {_KD} sample_dpmpp_2m"),
+    "dpmpp_2m_sde": SamplerInfo(dpmpp_2m_sde, "2 (SDE; ODE at eta = 0)", lambda n: n, "sigmas",
+                                f"Lu et al. 2022 (DPM-Solver++); {_KD} sample_dpmpp_2m_sde", _resolve_noise()),
+    "dpmpp_3m_sde": SamplerInfo(dpmpp_3m_sde, "3 (SDE); about 2 measured as an ODE (eta = 0)", lambda n: n, "sigmas",
+                                f"Lu et al. 2022 (DPM-Solver++); {_KD} sample_dpmpp_3m_sde", _resolve_noise()),
+    "unipc": SamplerInfo(unipc, "order knob + 1 (order 1-3, default 2)", lambda n: n, "sigmas",
+                         "Zhao et al. 2023 (UniPC), data prediction; diffusers UniPCMultistepScheduler",
+                         _resolve_order("unipc", 3)),
+    "ipndm": SamplerInfo(ipndm, "= order knob (1-4) on equal steps; 2 on EDM's grid", lambda n: n, "sigmas",
+                         "Zhang & Chen 2023 (DEIS), iPNDM", _resolve_order("ipndm", 4)),
 }
 
 
@@ -97,6 +167,7 @@ def nfe(name: str, num_steps: int) -> int:
 
 
 __all__ = [
-    "SAMPLERS", "SamplerInfo", "TimeSchedule", "ancestral", "chain_alpha_bar", "ddim", "euler", "heun", "info",
-    "knobs", "nfe", "stochastic",
+    "SAMPLERS", "SamplerInfo", "TimeSchedule", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
+    "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "info",
+    "ipndm", "knobs", "lms", "nfe", "stochastic", "unipc",
 ]

@@ -1,12 +1,20 @@
-"""What every sampler does with its noise levels before the first step."""
+"""What every sampler does with its noise levels before the first step, and the one way it calls
+the network."""
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
+from .. import schedules
 from ..errors import SamplerkitError
+
+
+def is_step_count(steps) -> bool:
+    """True for a plain integer (``heun(net, lat, 18)``): a number of steps, not a grid or a timestep."""
+    return isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
@@ -20,12 +28,26 @@ def check_sigmas(sigmas) -> torch.Tensor:
 
 
 def rounded(net, sigmas) -> torch.Tensor:
-    """The grid rounded to the model's trained levels (EDM: ``net.round_sigma``), last entry 0."""
+    """The grid rounded to the model's trained levels (EDM: ``net.round_sigma``), last entry 0.
+
+    An integer N stands for :func:`samplerkit.schedules.for_model` (EDM's rho = 7 grid of N steps
+    over the model's range, what ``samplerkit sample --steps N`` uses by default).
+    """
+    if is_step_count(sigmas):
+        sigmas = schedules.for_model(int(sigmas), net)
     sigmas = check_sigmas(sigmas)
     head = torch.as_tensor(net.round_sigma(sigmas[:-1]), dtype=torch.float64).reshape(-1).cpu()
     return torch.cat([head, sigmas.new_zeros(1)])
 
 
-def denoise(net, x: torch.Tensor, sigma, class_labels) -> torch.Tensor:
-    """D(x; sigma) in float64, whatever dtype the network runs in."""
-    return net(x, sigma, class_labels).to(torch.float64)
+def denoise(net, x: torch.Tensor, sigma, class_labels, clip_denoised: bool = False) -> torch.Tensor:
+    """D(x; sigma) in float64, whatever dtype the network runs in; clamped to [-1, 1] when
+    ``clip_denoised``."""
+    D = net(x, sigma, class_labels).to(torch.float64)
+    return D.clamp(-1, 1) if clip_denoised else D
+
+
+def report(callback, i: int, x, sigma, sigma_hat, denoised) -> None:
+    """k-diffusion's step callback: ``callback({'i', 'x', 'sigma', 'sigma_hat', 'denoised'})``."""
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})

@@ -2,8 +2,14 @@
 on a respaced chain (Ho et al. 2020, Alg. 2; Nichol & Dhariwal 2021, Sec. 4, Eq. 19).
 
 They start at ``x_T = latents`` in x_t-space (guided-diffusion's convention) and take the chain
-either as training timesteps of a discrete-time model (``samplerkit.schedules.respace``) or as
-a sigma grid (any denoiser, abar = 1 / (1 + sigma^2)).
+as training timesteps of a discrete-time model (``samplerkit.schedules.respace``), as a sigma
+grid (any denoiser, abar = 1 / (1 + sigma^2)), or as an integer N: ``respace(T, str(N))`` on a
+discrete-time model, :func:`samplerkit.schedules.for_model` (EDM's grid) on a continuous one --
+the chain ``samplerkit sample --steps N`` uses.
+
+``callback(dict(i, x, sigma, sigma_hat, denoised))`` runs once per step after its network call:
+x is the step's starting point in x_t-space (x_t = sqrt(abar) (y + sigma n)), sigma = sigma_hat
+its noise level, denoised the x0 estimate the step uses (clipped when ``clip_denoised``).
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ import torch
 from ..denoisers import training_alpha_bar
 from ..diffusion import Chain, alpha_bar_from_sigma, predict_eps_from_x0, sigma_from_alpha_bar
 from ..errors import SamplerkitError
-from ._grid import denoise, rounded
+from ..schedules import for_model, respace
+from ._grid import denoise, is_step_count, report, rounded
 
 
 def chain_alpha_bar(net, steps_or_sigmas) -> torch.Tensor:
     """abar of the chain's timesteps in increasing t (the order :class:`Chain` expects).
 
-    Integer input: training timesteps of a discrete model (``samplerkit.schedules.respace``),
-    looked up in ``net.alphas_cumprod``. Float input: a descending sigma grid ending in 0, rounded
-    to the model's levels, with abar = 1 / (1 + sigma^2); this works for any denoiser.
+    A plain int N: N respaced steps, ``respace(T, str(N))`` on a discrete-time model, else EDM's
+    grid of N steps (:func:`samplerkit.schedules.for_model`). An integer tensor or list: training
+    timesteps of a discrete model (``samplerkit.schedules.respace``), looked up in its training
+    abar. Float input: a descending sigma grid ending in 0, rounded to the model's levels, with
+    abar = 1 / (1 + sigma^2); this works for any denoiser.
     """
+    if is_step_count(steps_or_sigmas):
+        ab, n = training_alpha_bar(net), int(steps_or_sigmas)
+        steps_or_sigmas = respace(ab.numel(), str(n)) if ab is not None else for_model(n, net)
     s = torch.as_tensor(steps_or_sigmas)
     if not s.dtype.is_floating_point:
         ab = training_alpha_bar(net)
@@ -63,20 +75,21 @@ def resolve_variance(net, variance: str) -> str:
 
 
 def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
-         randn_like: Callable = torch.randn_like, clip_denoised: bool = True) -> torch.Tensor:
+         randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
+         callback: Callable | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021): x_{t-1} = sqrt(abar') x0 + sqrt(1 - abar' - s^2) eps + s z with
     s = eta sqrt((1 - abar')/(1 - abar)) sqrt(1 - abar/abar'). x0 is clipped to [-1, 1] when
     ``clip_denoised`` and eps re-derived from it, as guided-diffusion does. With eta = 0 and no
-    clipping this is Euler on the same sigma grid (edm.txt Sec. 3)."""
+    clipping this is Euler on the same sigma grid (Karras et al. 2022 (EDM), Sec. 3). NFE = N."""
     check_eta(eta)
     alpha_bars = chain_alpha_bar(net, steps_or_sigmas).to(latents.device)
     x = latents.to(torch.float64)  # x_T in x_t-space
-    for k in reversed(range(len(alpha_bars))):
+    for i, k in enumerate(reversed(range(len(alpha_bars)))):
         ab = alpha_bars[k]
         ab_prev = alpha_bars[k - 1] if k > 0 else torch.ones_like(ab)
-        x0 = denoise(net, x / ab.sqrt(), sigma_from_alpha_bar(ab), class_labels)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        sigma = sigma_from_alpha_bar(ab)
+        x0 = denoise(net, x / ab.sqrt(), sigma, class_labels, clip_denoised)
+        report(callback, i, x, sigma, sigma, x0)
         eps = predict_eps_from_x0(x, ab, x0)
         s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         z = randn_like(x)
@@ -85,18 +98,20 @@ def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
 
 
 def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = "auto",
-              randn_like: Callable = torch.randn_like, clip_denoised: bool = True) -> torch.Tensor:
-    """DDPM ancestral sampling (ddpm-ip Alg. 2) on a respaced chain (iddpm.txt Eq. 19):
-    x_{t-1} = mu~(x_t, x0) + Sigma^(1/2) z, z = 0 at the last step.
+              randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
+              callback: Callable | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2; Ning et al. 2023, Alg. 2) on a respaced
+    chain (Nichol & Dhariwal 2021, Eq. 19): x_{t-1} = mu~(x_t, x0) + Sigma^(1/2) z, z = 0 at the
+    last step. NFE = N.
 
-    ``variance``: 'learned' (iddpm.txt Eq. 15, from the same forward pass), 'fixedsmall'
-    (beta~), 'fixedlarge' (beta), or 'auto' = learned when the model has it, else fixedlarge
-    (guided-diffusion's default).
+    ``variance``: 'learned' (Nichol & Dhariwal 2021, Eq. 15, from the same forward pass),
+    'fixedsmall' (beta~), 'fixedlarge' (beta), or 'auto' = learned when the model has it, else
+    fixedlarge (guided-diffusion's default).
     """
     variance = resolve_variance(net, variance)
     chain = Chain.from_alpha_bar(chain_alpha_bar(net, steps_or_sigmas).to(latents.device))
     x = latents.to(torch.float64)  # x_T in x_t-space
-    for k in reversed(range(len(chain))):
+    for i, k in enumerate(reversed(range(len(chain)))):
         ab = chain.alpha_bar[k]
         x_sigma, sigma = x / ab.sqrt(), sigma_from_alpha_bar(ab)
         if variance == "learned":
@@ -106,6 +121,7 @@ def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = 
             x0, v = denoise(net, x_sigma, sigma, class_labels), None
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
+        report(callback, i, x, sigma, sigma, x0)
         mean = chain.posterior_mean(k, x0, x)
         log_var = chain.log_variance(k, variance, v)
         z = randn_like(x)

@@ -1,0 +1,58 @@
+"""``samplerkit samplers``: the table of samplers with order, NFE, knobs and source."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import samplers
+from ._options import flag_of
+
+
+def nfe_formula(nfe) -> str:
+    """'N', '2N - 1', ... for an NFE that is affine in the number of steps N."""
+    a, b = nfe(2) - nfe(1), 2 * nfe(1) - nfe(2)
+    head = "N" if a == 1 else f"{a}N"
+    return head if b == 0 else f"{head} {'+' if b > 0 else '-'} {abs(b)}"
+
+
+def rows() -> list[dict]:
+    out = []
+    for name, row in samplers.SAMPLERS.items():
+        knobs = {(flag_of(k) or k): v for k, v in row.knobs.items()}
+        out.append({"name": name, "order": row.order, "nfe": nfe_formula(row.nfe), "stochastic": row.stochastic,
+                    "grid": row.grid, "knobs": knobs, "source": row.source})
+    return out
+
+
+def _knob_text(flag: str, default) -> str:
+    if flag == "--clip/--no-clip":
+        return "--clip" if default else "--no-clip"
+    return f"{flag} {default}" if flag.startswith("--") else f"{flag}={default} (Python API only)"
+
+
+EPILOG = """\b
+Examples:
+  samplerkit samplers
+  samplerkit samplers --json
+  samplerkit sample --sampler dpmpp_2m --steps 10
+  samplerkit sample --sampler unipc --order 3 --variant bh2 --steps 8
+"""
+
+
+@click.command("samplers", epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def command(as_json: bool) -> None:
+    """List every sampler: order, NFE for N steps, knobs with their defaults, and source."""
+    table = rows()
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    width = max(len(r["name"]) for r in table)
+    for r in table:
+        kind = "stochastic" if r["stochastic"] else "deterministic"
+        click.echo(f"{r['name']:<{width}}  NFE {r['nfe']:<7}  {kind}, order {r['order']}")
+        knobs = ", ".join(_knob_text(k, v) for k, v in r["knobs"].items())
+        click.echo(f"{'':<{width}}  knobs: {knobs}")
+        click.echo(f"{'':<{width}}  source: {r['source']}")
