@@ -1,14 +1,14 @@
-"""FID benchmark: Inception feature throughput and the 2048-d Frechet distance.
+"""FID benchmark: Inception feature throughput and the 2048-d Fréchet distance.
 
 1. Feature extraction (images/s) of the same images, in the same run:
    * reference: clean-fid's folder pipeline ``cleanfid.fid.get_folder_features`` (PNG decode,
      PIL bicubic resize in a DataLoader, TorchScript Inception) at its default ``num_workers=12``
      and at ``num_workers=0``;
-   * samplerkit from a folder (``fid.statistics_of_source``) and from tensors in memory
+   * samplerkit from a folder (``metrics.statistics_of_source``) and from tensors in memory
      (``Inception.extract`` on uint8 NHWC, the path of ``samplerkit sweep``).
    Each pipeline is warmed up, then timed once per round in shuffled order for ``--repeats``
    rounds; the ratio to clean-fid is taken within each round and its median reported.
-2. Frechet distance of 2048-d statistics: ``fid.frechet_distance`` (pivoted Cholesky + symmetric
+2. Fréchet distance of 2048-d statistics: ``metrics.frechet_distance`` (pivoted Cholesky + symmetric
    eigenvalues) against scipy's ``sqrtm(S1 S2)`` route that clean-fid and the ADM evaluator use,
    for full-rank covariances (4096 features) and low-rank ones (64 images), timed once each.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import best_time  # noqa: E402
 
-from samplerkit import fid  # noqa: E402
+from samplerkit import metrics  # noqa: E402
 from samplerkit.data import shapes  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def bench_features(n: int, batch: int, repeats: int, path: Path, workdir: Path) 
         Image.fromarray(im).save(folder / f"{i:05d}.png")
 
     model = InceptionV3W(str(path.parent), download=False).eval()
-    ours = fid.inception(path, batch_size=batch)
+    ours = metrics.inception(path, batch_size=batch)
     cpu = torch.device("cpu")
 
     def clean(workers):
@@ -59,15 +59,15 @@ def bench_features(n: int, batch: int, repeats: int, path: Path, workdir: Path) 
     runs = {
         "clean-fid get_folder_features (num_workers=12)": clean(12),
         "clean-fid get_folder_features (num_workers=0)": clean(0),
-        "samplerkit statistics_of_source (folder)": lambda: fid.statistics_of_source(str(folder), ours,
-                                                                                     batch_size=batch),
+        "samplerkit statistics_of_source (folder)": lambda: metrics.statistics_of_source(str(folder), ours,
+                                                                                         batch_size=batch),
         "samplerkit Inception.extract (uint8 tensors)": lambda: ours.extract(images),
     }
     warm = images[: min(batch, n)]
     ours.extract(warm)
     ours.extract(warm)
     with torch.inference_mode():
-        x = fid.clean_resize(warm)
+        x = metrics.clean_resize(warm)
         model(x)
         model(x)
     rng = np.random.default_rng(0)
@@ -92,20 +92,20 @@ def bench_features(n: int, batch: int, repeats: int, path: Path, workdir: Path) 
 
 def bench_frechet() -> None:
     rng = np.random.default_rng(0)
-    d = fid.POOL_DIM
-    print(f"\nFrechet distance, {d}-d statistics:")
+    d = metrics.POOL_DIM
+    print(f"\nFréchet distance, {d}-d statistics:")
     for label, n in (("full rank (4096 features)", 4096), ("low rank (64 images)", 64)):
         mix = rng.normal(size=(d, d)) / np.sqrt(d)
         f1 = np.abs(rng.normal(size=(n, d)) @ mix)
         f2 = np.abs(rng.normal(size=(n, d)) @ mix * 1.1 + 0.05)
         args = (f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
         t0 = time.perf_counter()
-        a = fid.frechet_distance(*args)
+        a = metrics.frechet_distance(*args)
         t_eig = time.perf_counter() - t0
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            b = fid.frechet_distance_sqrtm(*args)
+            b = metrics.frechet_distance_sqrtm(*args)
         t_sqrtm = time.perf_counter() - t0
         print(f"  {label:28s} eigen route {t_eig:7.2f} s   scipy sqrtm {t_sqrtm:7.2f} s   "
               f"x{t_sqrtm / t_eig:.1f} faster   rel. difference {abs(a - b) / abs(b):.1e}")
@@ -116,15 +116,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--inception", default=os.environ.get(fid.ENV_INCEPTION))
+    parser.add_argument("--inception", default=os.environ.get(metrics.ENV_INCEPTION))
     parser.add_argument("--skip-features", action="store_true")
     parser.add_argument("--skip-frechet", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if not args.skip_features:
-            path = fid.inception_path(args.inception) if args.inception else \
-                fid.prepare_inception_from_fid_helper(workdir / "net")
+            path = metrics.inception_path(args.inception) if args.inception else \
+                metrics.prepare_inception_from_fid_helper(workdir / "net")
             bench_features(args.images, args.batch, args.repeats, path, workdir)
         if not args.skip_frechet:
             bench_frechet()

