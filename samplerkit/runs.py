@@ -192,6 +192,7 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         todo = [seed for seed in mine if not _done(out, seed, s.fmt)]
         bar = _progress(len(mine), len(mine) - len(todo), s.quiet or rank != 0 or not todo,
                         f"rank 0 of {world}" if world > 1 else "sampling")
+        guard.on_call = lambda batch: bar.update(batch / prepared.nfe)  # progress within a batch, per evaluation
         t_gen = time.perf_counter()
         made = 0
         try:
@@ -204,7 +205,8 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
                             writer.submit(output.png_path(out, seed), partial(output.encode_png, image))
                     made += len(chunk)
                     guard.calls = 0
-                    bar.update(len(chunk))
+                    bar.n = len(mine) - len(todo) + made  # whole images, after the per-evaluation fractions
+                    bar.refresh()
         except _NonFinite as e:
             bad = [todo[made + i] for i in e.rows][:8]
             raise SamplerkitError(
@@ -252,13 +254,15 @@ class _FiniteGuard(DenoiserWrapper):
     """The denoiser, stopping at the first network evaluation whose output is not finite (to
     name the step where NaN/Inf appeared)."""
 
-    def __init__(self, net):
+    def __init__(self, net, on_call=None):
         super().__init__(net)
-        self.calls = 0
+        self.calls, self.on_call = 0, on_call
 
     def denoise_with_variance(self, x, sigma, class_labels=None):
         D, v = super().denoise_with_variance(x, sigma, class_labels)
         self.calls += 1
+        if self.on_call is not None:
+            self.on_call(x.shape[0])
         finite = torch.isfinite(D.flatten(1).sum(dim=1, dtype=torch.float64))  # NaN/Inf survive the sum
         if not bool(finite.all()):
             s = float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0])
@@ -354,7 +358,7 @@ def _progress(total: int, done: int, disable: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="img", desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
+                smoothing=0.1, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def _labels_for(net, seeds, labels, label_of_seed, device) -> np.ndarray | None:

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -494,3 +495,19 @@ def test_per_seed_latents_and_noise_do_not_depend_on_the_batch_and_pixels_agree_
     one, five = np.concatenate(images[1]).astype(int), np.concatenate(images[5]).astype(int)
     assert np.abs(one - five).max() <= 1
     assert (one != five).mean() < 1e-3
+
+
+def test_progress_moves_within_a_batch_per_network_evaluation(tmp_path, monkeypatch):
+    class Slow(sk.Denoiser):
+        img_channels, img_resolution = 3, 8
+
+        def forward(self, x, sigma, class_labels=None):
+            time.sleep(0.15)  # longer than tqdm's refresh interval
+            return torch.zeros_like(x)
+
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: Slow())
+    code, _, err = _cli("sample", "--sampler", "euler", "--steps", "4", "--seeds", "0-3", "--batch", "4",
+                        "--out", str(tmp_path), "--no-grid")
+    assert code == 0, err
+    shown = [int(m) for m in re.findall(r"\| (\d+)/4 \[", err)]
+    assert {1, 2, 3} <= set(shown) and shown[-1] == 4  # one batch of 4 images, yet the bar moved in between
