@@ -1,7 +1,7 @@
 """The UNet of ADM (guided-diffusion) and iDDPM (improved-diffusion), with the upstream module names.
 
-Both releases share one network (Ho et al.'s DDPM UNet as extended in iddpm.txt Sec. 3 and
-ADM's architecture section): residual blocks conditioned on a sinusoidal timestep embedding
+Both releases share one network (Ho et al. 2020's DDPM UNet as extended by Nichol & Dhariwal
+2021, Sec. 3, and Dhariwal & Nichol 2021, Sec. 3): residual blocks conditioned on a sinusoidal timestep embedding
 (plus a class embedding), self-attention at chosen downsample rates, skip connections between
 the encoder and decoder. iDDPM's network is the special case ``resblock_updown=False``,
 ``num_head_channels=-1`` and heads split before q/k/v ("legacy" order). Module names and

@@ -3,14 +3,15 @@
 A checkpoint is a bare state dict of the guided-diffusion ``UNetModel``; its architecture is
 given by the upstream flags (``num_channels``, ``num_res_blocks``, ``attention_resolutions``,
 ...), with the defaults of guided-diffusion's ``script_util.model_and_diffusion_defaults``.
-The network predicts eps (and v of iddpm.txt Eq. 15 with ``learn_sigma``) on a discrete
+The network predicts eps (and v of Nichol & Dhariwal 2021, Eq. 15, with ``learn_sigma``) on a discrete
 schedule of ``diffusion_steps`` levels; :class:`UNetDenoiser` wraps it as
-D(x; sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), t(sigma)) (edm.txt Table 1, iDDPM row).
+D(x; sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), t(sigma)) (Karras et al. 2022 (EDM), Table 1, iDDPM row).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -233,33 +234,123 @@ def infer_flags(state_dict: Mapping[str, torch.Tensor], image_size: int | None =
     return out
 
 
-def _flag_hints(sd: Mapping[str, torch.Tensor], f: Mapping[str, Any]) -> list[str]:
-    """'checkpoint has num_res_blocks 3, flags say 2' for every flag the weights contradict."""
-    got = infer_flags(sd, f.get("image_size"))
+@dataclass(frozen=True)
+class FlagRecord:
+    """Which flags of a family the weights of a checkpoint record, and which they leave no trace of.
+
+    ``image_size_of_channel_mult`` maps a channel_mult ("1,2,2,2") to the image size it implies
+    (improved-diffusion fixes channel_mult per image size; guided-diffusion takes any).
+    """
+
+    family: str
+    recorded: tuple[str, ...]
+    unrecorded: tuple[str, ...]
+    image_size_of_channel_mult: Mapping[str, int] = field(default_factory=dict)
+
+
+ADM_RECORD = FlagRecord(
+    "ADM",
+    recorded=("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions", "learn_sigma", "class_cond",
+              "num_classes", "use_scale_shift_norm", "resblock_updown", "in_channels"),
+    unrecorded=("image_size", "noise_schedule", "diffusion_steps", "rescale_timesteps", "num_heads",
+                "num_head_channels", "use_new_attention_order"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def _attention_fractions(rates: Sequence[int]) -> str:
+    return ",".join(f"1/{r}" for r in rates) or "no level"
+
+
+def _implied_image_size(resolutions: Sequence[int], rates: Sequence[int]) -> int | None:
+    """The image size at which the flag resolutions (descending) fall on the weights' attention
+    rates (ascending): resolution x rate is the same for every pair, or None."""
+    if len(resolutions) != len(rates):
+        return None
+    sizes = {r * q for r, q in zip(sorted(resolutions, reverse=True), sorted(rates), strict=True)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _contradictions(got: Mapping[str, Any], f: Mapping[str, Any], record: FlagRecord, size_given: bool) -> list[str]:
+    """'checkpoint has num_res_blocks 3, flags say 2' for every flag the weights contradict, and
+    the image size that the weights' channel_mult or attention levels imply where it differs."""
     said = dict(f)
-    if "channel_mult" in said:
-        said["channel_mult"] = ",".join(f"{m:g}" for m in channel_mult_for(f["image_size"], f["channel_mult"]))
-    if "attention_resolutions" in said:
-        rates = attention_rates(f["image_size"], f["attention_resolutions"])
-        said["attention_resolutions"] = ",".join(str(f["image_size"] // r) for r in sorted(set(rates)))
+    said["channel_mult"] = _fmt(channel_mult_for(f["image_size"], f["channel_mult"]))
     if not said.get("class_cond", False):
         said.pop("num_classes", None)
     hints = []
-    for name in (
-        "num_channels",
-        "num_res_blocks",
-        "channel_mult",
-        "learn_sigma",
-        "class_cond",
-        "num_classes",
-        "attention_resolutions",
-        "resblock_updown",
-        "use_scale_shift_norm",
-        "in_channels",
-    ):
-        if name in got and name in said and got[name] != said[name]:
-            hints.append(f"checkpoint has {name} {got[name]}, flags say {said[name]}")
+    for name in dict.fromkeys(("channel_mult", *record.recorded)):
+        if name == "attention_resolutions" or name not in got or name not in said or got[name] == said[name]:
+            continue
+        hints.append(f"checkpoint has {name} {_fmt(got[name])}, flags say {_fmt(said[name])}")
+    size = f["image_size"]
+    implied = record.image_size_of_channel_mult.get(got.get("channel_mult", ""))
+    if implied is not None and implied != size:
+        hints.append(f"checkpoint's channel_mult {got['channel_mult']} means image_size {implied}, flags say {size}")
+    rates = got.get("attention_downsample_rates")
+    if rates is None:
+        return hints
+    resolutions = _int_list("attention_resolutions", f["attention_resolutions"])
+    flag_rates = tuple(sorted({size // r for r in resolutions}))
+    if flag_rates != tuple(rates):
+        if size_given:
+            hints.append(f"checkpoint has attention_resolutions {_fmt([size // r for r in rates])}, "
+                         f"flags say {_fmt(sorted(set(resolutions), reverse=True))}")
+        else:
+            hints.append(f"checkpoint has attention at {_attention_fractions(rates)} of image_size, flags put it at "
+                         f"{_attention_fractions(flag_rates)} (attention_resolutions {_fmt(resolutions)} "
+                         f"at image_size {size}, the default)")
+        implied = _implied_image_size(resolutions, rates)
+        if implied is not None and implied != size:
+            hints.append(f"attention_resolutions {_fmt(resolutions)} at the checkpoint's attention levels means "
+                         f"image_size {implied}, flags say {size}")
     return hints
+
+
+def rebuild_advice(sd: Mapping[str, torch.Tensor], flags: Mapping[str, Any], given: Collection[str],
+                   record: FlagRecord = ADM_RECORD) -> str:
+    """One line for a checkpoint that does not match its flags: what the weights contradict, then
+    every flag that rebuilds the network exactly -- those read from the weights with their values,
+    and those the weights do not record with the value in use now, to check against training.
+
+    ``flags`` are the resolved network + diffusion flags, ``given`` the names the caller passed
+    (a default image_size is not evidence of the image size).
+    """
+    size_given = "image_size" in given
+    got = infer_flags(sd)
+    hints = _contradictions(got, flags, record, size_given)
+    size = record.image_size_of_channel_mult.get(got.get("channel_mult", ""))  # read from the weights
+    if size is None and not size_given and "attention_downsample_rates" in got:
+        resolutions = _int_list("attention_resolutions", flags["attention_resolutions"])
+        size = _implied_image_size(resolutions, got["attention_downsample_rates"])
+    from_weights = size is not None
+    if size is None and size_given:
+        size = flags["image_size"]
+
+    known = [f"image_size={size}"] if from_weights else []
+    for name in record.recorded:
+        if name == "attention_resolutions":
+            rates = got.get("attention_downsample_rates")
+            if rates is not None:
+                known.append(f"{name}={_fmt([size // r for r in rates])}" if size else
+                             f"{name}=" + ",".join(f"image_size/{r}" for r in rates))
+        elif name in got and not (name == "num_classes" and not got.get("class_cond")):
+            if not (name == "in_channels" and got[name] == 3):
+                known.append(f"{name}={_fmt(got[name])}")
+    unknown = [
+        f"{name}={_fmt(flags[name])}" + ("" if name in given else " (default)")
+        for name in record.unrecorded
+        if name in flags and not (name == "image_size" and from_weights)
+    ]
+    advice = (f"to rebuild it exactly pass {' '.join(known)} (read from the weights) and, as it was trained, "
+              f"{' '.join(unknown)} (the weights do not record these; a samplerkit retrain run's flags.json "
+              "beside the checkpoint holds them all)")
+    return "; ".join([*hints, advice])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +378,13 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     return {str(k): v for k, v in obj.items()}
 
 
-def load_weights(
-    build: Callable[[], UNetModel], sd: Mapping[str, torch.Tensor], flags: Mapping[str, Any], family: str
-) -> UNetModel:
+def load_weights(build: Callable[[], UNetModel], sd: Mapping[str, torch.Tensor], advice: Callable[[], str],
+                 family: str) -> UNetModel:
     """Build the network on the meta device and adopt the checkpoint tensors (no second copy).
 
-    Missing / unexpected keys or shape mismatches raise SamplerkitError naming the first
-    offending keys and the flags the weights contradict.
+    Missing / unexpected keys or shape mismatches raise SamplerkitError: ``advice()`` (what the
+    flags get wrong and how to rebuild the network, :func:`rebuild_advice`), then the first
+    offending keys.
     """
     with torch.device("meta"):
         unet = build()
@@ -313,9 +404,8 @@ def load_weights(
             if items:
                 more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
                 problems.append(f"{label} {', '.join(items[:3])}{more}")
-        hints = _flag_hints(sd, flags)
-        advice = "; ".join(hints) if hints else "check the architecture flags against the ones it was trained with"
-        raise SamplerkitError(f"{family} checkpoint does not match the flags: {'; '.join(problems)}. {advice}")
+        details = "; ".join(problems)
+        raise SamplerkitError(f"{family} checkpoint does not match the flags: {advice()}. Details: {details}")
     unet.load_state_dict(sd, strict=True, assign=True)
     return unet.float()
 
@@ -402,12 +492,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **flag
     Network flags as :func:`create_unet`; diffusion flags ``diffusion_steps`` (1000),
     ``noise_schedule`` ("linear" | "cosine") and ``rescale_timesteps`` (False: the network gets
     the integer t; True: t * 1000 / T). ``learn_sigma`` makes the denoiser expose v
-    (iddpm.txt Eq. 15); ``class_cond`` makes it take labels (label_dim = num_classes).
+    (Nichol & Dhariwal 2021, Eq. 15); ``class_cond`` makes it take labels (label_dim = num_classes).
     """
     net_flags, d = diffusion_settings(flags, DIFFUSION_DEFAULTS, "ADM")
     f = resolve_flags(net_flags, NETWORK_DEFAULTS, "ADM")
     sd = read_state_dict(path, device)
-    unet = load_weights(lambda: _build_adm(f, use_fp16=False), sd, f, "ADM")
+    advice = lambda: rebuild_advice(sd, {**f, **d}, flags)  # noqa: E731
+    unet = load_weights(lambda: _build_adm(f, use_fp16=False), sd, advice, "ADM")
     if f["use_fp16"]:
         unet.convert_to_fp16()
     label_dim = f["num_classes"] if f["class_cond"] else 0

@@ -1,7 +1,7 @@
 """Exact denoisers with known answers: zero-download test beds.
 
-* :class:`FiniteSetDenoiser` -- the ideal denoiser of a finite image set (edm.txt Sec. 2,
-  Fig. 1b): D(x; sigma) = sum_i w_i y_i with w = softmax(-||x - y_i||^2 / (2 sigma^2)).
+* :class:`FiniteSetDenoiser` -- the ideal denoiser of a finite image set (Karras et al.
+  2022 (EDM), Sec. 2, Fig. 1b): D(x; sigma) = sum_i w_i y_i with w = softmax(-||x - y_i||^2 / (2 sigma^2)).
 * :class:`GaussianDenoiser` -- data y ~ N(mu, diag(s^2)); D(x; sigma) = mu + s^2/(s^2 + sigma^2)
   (x - mu), and the probability-flow ODE dx/dsigma = (x - D)/sigma has the closed-form solution
   x(sigma) = mu + (x(sigma_0) - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma_0^2)).

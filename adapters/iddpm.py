@@ -6,7 +6,7 @@ improved-diffusion's UNet is ADM's without its later options: heads are a fixed 
 share ADM's key layout, so the network and the loading come from :mod:`samplerkit.adapters.adm`; only
 the flags and their defaults (improved-diffusion's ``script_util``) differ. By default the
 network is fed t * 1000 / T (``rescale_timesteps=True``); the released models use
-``diffusion_steps=4000`` with the cosine schedule (iddpm.txt Sec. 3.2, Eq. 17).
+``diffusion_steps=4000`` with the cosine schedule (Nichol & Dhariwal 2021, Sec. 3.2, Eq. 17).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from samplerkit.errors import SamplerkitError
 
 from ._unet_blocks import SigmoidSiLU, UNetModel
 from .adm import (
+    FlagRecord,
     attention_rates,
     channel_mult_for,
     diffusion_settings,
     infer_flags,
     load_weights,
     read_state_dict,
+    rebuild_advice,
     resolve_flags,
     wrap_unet,
 )
@@ -54,6 +56,15 @@ DIFFUSION_DEFAULTS: dict[str, Any] = dict(diffusion_steps=1000, noise_schedule="
 
 # improved-diffusion create_model's channel_mult per image_size
 CHANNEL_MULT: dict[int, tuple[int, ...]] = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+
+# what an improved-diffusion state dict records: its channel_mult fixes image_size
+IDDPM_RECORD = FlagRecord(
+    "iDDPM",
+    recorded=("num_channels", "num_res_blocks", "attention_resolutions", "learn_sigma", "class_cond", "num_classes",
+              "use_scale_shift_norm", "in_channels"),
+    unrecorded=("image_size", "noise_schedule", "diffusion_steps", "rescale_timesteps", "num_heads"),
+    image_size_of_channel_mult={",".join(map(str, m)): size for size, m in CHANNEL_MULT.items()},
+)
 
 
 def create_unet(**flags) -> UNetModel:
@@ -102,9 +113,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **flag
     net_flags, d = diffusion_settings(flags, DIFFUSION_DEFAULTS, "iDDPM")
     f = resolve_flags(net_flags, NETWORK_DEFAULTS, "iDDPM")
     sd = read_state_dict(path, device)
-    hint_flags = {**f, "channel_mult": "", "resblock_updown": False}
-    if f["image_size"] in CHANNEL_MULT:
-        hint_flags["channel_mult"] = ",".join(str(m) for m in CHANNEL_MULT[f["image_size"]])
-    unet = load_weights(lambda: _build_iddpm(f), sd, hint_flags, "iDDPM")
+    said = {**f, **d, "channel_mult": ",".join(map(str, CHANNEL_MULT.get(f["image_size"], ())))}
+    advice = lambda: rebuild_advice(sd, said, flags, IDDPM_RECORD)  # noqa: E731
+    unet = load_weights(lambda: _build_iddpm(f), sd, advice, "iDDPM")
     label_dim = f["num_classes"] if f["class_cond"] else 0
     return wrap_unet(unet, d, f["learn_sigma"], f["image_size"], f["in_channels"], label_dim).to(device)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the upstream-layout pickle writers of test_adapter_edm
 
 CIFAR10_COND_VP = dict(
     img_resolution=32, img_channels=3, label_dim=10, use_fp16=False, model_type="SongUNet",

@@ -19,8 +19,9 @@ def load(name_or_path: str | Path, family: str | None = None, device: str | torc
     ``name_or_path`` is a zoo name (``samplerkit models list``; downloaded and cached on first
     use) or a local file. For a guided-/improved-diffusion ``.pt`` pass ``family="adm"`` or
     ``"iddpm"`` and the upstream architecture flags (``num_channels=192``,
-    ``attention_resolutions="32,16,8"``, ...), or ``preset=<zoo name>`` plus overrides. EDM
-    ``.pkl`` network pickles are detected and loaded without running code from the pickle.
+    ``attention_resolutions="32,16,8"``, ...), or ``preset=<zoo name>`` plus overrides; a
+    checkpoint of a ``samplerkit retrain`` run folder (``flags.json`` beside it) needs neither.
+    EDM ``.pkl`` network pickles are detected and loaded without running code from the pickle.
     """
     path = Path(name_or_path)
     if path.is_file():
@@ -33,8 +34,20 @@ def load(name_or_path: str | Path, family: str | None = None, device: str | torc
     return entry.load(device=device, family=family, **flags)
 
 
+RUN_FLAGS = "flags.json"
+RUN_FAMILY = "adm"  # the family of a run folder whose flags.json names none (``samplerkit retrain`` trains ADM)
+# flags a load may change from a run's flags.json: they change how the network runs, not what it computes
+RUNTIME_FLAGS = ("use_fp16", "use_checkpoint", "dropout")
+
+
 def load_file(path: str | Path, family: str | None = None, device="cpu", **flags) -> Denoiser:
-    """Load a local checkpoint file; the family comes from ``family`` or the file type."""
+    """Load a local checkpoint file; the family comes from ``family``, the file type, or a run folder.
+
+    A ``.pt`` with a ``flags.json`` beside it (a ``samplerkit retrain`` run folder) needs no
+    family or flags: the file records both (family ``adm`` unless it says otherwise). Flags
+    passed as well must agree with it, except the runtime flags ``use_fp16``, ``use_checkpoint``
+    and ``dropout``.
+    """
     path = Path(path)
     preset = flags.pop("preset", None)
     if preset is not None:
@@ -43,15 +56,22 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
         entry = zoo.get(preset)
         family = family or entry.family
         flags = {**entry.flags, **flags}
+    run_flags = read_run_flags(path) if path.suffix != ".pkl" else None
+    if run_flags is not None:
+        recorded_family = run_flags.pop("family", None)
+        if family is not None and recorded_family is not None and family != recorded_family:
+            raise SamplerkitError(f"the {RUN_FLAGS} beside {path.name} says family {recorded_family}, not {family}; "
+                                  "drop --family")
+        family = family or recorded_family or RUN_FAMILY
+        if family in ("adm", "iddpm"):
+            flags = merge_run_flags(run_flags, flags, path)
     if family is None:
         family = "edm" if path.suffix == ".pkl" else None
     if family is None:
         raise SamplerkitError(
             f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' (CLI: --family) "
-            "with the upstream flags, or preset=<zoo name>"
+            f"with the upstream flags, or preset=<zoo name>, or keep the run's {RUN_FLAGS} beside it"
         )
-    if family in ("adm", "iddpm") and not flags and (path.parent / "flags.json").is_file():
-        flags = json.loads((path.parent / "flags.json").read_text())  # a samplerkit training run
     if family == "adm":
         from samplerkit.adapters import adm
 
@@ -67,3 +87,35 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
 
         return edm.load_pickle(path, device=device)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+def read_run_flags(checkpoint: Path) -> dict | None:
+    """The flags.json beside ``checkpoint`` (what ``samplerkit retrain`` writes), or None."""
+    file = checkpoint.parent / RUN_FLAGS
+    if not file.is_file():
+        return None
+    try:
+        flags = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise SamplerkitError(f"cannot read {file}: {err}; fix or remove it") from None
+    if not isinstance(flags, dict):
+        raise SamplerkitError(f"{file} holds a {type(flags).__name__}, not a JSON object of flags; fix or remove it")
+    return flags
+
+
+def _canonical(value) -> str:
+    """A flag value as text for comparison: 32 == "32", True == "true", [16, 8] == "16,8"."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_canonical(v) for v in value)
+    return str(value).replace(" ", "").lower()
+
+
+def merge_run_flags(recorded: dict, flags: dict, path: Path) -> dict:
+    """The run's recorded flags plus ``flags``; a flag that contradicts the record is refused."""
+    for name, value in flags.items():
+        if name in recorded and name not in RUNTIME_FLAGS and _canonical(value) != _canonical(recorded[name]):
+            raise SamplerkitError(
+                f"flag {name}={_canonical(value)} contradicts the {RUN_FLAGS} beside {path.name} "
+                f"({name}={_canonical(recorded[name])}), which records how the model was trained; drop the flag"
+            )
+    return {**recorded, **flags}

@@ -9,10 +9,13 @@ holds outputs of the upstream guided-/improved-diffusion code on the weights of
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -477,3 +480,109 @@ def test_timestep_respacing_flag_is_refused_with_advice(tmp_path):
     path, _ = save_checkpoint(tmp_path, ADM_CONFIGS["ddpm-ip-cifar10"])
     with pytest.raises(sk.SamplerkitError, match="sampler setting"):
         sk.load(path, family="adm", timestep_respacing="100", **ADM_CONFIGS["ddpm-ip-cifar10"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the rebuild hint and run folders (a samplerkit retrain run: model.pt + flags.json)
+
+# what `samplerkit retrain` writes to flags.json for a 32 px run (the built-in models' recipe)
+RUN_FLAGS = dict(
+    image_size=32, num_channels=32, channel_mult="1,2,2", num_res_blocks=1, attention_resolutions="8",
+    num_head_channels=16, resblock_updown=True, use_new_attention_order=True, learn_sigma=True, class_cond=False,
+    use_scale_shift_norm=True, dropout=0.0, diffusion_steps=1000, noise_schedule="cosine",
+)
+
+
+def hint_flags(message: str) -> dict[str, str]:
+    """The name=value pairs the error says the weights record."""
+    listed = re.search(r"pass (.*?) \(read from the weights\)", message).group(1)
+    return dict(item.split("=", 1) for item in listed.split(" "))
+
+
+def hint_unrecorded(message: str) -> list[str]:
+    listed = re.search(r"as it was trained, (.*?) \(the weights do not record these", message).group(1)
+    return [item.split("=", 1)[0] for item in listed.split(" ") if "=" in item]
+
+
+def test_flags_that_fit_the_weights_only_at_another_image_size_are_refused_naming_it(tmp_path):
+    path, _ = save_checkpoint(tmp_path, RUN_FLAGS)
+    without_size = {k: v for k, v in RUN_FLAGS.items() if k != "image_size"}
+    with pytest.raises(sk.SamplerkitError) as err:
+        sk.load(path, family="adm", **without_size)
+    msg = str(err.value)
+    assert "attention_resolutions 8 at the checkpoint's attention levels means image_size 32, flags say 64" in msg
+    assert hint_flags(msg)["image_size"] == "32"
+    assert "\n" not in msg
+
+
+def test_hint_names_every_flag_that_rebuilds_the_network(tmp_path):
+    path, _ = save_checkpoint(tmp_path, RUN_FLAGS)
+    with pytest.raises(sk.SamplerkitError) as err:
+        sk.load(path, family="adm")  # the checkpoint moved away from its flags.json
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert hint_flags(msg) == dict(
+        num_channels="32", num_res_blocks="1", channel_mult="1,2,2", learn_sigma="True", class_cond="False",
+        use_scale_shift_norm="True", resblock_updown="True", attention_resolutions="image_size/4",
+    )
+    assert hint_unrecorded(msg) == ["image_size", "noise_schedule", "diffusion_steps", "rescale_timesteps",
+                                    "num_heads", "num_head_channels", "use_new_attention_order"]
+    assert "image_size=64 (default)" in msg and "noise_schedule=linear (default)" in msg
+
+
+def test_flags_from_the_hint_plus_the_training_ones_rebuild_the_network_exactly(tmp_path):
+    path, sd = save_checkpoint(tmp_path, RUN_FLAGS)
+    with pytest.raises(sk.SamplerkitError) as err:
+        sk.load(path, family="adm", image_size=32)
+    trained = dict(noise_schedule="cosine", diffusion_steps=1000, num_head_channels=16, use_new_attention_order=True)
+    net = sk.load(path, family="adm", image_size=32, **hint_flags(str(err.value)), **trained)
+    x, t, _ = inputs(32, False)
+    with torch.no_grad():
+        got = network_output(net, x, t)
+        want = adm_reference(sd, RUN_FLAGS, x, t, None)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert net.img_resolution == 32
+    assert np.array_equal(net.training_alpha_bar(), alpha_bar_from_betas(betas_for("cosine", 1000)))
+
+
+def write_run(tmp_path, flags=RUN_FLAGS) -> tuple[Path, dict]:
+    """A run folder as `samplerkit retrain` leaves it: checkpoints and flags.json (no family named)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path, sd = save_checkpoint(run, RUN_FLAGS, name="ema_0.9999_000010.pt")
+    (run / "flags.json").write_text(json.dumps(flags))
+    return path, sd
+
+
+def test_run_folder_loads_without_family_or_flags(tmp_path):
+    path, sd = write_run(tmp_path)
+    net = sk.load(path)
+    x, t, _ = inputs(32, False)
+    with torch.no_grad():
+        got = network_output(net, x, t)
+    assert (got - adm_reference(sd, RUN_FLAGS, x, t, None)).abs().max().item() <= 1e-5
+    assert net.learned_variance and net.img_resolution == 32
+    assert np.array_equal(net.training_alpha_bar(), alpha_bar_from_betas(betas_for("cosine", 1000)))
+
+
+def test_flag_contradicting_the_runs_flags_json_is_refused(tmp_path):
+    path, _ = write_run(tmp_path)
+    with pytest.raises(sk.SamplerkitError) as err:
+        sk.load(path, family="adm", **{**RUN_FLAGS, "noise_schedule": "linear"})
+    assert str(err.value) == (
+        "flag noise_schedule=linear contradicts the flags.json beside ema_0.9999_000010.pt "
+        "(noise_schedule=cosine), which records how the model was trained; drop the flag"
+    )
+
+
+def test_run_flags_json_takes_agreeing_and_runtime_flags(tmp_path):
+    path, _ = write_run(tmp_path)
+    net = sk.load(path, image_size="32", learn_sigma="true", use_fp16=True)
+    assert net.unet.input_blocks[1][0].in_layers[2].weight.dtype == torch.float16
+
+
+def test_family_named_in_flags_json_must_agree(tmp_path):
+    path, _ = write_run(tmp_path, {**RUN_FLAGS, "family": "adm"})
+    assert sk.load(path).img_resolution == 32
+    with pytest.raises(sk.SamplerkitError, match="says family adm, not iddpm"):
+        sk.load(path, family="iddpm")

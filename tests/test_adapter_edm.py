@@ -332,7 +332,7 @@ def test_edm_ddpmpp_matches_functional_reference(tmp_path, upstream_outputs):
     sigma = ref["sigma"].double()[:, None, None, None]
     sd = {k: v for k, v in net.state_dict().items() if k.startswith("model.")}
     sd = {k.removeprefix("model."): v for k, v in sd.items()}
-    # edm.txt Table 1, "ours" column with sigma_data = 0.5
+    # Karras et al. 2022 (EDM), Table 1, "ours" column with sigma_data = 0.5
     c_skip = 0.25 / (sigma**2 + 0.25)
     c_out = sigma * 0.5 / (sigma**2 + 0.25).sqrt()
     c_in = 1 / (sigma**2 + 0.25).sqrt()
@@ -455,7 +455,7 @@ def test_pickle_without_a_network_is_an_error(tmp_path):
 def test_vp_noise_range_is_sigma_of_epsilon_t_and_1(tmp_path):
     net = sk.load(write_case("vp-ddpmpp-uncond", tmp_path))
 
-    def sigma(t):  # edm.txt Table 1, VP: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)
+    def sigma(t):  # Karras et al. 2022 (EDM), Table 1, VP: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)
         return math.sqrt(math.exp(0.5 * 19.9 * t**2 + 0.1 * t) - 1)
 
     assert net.sigma_min == pytest.approx(sigma(1e-5), rel=1e-9)

@@ -179,3 +179,16 @@ def test_adm_only_flag_is_unknown_to_iddpm():
 def test_unsupported_image_size_is_refused():
     with pytest.raises(sk.SamplerkitError, match="image_size 32, 64, 256"):
         iddpm.create_unet(image_size=128)
+
+
+def test_hint_reads_the_image_size_from_the_channel_mult(tmp_path):
+    path, _ = save_checkpoint(tmp_path, IDDPM_CONFIGS["cifar10"])
+    with pytest.raises(sk.SamplerkitError) as err:
+        sk.load(path, family="iddpm")
+    msg = str(err.value)
+    assert "checkpoint's channel_mult 1,2,2,2 means image_size 32, flags say 64" in msg
+    assert ("pass image_size=32 num_channels=32 num_res_blocks=3 attention_resolutions=16,8 learn_sigma=True "
+            "class_cond=False use_scale_shift_norm=True (read from the weights) and, as it was trained, "
+            "noise_schedule=linear (default) diffusion_steps=1000 (default) rescale_timesteps=True (default) "
+            "num_heads=4 (default) (the weights do not record these") in msg
+    assert "\n" not in msg

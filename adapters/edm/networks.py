@@ -1,47 +1,41 @@
-"""NVlabs EDM network pickles -> D(x; sigma), without running the code stored in the pickle.
+"""The networks of NVlabs EDM's ``training/networks.py``, re-implemented: SongUNet, DhariwalUNet, their blocks.
 
-EDM releases its networks (and its training snapshots ``network-snapshot-*.pkl``) as pickles
-whose objects carry the source of their defining module. :func:`load_pickle` reads such a file
-with :mod:`samplerkit.adapters.safe_pickle`, which turns every persistent object into a neutral record,
-then builds *our* implementation of the named class from the pickled constructor arguments and
-assigns the pickled parameters and buffers by name (strict).
-
-The networks are those of the EDM paper's experiments (edm.txt Sec. 5, App. F.2): DDPM++ and
-NCSN++ (:class:`SongUNet`, Song et al.'s score-SDE architectures), ADM (:class:`DhariwalUNet`),
-under the four preconditionings of edm.txt Table 1: :class:`VPPrecond`, :class:`VEPrecond`,
-:class:`iDDPMPrecond`, :class:`EDMPrecond`. Module names, parameter shapes and constructor
-arguments are those of the upstream ``training/networks.py`` so that pickled state maps 1:1.
+The architectures of the EDM paper's experiments (Karras et al. 2022 (EDM), Sec. 5, App. F.2):
+DDPM++ and NCSN++ (:class:`SongUNet`, Song et al. 2021's score-SDE networks) and ADM
+(:class:`DhariwalUNet`, Dhariwal & Nichol 2021). Class names, submodule names, parameter shapes
+and constructor arguments are upstream's, so that the state of a pickled network maps 1:1 onto
+ours (:mod:`samplerkit.adapters.edm.loader`). Each network is F(x; c_noise, labels); the
+preconditioning that makes it a denoiser lives in :mod:`samplerkit.adapters.edm.precond`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samplerkit.denoisers import (
-    Denoiser,
-    edm_preconditioning,
-    iddpm_preconditioning,
-    ve_preconditioning,
-    vp_preconditioning,
-    vp_sigma_range,
-)
 from samplerkit.errors import SamplerkitError
-from samplerkit.schedules import iddpm_levels
-
-from . import safe_pickle
 
 # ---------------------------------------------------------------------------------------------
 # layers
 
 
 _SKIP_INIT = contextvars.ContextVar("skip_init", default=False)
+
+
+@contextlib.contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Build layers with uninitialised weights (for a loader that assigns every tensor afterwards)."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
 
 
 def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int, scale: float = 1) -> torch.Tensor:
@@ -282,7 +276,7 @@ def _decoder_level(dec: nn.ModuleDict, res: int, lowest: bool, cin: int, cout: i
 
 
 class SongUNet(nn.Module):
-    """DDPM++ / NCSN++ (Song et al. 2021) as configured in edm.txt App. F.2.
+    """DDPM++ / NCSN++ (Song et al. 2021) as configured in Karras et al. 2022 (EDM), App. F.2.
 
     DDPM++: ``embedding_type='positional'``, ``encoder_type='standard'``, ``channel_mult_noise=1``,
     ``resample_filter=[1,1]``. NCSN++: ``'fourier'``, ``'residual'``, ``2``, ``[1,3,3,1]``.
@@ -447,7 +441,7 @@ class SongUNet(nn.Module):
 
 
 class DhariwalUNet(nn.Module):
-    """ADM (Dhariwal & Nichol 2021) as configured in edm.txt App. F.2, with ``enc``/``dec`` naming."""
+    """ADM (Dhariwal & Nichol 2021) as configured in Karras et al. 2022 (EDM), App. F.2, with ``enc``/``dec`` naming."""
 
     def __init__(
         self,
@@ -545,270 +539,3 @@ class DhariwalUNet(nn.Module):
 
 
 MODELS: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
-
-
-# ---------------------------------------------------------------------------------------------
-# preconditioning: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)   (edm.txt Eq. 7, Table 1)
-
-
-def _sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma as float32 [B, 1, 1, 1] from a scalar, [B] or [B, 1, 1, 1]."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-    if sigma.shape[0] not in (1, x.shape[0]):
-        raise SamplerkitError(f"got {sigma.shape[0]} noise levels for a batch of {x.shape[0]}; pass one or one each")
-    return sigma.expand(x.shape[0], 1, 1, 1)
-
-
-class _Preconditioned(Denoiser):
-    """Shared body of the four EDM preconditioners: owns ``model`` (built from ``model_type``)."""
-
-    def __init__(self, img_resolution, img_channels, label_dim, use_fp16, model_type, out_channels, model_kwargs):
-        super().__init__()
-        if model_type not in MODELS:
-            raise SamplerkitError(f"unsupported model_type {model_type!r}; use one of {', '.join(MODELS)}")
-        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
-        self.use_fp16 = use_fp16
-        self.model = MODELS[model_type](
-            img_resolution=img_resolution,
-            in_channels=img_channels,
-            out_channels=out_channels,
-            label_dim=label_dim,
-            **model_kwargs,
-        )
-
-    def _model_dtype(self, x: torch.Tensor) -> torch.dtype:
-        return torch.float16 if self.use_fp16 and x.device.type == "cuda" else torch.float32
-
-    def _precondition(self, x, sigma, class_labels, augment_labels, coefficients):
-        """Cast x, sigma to float32 columns, validate labels, apply (c_skip, c_out, c_in, c_noise)(sigma)."""
-        x = x.to(torch.float32)
-        sigma = _sigma_column(sigma, x)
-        labels = self.prepare_labels(class_labels, x.shape[0], x.device)
-        c_skip, c_out, c_in, c_noise = coefficients(sigma)
-        dtype = self._model_dtype(x)
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), labels, augment_labels=augment_labels)
-        return c_skip * x + c_out * F_x[:, : self.img_channels].to(torch.float32)
-
-
-class VPPrecond(_Preconditioned):
-    """VP preconditioning (edm.txt Table 1, "VP" column) over a DDPM++ network by default."""
-
-    def __init__(
-        self,
-        img_resolution,
-        img_channels,
-        label_dim=0,
-        use_fp16=False,
-        beta_d=19.9,
-        beta_min=0.1,
-        M=1000,
-        epsilon_t=1e-5,
-        model_type="SongUNet",
-        **model_kwargs,
-    ):
-        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, img_channels, model_kwargs)
-        self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
-        self.sigma_min, self.sigma_max = vp_sigma_range(epsilon_t, beta_d, beta_min)
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-        return self._precondition(
-            x, sigma, class_labels, augment_labels, lambda s: vp_preconditioning(s, self.beta_d, self.beta_min, self.M)
-        )
-
-
-class VEPrecond(_Preconditioned):
-    """VE preconditioning (edm.txt Table 1, "VE" column) over an NCSN++ network by default."""
-
-    def __init__(
-        self,
-        img_resolution,
-        img_channels,
-        label_dim=0,
-        use_fp16=False,
-        sigma_min=0.02,
-        sigma_max=100,
-        model_type="SongUNet",
-        **model_kwargs,
-    ):
-        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, img_channels, model_kwargs)
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-        return self._precondition(x, sigma, class_labels, augment_labels, ve_preconditioning)
-
-
-class iDDPMPrecond(_Preconditioned):  # noqa: N801 -- the upstream class name, used in pickles
-    """iDDPM preconditioning (edm.txt Table 1, "iDDPM" column) over an ADM network by default.
-
-    The network was trained on M discrete levels ``u`` (a buffer, descending: u_0 = sigma_max,
-    u_{M-1} = sigma_min); c_noise = M - 1 - j for the level u_j nearest to sigma. The network
-    outputs 2 C channels (eps and the learned variance); D uses the first C.
-    """
-
-    def __init__(
-        self,
-        img_resolution,
-        img_channels,
-        label_dim=0,
-        use_fp16=False,
-        C_1=0.001,
-        C_2=0.008,
-        M=1000,
-        model_type="DhariwalUNet",
-        **model_kwargs,
-    ):
-        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, img_channels * 2, model_kwargs)
-        self.C_1, self.C_2, self.M = C_1, C_2, M
-        self.register_buffer("u", iddpm_levels(M, C_1, C_2).to(torch.float32))
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.u[self.M - 1])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.u[0])
-
-    def round_sigma(self, sigma, return_index: bool = False):
-        """The nearest trained level u_j (or its index j), same shape as ``sigma``."""
-        sigma = torch.as_tensor(sigma)
-        distance = (sigma.to(self.u.device, torch.float32).reshape(-1, 1) - self.u.reshape(1, -1)).abs()
-        index = distance.argmin(dim=1)
-        result = index if return_index else self.u[index].to(sigma.dtype)
-        return result.reshape(sigma.shape).to(sigma.device)
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-        def coefficients(s):
-            c_skip, c_out, c_in = iddpm_preconditioning(s)
-            return c_skip, c_out, c_in, self.M - 1 - self.round_sigma(s, return_index=True).to(torch.float32)
-
-        return self._precondition(x, sigma, class_labels, augment_labels, coefficients)
-
-
-class EDMPrecond(_Preconditioned):
-    """EDM preconditioning (edm.txt Table 1, "ours" column; Sec. 5, App. B.6)."""
-
-    def __init__(
-        self,
-        img_resolution,
-        img_channels,
-        label_dim=0,
-        use_fp16=False,
-        sigma_min=0,
-        sigma_max=float("inf"),
-        sigma_data=0.5,
-        model_type="DhariwalUNet",
-        **model_kwargs,
-    ):
-        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, img_channels, model_kwargs)
-        self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-        return self._precondition(
-            x, sigma, class_labels, augment_labels, lambda s: edm_preconditioning(s, self.sigma_data)
-        )
-
-
-PRECONDITIONERS: dict[str, type[_Preconditioned]] = {
-    cls.__name__: cls for cls in (VPPrecond, VEPrecond, iDDPMPrecond, EDMPrecond)
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# loading
-
-
-def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoiser:
-    """Load an EDM network pickle as a denoiser, without running code from the file.
-
-    Accepts the released pickles and training snapshots (a dict whose ``'ema'`` entry is the
-    network, as EDM's ``generate.py`` reads them) and pickles of a bare network object.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = safe_pickle.load(f, name=path.name)
-    except OSError as err:
-        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
-    net = build_network(_network_record(data, path.name))
-    return net.to(device).eval().requires_grad_(False)
-
-
-def _network_record(data, name: str) -> safe_pickle.PersistentRecord:
-    if isinstance(data, dict) and "ema" in data:
-        data = data["ema"]
-    if not isinstance(data, safe_pickle.PersistentRecord):
-        raise SamplerkitError(
-            f"{name} is not an EDM network pickle: expected a network object or a dict with an 'ema' network"
-        )
-    return data
-
-
-def build_network(record: safe_pickle.PersistentRecord) -> _Preconditioned:
-    """Our network for a pickled preconditioner: built from its constructor arguments, state assigned."""
-    cls = PRECONDITIONERS.get(record.class_name)
-    if cls is None:
-        raise SamplerkitError(
-            f"unsupported network class {record.class_name}; samplerkit loads {', '.join(PRECONDITIONERS)}"
-        )
-    if record.init_kwargs is None:
-        raise SamplerkitError(f"the pickled {record.class_name} does not record its constructor arguments")
-    token = _SKIP_INIT.set(True)
-    try:
-        net = cls(*record.init_args, **record.init_kwargs)
-    except (TypeError, ValueError) as err:
-        raise SamplerkitError(f"cannot build {record.class_name} from its pickled arguments: {err}") from None
-    finally:
-        _SKIP_INIT.reset(token)
-    tensors: dict[str, torch.Tensor] = {}
-    _collect_tensors(record, net, "", tensors)
-    expected = net.state_dict().keys()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise SamplerkitError(
-            f"the pickled {record.class_name} does not match its architecture: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    try:
-        net.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())
-        raise SamplerkitError(f"the pickled {record.class_name} does not match its architecture: {detail}") from None
-    return net
-
-
-def _collect_tensors(record, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Flatten the pickled ``_parameters``/``_buffers`` of ``record`` and its children into ``out``.
-
-    Walks our ``module`` tree alongside, so the record tree (whatever the pickle built) is only
-    followed where our architecture has a submodule; class names must agree there.
-    """
-    expected_class = "ModuleDict" if isinstance(module, nn.ModuleDict) else type(module).__name__
-    if getattr(record, "class_name", None) != expected_class:
-        found = getattr(record, "class_name", type(record).__name__)
-        where = prefix.rstrip(".") or "network"
-        raise SamplerkitError(f"pickled module {where} is a {found}, expected {expected_class}")
-    state = record.state
-    if not isinstance(state, Mapping):
-        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has no state dict")
-    for kind in ("_parameters", "_buffers"):
-        entries = state.get(kind) or {}
-        if not isinstance(entries, Mapping):
-            raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed {kind}")
-        for name, tensor in entries.items():
-            if tensor is None:
-                continue
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise SamplerkitError(f"pickled {prefix}{name} is not a floating-point tensor")
-            out[f"{prefix}{name}"] = tensor.to(torch.float32)
-    children = state.get("_modules") or {}
-    if not isinstance(children, Mapping):
-        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed _modules")
-    for name, child in children.items():
-        ours = module._modules.get(name)
-        if child is None and ours is None:
-            continue
-        if ours is None or child is None:
-            where = f"{prefix}{name}"
-            raise SamplerkitError(f"pickled submodule {where} does not match the architecture built from its arguments")
-        _collect_tensors(child, ours, f"{prefix}{name}.", out)

@@ -1,0 +1,118 @@
+"""EDM network pickles -> our modules, without running the code stored in the pickle.
+
+EDM releases its networks (and its training snapshots ``network-snapshot-*.pkl``) as pickles
+whose objects carry the source of their defining module (``torch_utils.persistence``).
+:func:`load_pickle` reads such a file with :mod:`samplerkit.adapters.safe_pickle`, which turns
+every persistent object into a neutral record, then builds *our* class of the same name
+(:mod:`~samplerkit.adapters.edm.precond`, :mod:`~samplerkit.adapters.edm.networks`) from the
+pickled constructor arguments and assigns the pickled parameters and buffers by name (strict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from samplerkit.denoisers import Denoiser
+from samplerkit.errors import SamplerkitError
+
+from .. import safe_pickle
+from .networks import skip_weight_init
+from .precond import PRECONDITIONERS, _Preconditioned
+
+
+def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoiser:
+    """Load an EDM network pickle as a denoiser, without running code from the file.
+
+    Accepts the released pickles and training snapshots (a dict whose ``'ema'`` entry is the
+    network, as EDM's ``generate.py`` reads them) and pickles of a bare network object.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = safe_pickle.load(f, name=path.name)
+    except OSError as err:
+        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+    net = build_network(_network_record(data, path.name))
+    return net.to(device).eval().requires_grad_(False)
+
+
+def _network_record(data, name: str) -> safe_pickle.PersistentRecord:
+    if isinstance(data, dict) and "ema" in data:
+        data = data["ema"]
+    if not isinstance(data, safe_pickle.PersistentRecord):
+        raise SamplerkitError(
+            f"{name} is not an EDM network pickle: expected a network object or a dict with an 'ema' network"
+        )
+    return data
+
+
+def build_network(record: safe_pickle.PersistentRecord) -> _Preconditioned:
+    """Our network for a pickled preconditioner: built from its constructor arguments, state assigned."""
+    cls = PRECONDITIONERS.get(record.class_name)
+    if cls is None:
+        raise SamplerkitError(
+            f"unsupported network class {record.class_name}; samplerkit loads {', '.join(PRECONDITIONERS)}"
+        )
+    if record.init_kwargs is None:
+        raise SamplerkitError(f"the pickled {record.class_name} does not record its constructor arguments")
+    try:
+        with skip_weight_init():
+            net = cls(*record.init_args, **record.init_kwargs)
+    except (TypeError, ValueError) as err:
+        raise SamplerkitError(f"cannot build {record.class_name} from its pickled arguments: {err}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    _collect_tensors(record, net, "", tensors)
+    expected = net.state_dict().keys()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise SamplerkitError(
+            f"the pickled {record.class_name} does not match its architecture: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    try:
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise SamplerkitError(f"the pickled {record.class_name} does not match its architecture: {detail}") from None
+    return net
+
+
+def _collect_tensors(record, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """Flatten the pickled ``_parameters``/``_buffers`` of ``record`` and its children into ``out``.
+
+    Walks our ``module`` tree alongside, so the record tree (whatever the pickle built) is only
+    followed where our architecture has a submodule; class names must agree there.
+    """
+    expected_class = "ModuleDict" if isinstance(module, nn.ModuleDict) else type(module).__name__
+    if getattr(record, "class_name", None) != expected_class:
+        found = getattr(record, "class_name", type(record).__name__)
+        where = prefix.rstrip(".") or "network"
+        raise SamplerkitError(f"pickled module {where} is a {found}, expected {expected_class}")
+    state = record.state
+    if not isinstance(state, Mapping):
+        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has no state dict")
+    for kind in ("_parameters", "_buffers"):
+        entries = state.get(kind) or {}
+        if not isinstance(entries, Mapping):
+            raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed {kind}")
+        for name, tensor in entries.items():
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise SamplerkitError(f"pickled {prefix}{name} is not a floating-point tensor")
+            out[f"{prefix}{name}"] = tensor.to(torch.float32)
+    children = state.get("_modules") or {}
+    if not isinstance(children, Mapping):
+        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed _modules")
+    for name, child in children.items():
+        ours = module._modules.get(name)
+        if child is None and ours is None:
+            continue
+        if ours is None or child is None:
+            where = f"{prefix}{name}"
+            raise SamplerkitError(f"pickled submodule {where} does not match the architecture built from its arguments")
+        _collect_tensors(child, ours, f"{prefix}{name}.", out)
