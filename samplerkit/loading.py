@@ -40,15 +40,15 @@ RUN_FAMILY = "adm"  # the family of a run folder whose flags.json names none (``
 RUNTIME_FLAGS = ("use_fp16", "use_checkpoint", "dropout")
 
 
-def load_file(path: str | Path, family: str | None = None, device="cpu", **flags) -> Denoiser:
-    """Load a local checkpoint file; the family comes from ``family``, the file type, or a run folder.
+def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[str, dict]:
+    """The family and the complete upstream flags a local checkpoint is built with.
 
-    A ``.pt`` with a ``flags.json`` beside it (a ``samplerkit retrain`` run folder) needs no
-    family or flags: the file records both (family ``adm`` unless it says otherwise). Flags
-    passed as well must agree with it, except the runtime flags ``use_fp16``, ``use_checkpoint``
-    and ``dropout``.
+    ``flags`` may hold ``preset`` (a zoo entry whose flags are the base). A ``.pt`` with a
+    ``flags.json`` beside it (a ``samplerkit retrain`` run folder) needs no family or flags: the
+    file records both (family ``adm`` unless it says otherwise). Flags passed as well must agree
+    with it, except the runtime flags ``use_fp16``, ``use_checkpoint`` and ``dropout``.
     """
-    path = Path(path)
+    flags = dict(flags)
     preset = flags.pop("preset", None)
     if preset is not None:
         from . import zoo
@@ -72,6 +72,14 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
             f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' (CLI: --family) "
             f"with the upstream flags, or preset=<zoo name>, or keep the run's {RUN_FLAGS} beside it"
         )
+    return family, flags
+
+
+def load_file(path: str | Path, family: str | None = None, device="cpu", **flags) -> Denoiser:
+    """Load a local checkpoint file; the family comes from ``family``, the file type, or a run folder
+    (see :func:`file_family_and_flags`)."""
+    path = Path(path)
+    family, flags = file_family_and_flags(path, family, flags)
     if family == "adm":
         from samplerkit.adapters import adm
 

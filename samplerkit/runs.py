@@ -31,7 +31,7 @@ from .data import to_uint8
 from .denoisers import DenoiserWrapper
 from .errors import Interrupted, SamplerkitError
 from .generate import draw, generate, make_sampler, resolve_labels, with_precision
-from .loading import load
+from .loading import file_family_and_flags, load
 from .seeds import parse_seeds
 
 FORMATS = ("png", "npz", "both")
@@ -181,8 +181,12 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
             _notes(prepared, s.dtype, dev)
         labels = resolve_labels(net, labels_spec, len(seed_list))
         label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
+        family, flags = s.family, dict(s.flags)
+        if Path(model).is_file():  # record what the file was built with (a run's flags.json, a preset's flags)
+            family, flags = file_family_and_flags(Path(model), s.family,
+                                                  {**s.flags, **({"preset": s.preset} if s.preset else {})})
         record = _plain({
-            "model": model, "model_sha256": sha, "family": s.family, "flags": dict(s.flags), "preset": s.preset,
+            "model": model, "model_sha256": sha, "family": family, "flags": flags, "preset": s.preset,
             **prepared.settings, "class_labels": labels, "dtype": s.dtype, "device_type": dev.type,
             "image_shape": [net.img_channels, net.img_resolution, net.img_resolution],
         })

@@ -291,12 +291,12 @@ def test_same_model_file_under_another_path_resumes(tmp_path, monkeypatch):
     first.write_bytes(b"weights")
     moved.write_bytes(b"weights")
     monkeypatch.setattr(runs, "load_model", lambda *a, **k: _cached_load(IDEAL, None, (), None, "cpu"))
-    run_sample(**{**SMALL, "model": str(first)}, seeds="0", out=tmp_path / "o")
-    m = run_sample(**{**SMALL, "model": str(moved)}, seeds="0-1", out=tmp_path / "o")
+    run_sample(**{**SMALL, "model": str(first), "family": "adm"}, seeds="0", out=tmp_path / "o")
+    m = run_sample(**{**SMALL, "model": str(moved), "family": "adm"}, seeds="0-1", out=tmp_path / "o")
     assert m["new_images"] == 1 and m["model"] == str(moved)
     moved.write_bytes(b"other weights")
     with pytest.raises(SamplerkitError, match="model_sha256"):
-        run_sample(**{**SMALL, "model": str(moved)}, seeds="0-1", out=tmp_path / "o")
+        run_sample(**{**SMALL, "model": str(moved), "family": "adm"}, seeds="0-1", out=tmp_path / "o")
 
 
 def test_default_run_is_offline_and_says_where_the_images_went(tmp_path, monkeypatch):
@@ -445,7 +445,7 @@ def test_ctrl_c_says_how_many_images_are_saved_and_that_a_rerun_resumes(tmp_path
     monkeypatch.setattr(runs, "load_model", lambda *a, **k: StopAfterTwoBatches())
     code, _, err = _cli("sample", "--sampler", "heun", "--steps", "2", "--seeds", "0-9", "--batch", "2",
                         "--out", str(tmp_path), "--quiet")
-    assert code == 130 and err.count("\n") == 1
+    assert code == 130 and err.count("\n") == 1, err
     assert f"4 of 10 images are saved in {tmp_path}" in err and "rerun the same command" in err
     assert len(_pngs(tmp_path)) == 4
 
@@ -511,3 +511,14 @@ def test_progress_moves_within_a_batch_per_network_evaluation(tmp_path, monkeypa
     assert code == 0, err
     shown = [int(m) for m in re.findall(r"\| (\d+)/4 \[", err)]
     assert {1, 2, 3} <= set(shown) and shown[-1] == 4  # one batch of 4 images, yet the bar moved in between
+
+
+def test_manifest_of_a_run_folder_checkpoint_records_the_flags_it_was_built_with(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model000010.pt").write_bytes(b"weights")
+    (run / "flags.json").write_text(json.dumps({"image_size": 32, "num_channels": 32, "noise_schedule": "cosine"}))
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: _cached_load(IDEAL, None, (), None, "cpu"))
+    m = run_sample(**{**SMALL, "model": str(run / "model000010.pt")}, seeds="0", out=tmp_path / "o")
+    assert m["family"] == "adm"
+    assert m["flags"] == {"image_size": 32, "num_channels": 32, "noise_schedule": "cosine"}

@@ -73,6 +73,8 @@ KNOBS = {
     "schedule": "schedule", "scaling": "scaling", "S_churn": "S_churn", "S_min": "S_min", "S_max": "S_max",
     "S_noise": "S_noise", "eta": "eta", "s_noise": "s_noise", "solver_type": "solver_type", "order": "order",
     "variant": "variant", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
+    "eps_scaler": "eps_scaler", "eps_scaler_slope": "eps_scaler_slope", "time_shift": "time_shift",
+    "ts_window": "ts_window", "ts_cutoff": "ts_cutoff", "ts_mode": "ts_mode",
 }
 
 # sampler option name -> the flag a user types; error messages name the flag. Plain words that
@@ -81,6 +83,8 @@ FLAGS = {
     "sigma_min": "--sigma-min", "sigma_max": "--sigma-max", "rho": "--rho", "S_churn": "--S-churn",
     "S_min": "--S-min", "S_max": "--S-max", "S_noise": "--S-noise", "eta": "--eta", "s_noise": "--s-noise",
     "solver_type": "--solver-type", "order": "--order", "variant": "--variant", "clip_denoised": "--clip/--no-clip",
+    "eps_scaler_slope": "--eps-scaler-slope", "eps_scaler": "--eps-scaler", "time_shift": "--time-shift",
+    "ts_window": "--ts-window", "ts_cutoff": "--ts-cutoff", "ts_mode": "--ts-mode",
 }
 _FLAG_PATTERN = re.compile(r"(?<![-\w])(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")\b")
 
@@ -126,18 +130,39 @@ def sampler_options(fn):
         click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
         click.option("--clip/--no-clip", "clip", default=None,
                      help="Clamp the denoised estimate to [-1, 1] (default: on for ddim/ancestral, off otherwise)."),
+        *remedy_options(),
     ]
 
     @functools.wraps(fn)
     def named_flags(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SamplerkitError as e:
-            raise SamplerkitError(with_flag_names(str(e))) from e
+        except SamplerkitError as e:  # same error (and type), with the flags the user typed
+            e.args = (with_flag_names(str(e)),)
+            raise
 
     for opt in reversed(opts):
         named_flags = opt(named_flags)
     return named_flags
+
+
+def remedy_options() -> list:
+    """The exposure-bias remedies (:mod:`samplerkit.remedies`) as click options."""
+    return [
+        click.option("--eps-scaler", "eps_scaler", metavar="B",
+                     help="Epsilon Scaling (Ning et al. 2024): divide the predicted noise by lambda = B + K t "
+                          "(e.g. 1.017 for ADM CIFAR-10 at 100 steps); sweep takes a list 1.0,1.002,1.005."),
+        click.option("--eps-scaler-slope", "eps_scaler_slope", type=float, metavar="K",
+                     help="Slope K of lambda = B + K t, t = the step index on the run's grid (0 = last step)."),
+        click.option("--time-shift", "time_shift", is_flag=True, default=None,
+                     help="Time-Shift sampler (Li et al. 2024) for ddim/ancestral on a discrete-time model."),
+        click.option("--ts-window", "ts_window", type=int, metavar="W",
+                     help="Time-shift window in training timesteps (default 80)."),
+        click.option("--ts-cutoff", "ts_cutoff", type=int, metavar="C",
+                     help="No time shift at or below training timestep C (default 300)."),
+        click.option("--ts-mode", "ts_mode", type=click.Choice(["paper", "reference"]),
+                     help="paper (default) or reference = TS-DPM-ADM's DDIM code (see samplerkit.remedies)."),
+    ]
 
 
 def chosen_options(kwargs: dict) -> dict:
