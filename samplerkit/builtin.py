@@ -5,7 +5,7 @@
   recipe in ``benchmarks/shapes32_recipe.sh``. Their EMA weights are stored as float16 in
   ``samplerkit/models`` and load exactly into float32. ``shapes32-adm-ip`` is the default model.
 * ``shapes32-ideal``: the exact (ideal) denoiser of the first 1,024 images of the data set
-  (edm.txt Fig. 1b), a model with known behaviour.
+  (Karras et al. 2022 (EDM), Fig. 1b), a model with known behaviour.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import shapes, to_model_space
+from .train.recommend import recommended_sampler
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SHIPPED = ("shapes32-adm", "shapes32-adm-ip")
@@ -45,9 +46,10 @@ BUILTIN_MODELS = {
     "shapes32-ideal-cond": lambda: shapes32_ideal(conditional=True),
 }
 
-# zoo metadata of each built-in model (samplerkit.zoo registers them)
+# zoo metadata of each built-in model (samplerkit.zoo registers them); the sampler follows from how they were
+# trained (learned variance), as for a `samplerkit retrain` run
 _SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T=1000, schedule="cosine",
-                     recommended={"sampler": "ancestral", "steps": 50, "variance": "learned"})
+                     recommended=recommended_sampler({"learn_sigma": True}))
 
 
 def _shipped_info(name: str, notes: str) -> dict:

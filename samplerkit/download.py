@@ -11,9 +11,13 @@
 * The sha256 is computed while the bytes arrive (the part already on disk included); a
   mismatch deletes the part and raises. Only a complete, verified file is ``os.replace``-d
   to the final path, after an fsync, so a file at the final path is always whole.
-* ``<filename>.json`` next to the file records its url, sha256, size and mtime. Later calls
-  without a sha256 verify against the recorded one (trust on first use); when size and mtime
-  still match the record the file is not re-hashed (``samplerkit models verify`` re-hashes).
+* ``<filename>.json`` next to the file records its url, sha256, size, mtime and ``trusted``.
+  A digest becomes trusted when it matches a published sha256, or (no published one) when
+  the file first loads as a model (:func:`trust`, called by :meth:`samplerkit.zoo.ZooEntry.load`):
+  a file that never loaded -- truncated, say -- never becomes the reference. Later calls
+  without a sha256 verify against a trusted digest; an untrusted record only saves re-hashing.
+  When size and mtime still match the record the file is not re-hashed (``samplerkit models
+  verify`` re-hashes; ``samplerkit models verify NAME --reset`` forgets a trusted digest).
 * ``fcntl.flock`` on ``<filename>.lock`` serialises processes fetching the same file; the
   second one waits, then finds the verified file.
 * Google Drive links (``drive.google.com/file/d/<id>/view``, ``uc?id=<id>``) go through the
@@ -90,22 +94,57 @@ def record_path(path: str | Path) -> Path:
 
 
 def read_record(path: str | Path) -> dict | None:
-    """The record of a cached file ({url, sha256, size, mtime_ns}) or None."""
+    """The record of a cached file ({url, sha256, size, mtime_ns, trusted}) or None. A record
+    written before ``trusted`` existed counts as trusted (it may be reset with :func:`forget`)."""
     try:
         record = json.loads(record_path(path).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and _SHA256.match(str(record.get("sha256", ""))) else None
+    if not isinstance(record, dict) or not _SHA256.match(str(record.get("sha256", ""))):
+        return None
+    return {**record, "trusted": bool(record.get("trusted", True))}
 
 
-def write_record(path: str | Path, url: str, sha256: str) -> None:
-    """Record url and sha256 of ``path`` (with its size and mtime) atomically next to it."""
+def trusted_sha256(path: str | Path) -> str | None:
+    """The trusted digest recorded for ``path`` (see the module docstring), else None."""
+    record = read_record(path)
+    return record["sha256"] if record and record["trusted"] else None
+
+
+def write_record(path: str | Path, url: str, sha256: str, trusted: bool = False) -> None:
+    """Record url and sha256 of ``path`` (with its size and mtime) atomically next to it; ``trusted``:
+    the digest was checked (a published sha256 matched, or the file loaded)."""
     path = Path(path)
     st = path.stat()
-    record = {"url": url, "sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    record = {"url": url, "sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "trusted": trusted}
     tmp = record_path(path).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, record_path(path))
+
+
+def _unchanged(path: Path, record: dict | None) -> bool:
+    """True when ``path`` still has the size and mtime its record was written with."""
+    st = path.stat()
+    return bool(record) and (record.get("size"), record.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+
+
+def trust(path: str | Path, url: str = "") -> str:
+    """Record the digest of ``path`` as trusted (call it once the file has loaded); returns it."""
+    path = Path(path)
+    record = read_record(path)
+    if record and record["trusted"] and _unchanged(path, record):
+        return record["sha256"]
+    digest = record["sha256"] if _unchanged(path, record) else sha256_file(path)
+    write_record(path, url or (record or {}).get("url", ""), digest, trusted=True)
+    return digest
+
+
+def forget(path: str | Path) -> bool:
+    """Delete the record of ``path`` (its trusted digest included); True when there was one."""
+    rec = record_path(path)
+    existed = rec.is_file()
+    rec.unlink(missing_ok=True)
+    return existed
 
 
 def sha256_file(path: str | Path) -> str:
@@ -151,13 +190,16 @@ def fetch(
     retries: int | None = None,
     retry_base: float | None = None,
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    label: str | None = None,
 ) -> Path:
     """Download ``url`` into the cache (once) and return the path of the verified file.
 
-    ``sha256``: expected hex digest (None: accept the first download and record its digest).
+    ``sha256``: expected hex digest (None: accept the file and record its digest, untrusted until
+    :func:`trust`; a trusted record is then enforced).
     ``cache_dir``: default :func:`default_cache_dir`. ``filename``: default the URL's last path
     component. ``retries`` / ``retry_base``: default ``$SAMPLERKIT_RETRIES`` (5) and
     ``$SAMPLERKIT_RETRY_BASE`` (1 s); attempt k waits ``retry_base * 2**k`` before it.
+    ``label``: the zoo name, named in the advice of a mismatch error.
     Raises :class:`SamplerkitError` with the URL, the reason and the path to place the file at.
     """
     if sha256 is not None:
@@ -176,7 +218,7 @@ def fetch(
             raise SamplerkitError(
                 f"{url} is not in the cache and {ENV_OFFLINE}=1 forbids downloading; {by_hand}"
             )
-        return _verify_cached(final, url, sha256, offline=True)
+        return _verify_cached(final, url, sha256, offline=True, label=label)
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -184,7 +226,7 @@ def fetch(
         raise SamplerkitError(f"cannot create the cache dir {directory} ({err.strerror}); set {ENV_CACHE}") from None
     with _locked(final):
         if final.is_file():
-            checked = _verify_cached(final, url, sha256, offline=False)
+            checked = _verify_cached(final, url, sha256, offline=False, label=label)
             if checked is not None:
                 return checked
         retries = int(os.environ.get(ENV_RETRIES, 5)) if retries is None else retries
@@ -199,29 +241,30 @@ def fetch(
             )
         os.replace(part, final)
         _fsync_dir(directory)
-        write_record(final, url, digest)
+        write_record(final, url, digest, trusted=sha256 is not None)
         return final
 
 
-def _verify_cached(final: Path, url: str, sha256: str | None, offline: bool) -> Path | None:
-    """``final`` if it matches ``sha256`` (or its record); None (file removed) on a mismatch online."""
+def _verify_cached(final: Path, url: str, sha256: str | None, offline: bool, label: str | None) -> Path | None:
+    """``final`` if it matches ``sha256`` or the trusted record (any file when there is neither);
+    None (file removed) on a mismatch online; a mismatch offline raises."""
     record = read_record(final)
-    expected = sha256 or (record["sha256"] if record else None)
-    st = final.stat()
-    if record and record["sha256"] == expected and (record.get("size"), record.get("mtime_ns")) == (
-        st.st_size,
-        st.st_mtime_ns,
-    ):
+    trusted = record["sha256"] if record and record["trusted"] else None
+    expected = sha256 or trusted
+    if _unchanged(final, record) and (expected is None or record["sha256"] == expected):
         return final
     actual = sha256_file(final)
     if expected is None or actual == expected:
-        write_record(final, url, actual)
+        write_record(final, url, actual, trusted=expected is not None)
         return final
     if offline:
-        raise SamplerkitError(
-            f"{final} has sha256 {actual}, expected {expected}: it is not the file of {url}; "
-            f"replace it with a good copy (or unset {ENV_OFFLINE} to download it again)"
-        )
+        if sha256:
+            how = f"replace it with a good copy (or unset {ENV_OFFLINE} to download it again)"
+        else:
+            reset = f"`samplerkit models verify {label} --reset`" if label else f"delete {record_path(final)}"
+            how = (f"the expected digest was recorded when the file first loaded; replace it with a good copy, or if "
+                   f"this copy is the one you want, forget the recorded digest with {reset}")
+        raise SamplerkitError(f"{final} has sha256 {actual}, expected {expected}: it is not the file of {url}; {how}")
     print(f"samplerkit: {final} does not match sha256 {expected}; downloading it again", file=sys.stderr)
     final.unlink()
     record_path(final).unlink(missing_ok=True)

@@ -3,9 +3,10 @@
 Names are ``<source>-<dataset>[-<variant>...]``, lowercase:
 
 * ``<source>`` is the release: ``adm`` (guided-diffusion, Dhariwal & Nichol 2021; and the ADM
-  baselines of the DDPM-IP release), ``adm-ip`` (DDPM-IP, ddpm-ip-icml2023.txt), ``iddpm``
-  (improved-diffusion, iddpm.txt), ``edm`` (EDM config F, edm.txt), ``vp`` / ``ve`` (EDM's
-  config-A baseline pickles: score-SDE DDPM++ / NCSN++, edm.txt Table 2 row A).
+  baselines of the DDPM-IP release), ``adm-ip`` (DDPM-IP, Ning et al. 2023), ``iddpm``
+  (improved-diffusion, Nichol & Dhariwal 2021), ``edm`` (EDM config F, Karras et al. 2022),
+  ``vp`` / ``ve`` (EDM's config-A baseline pickles: score-SDE DDPM++ / NCSN++, Karras et al.
+  2022 (EDM), Table 2 row A).
 * ``<dataset>`` carries the resolution only where the zoo holds that dataset at several
   resolutions: ``imagenet32/64/128/256/512``, ``ffhq64/128``; but ``cifar10`` (32 px),
   ``afhqv2`` (64), ``celeba`` (64), ``lsun-tower`` (64), ``lsun-bedroom/cat/horse`` (256).
@@ -17,10 +18,11 @@ Names are ``<source>-<dataset>[-<variant>...]``, lowercase:
 Flags of ``adm``/``iddpm`` entries use the upstream flag names and values of the release
 READMEs (architecture and diffusion flags only), except ``use_fp16``: the files hold fp32
 weights and the zoo loads them in fp32 (pass ``use_fp16=True`` to convert on a GPU).
-``sha256`` is given only where published; otherwise the digest of the first download is
-recorded next to the file and verified on later loads (see :mod:`samplerkit.download`).
+``sha256`` is given only where published; otherwise the digest of the cached file is recorded
+next to it when the file first loads, and verified on later loads (see :mod:`samplerkit.download`).
 ``recommended`` holds sampler settings in the keys of ``samplerkit sample`` (``sampler``,
-``steps`` and that sampler's options), taken from the release or its paper.
+``steps`` and that sampler's options), taken from the release or its paper. Every FID in
+``notes`` names its setting (guided or not, sampler and steps) and the table it is from.
 """
 
 from __future__ import annotations
@@ -79,16 +81,15 @@ class ZooEntry:
         return self.family == "builtin" or self.local_path(cache_dir).is_file()
 
     def expected_sha256(self, cache_dir: str | Path | None = None) -> str | None:
-        """The published sha256, else the one recorded at the first download (a shipped model: its
-        file's, computed once), else None."""
+        """The published sha256, else the trusted one recorded when the cached file first loaded (a
+        shipped model: its file's, computed once), else None."""
         if self.sha256:
             return self.sha256
         if self.family == "builtin":
             from .output import file_sha256
 
             return file_sha256(self.filename) if self.filename else None
-        record = download.read_record(self.local_path(cache_dir))
-        return record["sha256"] if record else None
+        return download.trusted_sha256(self.local_path(cache_dir))
 
     def download(self, progress: bool = True, cache_dir: str | Path | None = None) -> Path:
         """Fetch the checkpoint into the cache (trying each URL in turn) and return its path."""
@@ -98,13 +99,16 @@ class ZooEntry:
         for url in self.urls:
             try:
                 return download.fetch(url, sha256=self.sha256, cache_dir=cache_dir, progress=progress,
-                                      filename=self.filename)
+                                      filename=self.filename, label=self.name)
             except SamplerkitError as err:
                 errors.append(str(err))
         raise SamplerkitError(" | ".join(errors))
 
     def load(self, device: Any = "cpu", family: str | None = None, **overrides: Any):
-        """Download (cached) and load as a denoiser D(x; sigma); ``overrides`` replace flags."""
+        """Download (cached) and load as a denoiser D(x; sigma); ``overrides`` replace flags.
+
+        Without a published sha256 the file's digest becomes the trusted one only here, once the
+        file has loaded (see :mod:`samplerkit.download`)."""
         if self.family == "builtin":
             if family is not None or overrides:
                 raise SamplerkitError(f"{self.name} is a built-in model; it takes no family or flags")
@@ -112,7 +116,17 @@ class ZooEntry:
         from .loading import load_file
 
         path = self.download()
-        return load_file(path, family=family or self.family, device=device, **{**self.flags, **overrides})
+        try:
+            net = load_file(path, family=family or self.family, device=device, **{**self.flags, **overrides})
+        except SamplerkitError as err:
+            if self.sha256 or download.trusted_sha256(path):
+                raise
+            raise SamplerkitError(
+                f"{err} ({path} has never loaded, so its digest is not trusted: if the file is damaged, delete it "
+                f"and run again to download it, or put a good copy there)") from None
+        if not self.sha256:
+            download.trust(path, self.urls[0])
+        return net
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -175,23 +189,28 @@ def _adm(name, filename, resolution, dataset, flags, recommended, notes="", num_
 _adm("adm-imagenet64", "64x64_diffusion.pt", 64, "ImageNet 64x64",
      dict(class_cond=True, dropout=0.1, noise_schedule="cosine", num_channels=192, num_head_channels=64,
           num_res_blocks=3, use_new_attention_order=True),
-     _GD_IMAGENET_SAMPLER, "ADM, FID 2.07 (guided-diffusion README)", 1000)
+     _GD_IMAGENET_SAMPLER, "ADM (dropout), class-conditional: FID 2.07 unguided, 250 ancestral steps "
+     "(Dhariwal & Nichol 2021, Tab. 4)", 1000)
 _adm("adm-imagenet128", "128x128_diffusion.pt", 128, "ImageNet 128x128",
      dict(class_cond=True, noise_schedule="linear", num_channels=256, num_heads=4, num_res_blocks=2),
-     _GD_IMAGENET_SAMPLER, "ADM, FID 2.97 unguided", 1000)
+     _GD_IMAGENET_SAMPLER, "ADM, class-conditional: FID 5.91 unguided; 2.97 with classifier guidance (ADM-G, "
+     "scale 0.5), 250 ancestral steps (Dhariwal & Nichol 2021, Tab. 4)", 1000)
 _adm("adm-imagenet256", "256x256_diffusion.pt", 256, "ImageNet 256x256",
      dict(class_cond=True, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
-     _GD_IMAGENET_SAMPLER, "ADM, FID 4.59 unguided", 1000)
+     _GD_IMAGENET_SAMPLER, "ADM, class-conditional: FID 10.94 unguided; 4.59 with classifier guidance (ADM-G), "
+     "250 ancestral steps (Dhariwal & Nichol 2021, Tab. 4)", 1000)
 _adm("adm-imagenet256-uncond", "256x256_diffusion_uncond.pt", 256, "ImageNet 256x256",
      dict(class_cond=False, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
      _GD_IMAGENET_SAMPLER, "ADM trained without labels (upstream pairs it with classifier guidance)")
 _adm("adm-imagenet512", "512x512_diffusion.pt", 512, "ImageNet 512x512",
      dict(class_cond=True, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
-     _GD_IMAGENET_SAMPLER, "ADM, FID 7.72 unguided", 1000)
+     _GD_IMAGENET_SAMPLER, "ADM, class-conditional: FID 23.24 unguided; 7.72 with classifier guidance (ADM-G), "
+     "250 ancestral steps (Dhariwal & Nichol 2021, Tab. 4)", 1000)
 for _cls, _fid in (("bedroom", 1.90), ("cat", 5.57), ("horse", 2.57)):
     _adm(f"adm-lsun-{_cls}", f"lsun_{_cls}.pt", 256, f"LSUN {_cls} 256x256",
          dict(dropout=0.1, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
-         _GD_LSUN_SAMPLER, f"ADM, FID {_fid}; upstream's best samples use 1000 steps")
+         _GD_LSUN_SAMPLER, f"ADM (dropout), unconditional: FID {_fid} with 1000 ancestral steps "
+                           "(Dhariwal & Nichol 2021, Tab. 4)")
 _adm("adm-lsun-horse-nodropout", "lsun_horse_nodropout.pt", 256, "LSUN horse 256x256",
      dict(dropout=0.0, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
      _GD_LSUN_SAMPLER, "LSUN horse trained without dropout")
@@ -205,7 +224,7 @@ _ID_SOURCE = "https://github.com/openai/improved-diffusion#models-and-hyperparam
 # model_and_diffusion_defaults() of improved-diffusion, the values that shape the network
 _ID_DEFAULTS = dict(num_heads=4, attention_resolutions="16,8", dropout=0.0, class_cond=False,
                     use_scale_shift_norm=True, rescale_timesteps=True)
-# iddpm.txt Sec. 4: L_hybrid models reach near-optimal FID with 100 respaced ancestral steps
+# Nichol & Dhariwal 2021, Sec. 4: L_hybrid models reach near-optimal FID with 100 respaced ancestral steps
 _ID_SAMPLER = {"sampler": "ancestral", "steps": 100, "variance": "learned"}
 
 
@@ -279,9 +298,10 @@ for _d, _dataset in (("ffhq", "FFHQ 64x64"), ("afhqv2", "AFHQv2 64x64")):
         _edm(f"edm-{_tag}-uncond-{_a}", f"edm-{_d}-64x64-uncond-{_a}", 64, _dataset, _HEUN40, "edm",
              notes=f"EDM config F, {_arch}")
 _edm("edm-imagenet64-cond", "edm-imagenet-64x64-cond-adm", 64, "ImageNet 64x64", _EDM_IMAGENET, "edm",
-     cond=True, num_classes=1000, notes="EDM config F, ADM architecture retrained; FID 1.36")
+     cond=True, num_classes=1000, notes="EDM config F, ADM architecture retrained: FID 1.36 with the stochastic "
+     "sampler above, NFE 511 (Karras et al. 2022 (EDM), Sec. 5, Fig. 5c)")
 
-# config-A baselines, evaluated with EDM's deterministic sampler in edm.txt Table 2 (NFE 35 / 79)
+# config-A baselines, evaluated with EDM's deterministic sampler in Karras et al. 2022 (EDM), Table 2 (NFE 35 / 79)
 _SONG = "CC BY-NC-SA 4.0 (derived from score_sde models shared under Apache-2.0)"
 _edm("vp-cifar10", "baseline-cifar10-32x32-uncond-vp", 32, "CIFAR-10", _HEUN18, "vp", baseline=True,
      license=_SONG, notes="score-SDE DDPM++ (VP), converted by EDM; continuous time")
@@ -295,12 +315,13 @@ _edm("adm-imagenet64-pkl", "baseline-imagenet-64x64-cond-adm", 64, "ImageNet 64x
      {**_EDM_IMAGENET, "S_churn": 80}, "cosine", cond=True, num_classes=1000, baseline=True,
      license="CC BY-NC-SA 4.0 (derived from the MIT-licensed guided-diffusion model)",
      notes="guided-diffusion 64x64_diffusion.pt as an EDM pickle (iDDPM preconditioning); "
-           "stochastic settings of EDM App. E.2 for this model (FID 1.55)")
+           "FID 1.55 with EDM's stochastic sampler, 256 steps, S_churn 80 (Karras et al. 2022 (EDM), Sec. 4, "
+           "App. E.2), vs 2.07 with 250 ancestral steps")
 
 
 # ---------------------------------------------------------------------------------------------
 # DDPM-IP: github.com/forever208/DDPM-IP README (repository MIT license); flags of its training
-# commands = ddpm-ip-icml2023.txt Tab. 9. All trained with T=1000, cosine schedule.
+# commands = Ning et al. 2023, Tab. 9. All trained with T=1000, cosine schedule.
 
 _IP_SOURCE = "https://github.com/forever208/DDPM-IP#download-adm-ip-models-and-adm-base-models"
 _IP_32 = dict(image_size=32, num_channels=128, num_head_channels=32, num_res_blocks=3, attention_resolutions="16,8",
@@ -321,7 +342,8 @@ def _ip(name, drive_id, dataset, arch, steps, fid, notes=""):
         filename=f"{name}.pt", license="MIT", resolution=arch["image_size"], flags=flags, T=1000,
         schedule="cosine", recommended={"sampler": "ancestral", "steps": steps, "variance": "learned"},
         dataset=dataset, source=_IP_SOURCE,
-        notes=f"{what}; FID {fid} at {steps} steps (ddpm-ip Tab. 3){'; ' + notes if notes else ''}",
+        notes=f"{what}, unconditional: FID {fid} with {steps} ancestral steps, learned variance (Ning et al. 2023, "
+              f"Tab. 3){'; ' + notes if notes else ''}",
     ))
 
 

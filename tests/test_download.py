@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -163,12 +164,40 @@ def test_cached_file_not_matching_the_hash_is_replaced(srv, cache):
     assert path.read_bytes() == PAYLOAD
 
 
-def test_recorded_sha256_catches_a_changed_file(srv, cache, monkeypatch):
-    path = fetch(srv.add("/m.pt", PAYLOAD), **FAST)  # no published hash: the digest is recorded
+def test_trusted_digest_catches_a_changed_file_and_says_how_to_reset(srv, cache, monkeypatch):
+    path = fetch(srv.add("/m.pt", PAYLOAD), **FAST)  # no published hash: the digest is recorded, untrusted
+    assert download.trusted_sha256(path) is None
+    assert download.trust(path) == DIGEST  # what a successful load does
     path.write_bytes(PAYLOAD[::-1])
     monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
-    with pytest.raises(SamplerkitError, match=f"expected {DIGEST}"):
+    with pytest.raises(SamplerkitError, match=f"expected {DIGEST}") as err:
         fetch(srv.url("/m.pt"), **FAST)
+    assert f"delete {cache / 'm.pt.json'}" in str(err.value)
+    with pytest.raises(SamplerkitError, match="samplerkit models verify x-m --reset"):
+        fetch(srv.url("/m.pt"), label="x-m", **FAST)
+    assert download.forget(path)
+    assert fetch(srv.url("/m.pt"), **FAST) == path and download.read_record(path)["sha256"] == (
+        hashlib.sha256(PAYLOAD[::-1]).hexdigest())
+
+
+def test_an_untrusted_digest_never_locks_in_a_file(srv, cache, monkeypatch):
+    """The digest of a file that never loaded is not the reference: a replaced copy is accepted."""
+    path = fetch(srv.add("/m.pt", PAYLOAD[:1000]), **FAST)  # a truncated file, recorded but not trusted
+    path.write_bytes(PAYLOAD)  # the user puts a good copy in place
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    assert fetch(srv.url("/m.pt"), **FAST).read_bytes() == PAYLOAD
+    assert download.read_record(path)["sha256"] == DIGEST and download.trusted_sha256(path) is None
+
+
+def test_a_record_from_before_trust_existed_counts_as_trusted(cache):
+    cache.mkdir()
+    path = cache / "m.pt"
+    path.write_bytes(PAYLOAD)
+    download.write_record(path, "https://example.invalid/m.pt", DIGEST)
+    record = download.record_path(path)
+    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "trusted"}
+    record.write_text(json.dumps(old))
+    assert download.trusted_sha256(path) == DIGEST
 
 
 def test_progress_bar_goes_to_stderr(srv, cache, capsys):

@@ -33,6 +33,7 @@ def _one_thread():
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +236,102 @@ def test_use_fp16_flag_is_refused_in_favour_of_fp32_master_weights(toy_data, tmp
                       batch_size=2)
     with pytest.raises(SamplerkitError, match="--precision fp16"):
         train(cfg, progress=False)
+
+
+def _one_step(cfg: TrainConfig):
+    """(initial parameters, parameters after one step, the trainer)."""
+    from samplerkit.train import Trainer
+
+    trainer = Trainer(cfg)
+    p0 = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step()
+    return p0, [p.detach().clone() for p in trainer.model.parameters()], trainer
+
+
+def test_regularizer_wd_is_adamw_decoupled_decay_by_default(toy_data, tmp_path):
+    """One step with --regularizer wd moves every weight exactly lr * lambda_WD * theta_0 further
+    than plain training (AdamW's decoupled decay): the Adam step itself, hence the loss, is unchanged."""
+    base = dict(data=str(toy_data), flags=FLAGS, iterations=1, batch_size=2, lr=1e-3)
+    p0, plain, _ = _one_step(TrainConfig(out=str(tmp_path / "none"), regularizer="none", **base))
+    p0_wd, decayed, trainer = _one_step(TrainConfig(out=str(tmp_path / "wd"), regularizer="wd", lambda_wd=0.03,
+                                                    **base))
+    assert trainer.opt.param_groups[0]["weight_decay"] == 0.03
+    assert all(torch.equal(a, b) for a, b in zip(p0, p0_wd, strict=True))
+    gap = max(float((d - (p - 1e-3 * 0.03 * w)).abs().max()) for d, p, w in zip(decayed, plain, p0, strict=True))
+    assert gap < 1e-7
+    _, literal, trainer = _one_step(TrainConfig(out=str(tmp_path / "loss"), regularizer="wd", wd_form="loss",
+                                                **base))
+    assert trainer.opt.param_groups[0]["weight_decay"] == 0.0
+    assert max(float((a - b).abs().max()) for a, b in zip(literal, decayed, strict=True)) > 1e-4  # Eq. 11 literally
+
+
+def test_resuming_a_wd_run_from_before_wd_form_keeps_the_loss_form(toy_data, tmp_path):
+    import json
+
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=FLAGS, iterations=1, batch_size=2,
+                      regularizer="wd", wd_form="loss")
+    train(cfg, progress=False)
+    path = tmp_path / "r" / "settings.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "wd_form"}))
+    with pytest.raises(SamplerkitError, match="wd_form: 'loss' -> 'decoupled'"):
+        train(TrainConfig(**{**cfg.__dict__, "wd_form": "decoupled", "iterations": 2}), resume=True, progress=False)
+    assert train(TrainConfig(**{**cfg.__dict__, "iterations": 2}), resume=True, progress=False).step == 2
+
+
+def test_ema_warmup_uses_rate_min_rate_and_1_plus_s_over_10_plus_s(toy_data, tmp_path):
+    cfg = TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=FLAGS, iterations=1, batch_size=2,
+                      ema_rates=(0.999,), ema_warmup=True)
+    p0, p1, trainer = _one_step(cfg)
+    assert [trainer.ema_rate(0.999, s) for s in (1, 8990, 8991, 20000)] == [2 / 11, 8991 / 9000, 0.999, 0.999]
+    for e, a, b in zip(trainer.emas[0.999], p0, p1, strict=True):
+        assert torch.allclose(e, 2 / 11 * a + 9 / 11 * b, atol=1e-7)
+    _, _, plain = _one_step(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "p"), "ema_warmup": False}))
+    assert plain.ema_rate(0.999, 1) == 0.999
+
+
+def test_tiny_preset_is_the_recipe_of_the_built_in_models_plus_ema_warmup():
+    import json
+
+    from samplerkit.train import preset
+
+    tiny = preset("tiny")
+    for run in ("adm", "adm-ip"):
+        recorded = json.loads((RESULTS / f"shapes32-{run}-settings.json").read_text())
+        assert tiny["flags"] == recorded["flags"]
+        assert (tiny["lr"], tiny["warmup"], tiny["grad_clip"], list(tiny["ema_rates"]), tiny["batch_size"]) == (
+            recorded["lr"], recorded["warmup"], recorded["grad_clip"], recorded["ema_rates"], recorded["batch_size"])
+        # the recorded settings define the built-in runs: made before EMA warm-up existed, so without it
+        assert "ema_warmup" not in recorded and TrainConfig(**{**recorded, "ema_rates": (0.999,)}).ema_warmup is False
+    assert tiny["ema_warmup"] is True
+
+
+def test_retrain_takes_the_preset_loop_settings_and_says_what_to_sample(tmp_path, capsys):
+    import json
+
+    from samplerkit.cli import main
+
+    out = tmp_path / "run"
+    main(["retrain", "--data", "builtin:shapes32", "--out", str(out), "--iterations", "1", "--batch-size", "2",
+          "--no-flip"])
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["lr"], settings["warmup"], settings["grad_clip"], settings["ema_rates"], settings["ema_warmup"]) \
+        == (5e-4, 500, 1.0, [0.999], True)
+    assert json.loads((out / "recommended.json").read_text()) == {"sampler": "ancestral", "steps": 50,
+                                                                  "variance": "learned"}
+    err = capsys.readouterr().err
+    assert (f"sample it: samplerkit sample --model {out / 'ema_0.999_000001.pt'} --family adm --sampler ancestral "
+            "--steps 50 --variance learned") in err.splitlines()
+
+
+def test_recommended_sampler_follows_the_training(toy_data, tmp_path):
+    from samplerkit.train import read_recommended, recommended_sampler
+
+    assert recommended_sampler({"learn_sigma": True}) == sk.zoo.get("shapes32-adm-ip").recommended
+    fixed = {**FLAGS, "learn_sigma": False}
+    train(TrainConfig(data=str(toy_data), out=str(tmp_path / "r"), flags=fixed, loss="simple", iterations=1,
+                      batch_size=2, save_interval=1), progress=False)
+    assert read_recommended(tmp_path / "r" / "ema_0.9999_000001.pt") == {"sampler": "ddim", "steps": 50, "eta": 0.0}
+    assert read_recommended(tmp_path / "elsewhere.pt") == {}
 
 
 def test_table_9_presets_use_the_appendix_a7_recipe():

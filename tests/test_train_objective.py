@@ -188,11 +188,24 @@ def test_gradient_penalty_is_differentiable_in_the_weights():
     assert float(net.eps.weight.grad.abs().max()) > 0
 
 
-def test_weight_decay_is_lambda_times_squared_norm():
+def test_weight_decay_is_decoupled_by_default_and_adds_nothing_to_the_loss():
+    net = TinyNet()
+    wd = Objective(CHAIN, "hybrid", "wd", lambda_wd=0.03)
+    assert float(wd.weight_decay(net.parameters())) == 0.0 and wd.optimizer_weight_decay() == 0.03
+    x0, eps, xi, t = _data()
+    plain = Objective(CHAIN, "hybrid", "none").terms(net, x0, t, eps, xi)["loss"]
+    assert torch.equal(wd.terms(net, x0, t, eps, xi)["loss"], plain)
+    assert Objective(CHAIN, "hybrid", "ip").optimizer_weight_decay() == 0.0
+
+
+def test_weight_decay_loss_form_is_lambda_times_squared_norm():
+    """Ning et al. 2023, Eq. 11 taken literally, behind wd_form='loss'."""
     net = TinyNet()
     expected = 0.03 * sum(float((p.detach() ** 2).sum()) for p in net.parameters())
-    assert float(Objective(CHAIN, "hybrid", "wd").weight_decay(net.parameters()).detach()) == pytest.approx(expected)
-    assert float(Objective(CHAIN, "hybrid", "ip").weight_decay(net.parameters())) == 0.0
+    literal = Objective(CHAIN, "hybrid", "wd", wd_form="loss")
+    assert float(literal.weight_decay(net.parameters()).detach()) == pytest.approx(expected, rel=1e-12)
+    assert literal.optimizer_weight_decay() == 0.0
+    assert float(Objective(CHAIN, "hybrid", "ip", wd_form="loss").weight_decay(net.parameters())) == 0.0
 
 
 def test_importance_sampler_is_uniform_until_full_then_follows_sqrt_mean_square():
@@ -215,3 +228,5 @@ def test_bad_objective_settings_raise_our_error():
         Objective(CHAIN, "hybrid", "ip", learn_sigma=False)
     with pytest.raises(SamplerkitError):
         Objective(CHAIN, "simple", "ip", gamma=-0.1, learn_sigma=False)
+    with pytest.raises(SamplerkitError, match="weight-decay form"):
+        Objective(CHAIN, "hybrid", "wd", wd_form="coupled")

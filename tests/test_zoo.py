@@ -184,10 +184,10 @@ TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2",
             num_head_channels=16, learn_sigma=True, class_cond=False, diffusion_steps=50, noise_schedule="cosine")
 
 
-def _tiny_checkpoint() -> bytes:
+def _tiny_checkpoint(seed: int = 0) -> bytes:
     from samplerkit.adapters import adm
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = adm.create_unet(**{k: v for k, v in TINY.items() if k in adm.NETWORK_DEFAULTS})
     buf = io.BytesIO()
     torch.save(unet.state_dict(), buf)
@@ -210,6 +210,65 @@ def test_load_downloads_records_the_digest_and_then_works_offline(registry, cach
     x = torch.randn(2, 3, 8, 8)
     sigma = torch.tensor([1.0, 1.0])
     assert torch.equal(sk.load("x-tiny")(x, sigma), net(x, sigma))
+
+
+def _tiny_entry(url: str) -> zoo.ZooEntry:
+    return zoo.register(zoo.ZooEntry(name="x-tiny", family="adm", urls=(url,), filename="tiny.pt", resolution=8,
+                                     flags=dict(TINY), T=50, schedule="cosine"))
+
+
+def test_a_truncated_download_does_not_become_the_trusted_digest(registry, cache, monkeypatch, capsys):
+    """A file that never loaded is not the reference: after the user replaces a truncated download
+    by a good copy, the good copy loads (offline) and its digest is the one recorded."""
+    import samplerkit as sk
+
+    blob = _tiny_checkpoint()
+    with FileServer() as srv:
+        _tiny_entry(srv.add("/tiny.pt", blob[: len(blob) // 2]))  # the server delivers half the file
+        with pytest.raises(SamplerkitError, match="never loaded, so its digest is not trusted"):
+            sk.load("x-tiny")
+    assert zoo.get("x-tiny").expected_sha256() is None
+    (cache / "tiny.pt").write_bytes(blob)
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    _no_network(monkeypatch)
+    assert sk.load("x-tiny").img_resolution == 8
+    good = hashlib.sha256(blob).hexdigest()
+    assert zoo.get("x-tiny").expected_sha256() == good
+    assert json.loads((cache / "tiny.pt.json").read_text())["trusted"] is True
+    code, out, _ = _run(capsys, "models", "info", "x-tiny")
+    assert code == 0 and f"sha256:      {good} (recorded when the cached file first loaded)" in out.splitlines()
+
+
+def test_models_verify_reset_forgets_the_recorded_digest(registry, cache, monkeypatch, capsys):
+    import samplerkit as sk
+
+    first, second = _tiny_checkpoint(0), _tiny_checkpoint(1)
+    (cache / "tiny.pt").write_bytes(first)
+    _tiny_entry("https://example.invalid/tiny.pt")
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    _no_network(monkeypatch)
+    sk.load("x-tiny")  # loads: its digest is now the trusted one
+    (cache / "tiny.pt").write_bytes(second)  # another copy the user wants to use instead
+    with pytest.raises(SamplerkitError, match="`samplerkit models verify x-tiny --reset`"):
+        sk.load("x-tiny")
+    code, out, _ = _run(capsys, "models", "verify", "x-tiny")
+    assert code == 2 and out.split()[:2] == ["MISMATCH", "x-tiny"]
+    code, out, _ = _run(capsys, "models", "verify", "x-tiny", "--reset")
+    assert code == 0 and out.split()[:2] == ["PENDING", "x-tiny"]
+    sk.load("x-tiny")
+    assert zoo.get("x-tiny").expected_sha256() == hashlib.sha256(second).hexdigest()
+    code, out, err = _run(capsys, "models", "verify", "--reset")
+    assert code == 2 and "NAMES" in err
+
+
+def test_models_info_shows_an_untrusted_recorded_digest(registry, cache, capsys):
+    blob = _tiny_checkpoint()
+    (cache / "tiny.pt").write_bytes(blob)
+    _tiny_entry("https://example.invalid/tiny.pt")
+    download.write_record(cache / "tiny.pt", "https://example.invalid/tiny.pt", hashlib.sha256(blob).hexdigest())
+    code, out, _ = _run(capsys, "models", "info", "x-tiny")
+    line = next(s for s in out.splitlines() if s.startswith("sha256:"))
+    assert line == f"sha256:      {hashlib.sha256(blob).hexdigest()} (of the cached file; trusted once it loads)"
 
 
 def test_load_overrides_replace_entry_flags(registry, cache):
@@ -269,7 +328,7 @@ def test_models_verify_reports_ok_mismatch_and_missing(cache, capsys):
     for name in ("a.pt", "b.pt", "c.pt"):
         (cache / name).write_bytes(name.encode())
         digest = hashlib.sha256(name.encode()).hexdigest()
-        download.write_record(cache / name, f"https://example.invalid/{name}", digest)
+        download.write_record(cache / name, f"https://example.invalid/{name}", digest, trusted=True)
     (cache / "b.pt").write_bytes(b"corrupted")
     (cache / "c.pt").unlink()
     code, out, err = _run(capsys, "models", "verify")

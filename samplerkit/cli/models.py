@@ -43,7 +43,23 @@ def _as_dict(entry: zoo.ZooEntry) -> dict:
         d["size"] = _known_size(entry)
     d["sha256"] = entry.expected_sha256()
     d["sha256_published"] = entry.sha256 is not None or entry.family == "builtin"  # not from a download record
+    record = download.read_record(path) if path and entry.family != "builtin" else None
+    d["sha256_recorded"] = record["sha256"] if record else None  # trusted or not
+    d["sha256_trusted"] = bool(record and record["trusted"])
     return d
+
+
+def _sha256_line(d: dict) -> str:
+    """The digest `models info` shows, saying where it comes from."""
+    if d["sha256_published"] and d["sha256"]:
+        return d["sha256"]
+    if d["sha256_recorded"] and d["sha256_trusted"]:
+        return f"{d['sha256_recorded']} (recorded when the cached file first loaded)"
+    if d["sha256_recorded"]:
+        return f"{d['sha256_recorded']} (of the cached file; trusted once it loads)"
+    if d["cached"] and d["local_path"]:
+        return "not published; not recorded yet (`samplerkit models verify NAME` records it)"
+    return "not published; recorded when the downloaded file first loads"
 
 
 @click.group("models")
@@ -58,6 +74,7 @@ def command() -> None:
       samplerkit models info edm-cifar10-cond-vp
       samplerkit models download adm-imagenet64 iddpm-cifar10
       samplerkit models verify
+      samplerkit models verify adm-ip-cifar10 --reset   # forget a recorded digest
     """
 
 
@@ -96,7 +113,7 @@ def info(name: str) -> None:
         ("training", f"T={e.T}, {e.schedule} schedule" if e.T else f"continuous time, {e.schedule}"),
         ("recommended", _sampler(e.recommended)), ("flags", flags or "-"),
         ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"), ("size", _size(d["size"])),
-        ("sha256", (d["sha256"] or "unknown") + ("" if d["sha256_published"] or not d["sha256"] else " (recorded)")),
+        ("sha256", _sha256_line(d)),
         ("license", e.license), ("source", e.source), ("cache", d["local_path"] or "-"),
         ("cached", "yes" if d["cached"] else "no"), ("notes", e.notes or "-"),
     ]
@@ -119,18 +136,37 @@ def download_models(names: tuple[str, ...], no_progress: bool) -> None:
 
 @command.command("verify")
 @click.argument("names", nargs=-1)
-def verify(names: tuple[str, ...]) -> None:
-    """Re-hash cached files: OK, MISMATCH, MISSING (recorded but gone) or NEW (digest recorded now).
+@click.option("--reset", is_flag=True,
+              help="Forget the digest recorded for NAMES and record the cached file's own (trusted once it loads).")
+def verify(names: tuple[str, ...], reset: bool) -> None:
+    """Re-hash cached files: OK, MISMATCH, MISSING (recorded but gone) or PENDING (digest recorded
+    now, trusted once the file loads).
 
     With NAMES, check those entries (an entry not in the cache is MISSING); without, every
-    cached zoo file and every other file with a download record in the cache dir.
+    cached zoo file and every other file with a download record in the cache dir. A file whose
+    recorded digest is wrong -- e.g. recorded from a broken copy before it was replaced -- is
+    reset with `samplerkit models verify NAME --reset` (a published sha256 cannot be reset).
+
+    \b
+    Examples:
+      samplerkit models verify
+      samplerkit models verify adm-ip-cifar10 --reset
     """
+    if reset and not names:
+        raise SamplerkitError("--reset needs the NAMES of the models whose recorded digest to forget")
     cache = download.default_cache_dir()
     targets: dict = {}  # path -> (label, url, expected sha256 or None)
     for e in (zoo.get(n) for n in names) if names else zoo.entries():
         if e.family == "builtin":
+            if reset:
+                raise SamplerkitError(f"{e.name} is a built-in model; it has no recorded digest to reset")
             continue
         path = e.local_path()
+        if reset and e.sha256:
+            raise SamplerkitError(f"{e.name} has a published sha256, which cannot be reset; "
+                                  f"replace {path} with a good copy or delete it to download it again")
+        if reset:
+            download.forget(path)
         if names or path.is_file() or download.read_record(path):
             targets[path] = (e.name, e.urls[0], e.expected_sha256())
     if not names and cache.is_dir():
@@ -138,7 +174,7 @@ def verify(names: tuple[str, ...]) -> None:
             path = rec.with_name(rec.name[: -len(".json")])
             record = download.read_record(path)
             if record and path not in targets:
-                targets[path] = (path.name, record.get("url", ""), record["sha256"])
+                targets[path] = (path.name, record.get("url", ""), download.trusted_sha256(path))
     if not targets:
         click.echo(f"nothing cached in {cache}")
         return
@@ -149,10 +185,10 @@ def verify(names: tuple[str, ...]) -> None:
         else:
             actual = download.sha256_file(path)
             if expected is None:
-                download.write_record(path, url, actual)
-                status = "NEW"
+                download.write_record(path, url, actual, trusted=False)
+                status = "PENDING"
             elif actual == expected:
-                download.write_record(path, url, actual)
+                download.write_record(path, url, actual, trusted=True)
                 status = "OK"
             else:
                 status = "MISMATCH"
@@ -162,5 +198,6 @@ def verify(names: tuple[str, ...]) -> None:
     if bad:
         raise SamplerkitError(
             f"{len(bad)} of {len(targets)} cache file(s) failed: {', '.join(bad)}; "
-            "re-download with `samplerkit models download NAME`"
+            "re-download with `samplerkit models download NAME`, or if the cached copy is the good one, "
+            "forget the recorded digest with `samplerkit models verify NAME --reset`"
         )

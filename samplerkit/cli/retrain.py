@@ -16,7 +16,8 @@ Examples:
   samplerkit retrain --data builtin:shapes32 --out runs/y --preset tiny --regularizer y     # DDPM-y (Eq. 8)
   samplerkit retrain --data builtin:shapes32 --out runs/gp --regularizer gp --lambda-gp 1e-6 --loss simple
   torchrun --nproc_per_node 4 -m samplerkit retrain --data celeba64.zip --out runs/celeba --preset celeba64
-  samplerkit sample --model runs/ip/ema_0.9999_002000.pt --family adm   # flags from runs/ip/flags.json
+  samplerkit sample --model runs/ip/ema_0.999_002000.pt --family adm --sampler ancestral --steps 50 \
+      --variance learned --out samples-ip    # flags from runs/ip/flags.json, sampler from recommended.json
 """
 
 
@@ -24,12 +25,16 @@ Examples:
 @click.option("--data", required=True, help="Training images: folder, .zip, .npz or builtin:shapes32.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, log.csv).")
 @click.option("--preset", default="tiny", show_default=True,
-              help="cifar10, imagenet32, lsun-tower64, celeba64, ffhq128 (ddpm-ip Tab. 9) or tiny (CPU).")
+              help="cifar10, imagenet32, lsun-tower64, celeba64, ffhq128 (Ning et al. 2023, Tab. 9) or tiny "
+                   "(CPU; the recipe of the built-in models).")
 @click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE", help="guided-diffusion flag override; repeatable.")
 @click.option("--regularizer", type=click.Choice(["ip", "y", "gp", "wd", "none"]), default="ip", show_default=True)
 @click.option("--gamma", type=float, default=0.1, show_default=True, help="IP / DDPM-y perturbation strength.")
 @click.option("--lambda-gp", type=float, default=1e-6, show_default=True)
-@click.option("--lambda-wd", type=float, default=0.03, show_default=True)
+@click.option("--lambda-wd", type=float, default=0.03, show_default=True, help="Weight decay of --regularizer wd.")
+@click.option("--wd-form", type=click.Choice(["decoupled", "loss"]), default="decoupled", show_default=True,
+              help="--regularizer wd: AdamW's decoupled weight_decay = lambda_WD (as guided-diffusion), or "
+                   "lambda_WD ||theta||^2 added to the loss (Eq. 11 literally; dominates Adam's updates).")
 @click.option("--loss", type=click.Choice(["simple", "hybrid", "vlb"]), default="hybrid", show_default=True)
 @click.option("--schedule-sampler", type=click.Choice(["auto", "uniform", "loss-second-moment"]), default=None,
               help="Timestep sampler: uniform, or iDDPM Eq. 18 importance sampling [preset; auto = "
@@ -39,11 +44,14 @@ Examples:
 @click.option("--microbatch", type=int, default=0, help="Per-process microbatch for gradient accumulation (0 = off).")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate [preset].")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True,
-              help="AdamW's decoupled weight decay (the paper's WD baseline is --regularizer wd).")
-@click.option("--grad-clip", type=float, default=0.0, show_default=True,
-              help="Clip the global gradient norm to this value (0 = off).")
-@click.option("--warmup", type=int, default=0, help="Linear learning-rate warm-up steps.")
-@click.option("--ema-rate", default="0.9999", show_default=True, help="EMA rate(s), comma-separated.")
+              help="AdamW's decoupled weight decay with any regularizer (the paper's WD baseline is --regularizer wd).")
+@click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm to this value (0 = off) "
+              "[preset, else 0].")
+@click.option("--warmup", type=int, default=None, help="Linear learning-rate warm-up steps [preset, else 0].")
+@click.option("--ema-rate", default=None, help="EMA rate(s), comma-separated [preset, else 0.9999].")
+@click.option("--ema-warmup/--no-ema-warmup", default=None,
+              help="EMA rate min(rate, (1 + s) / (10 + s)) at step s, so short runs get a usable EMA "
+                   "[preset, else off].")
 @click.option("--save-interval", type=int, default=1000, show_default=True)
 @click.option("--log-interval", type=int, default=10, show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
@@ -53,28 +61,51 @@ Examples:
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True)
-def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, loss, schedule_sampler, iterations,
-            batch_size, microbatch, lr, weight_decay, grad_clip, warmup, ema_rate, save_interval, log_interval,
-            precision, resume, seed, flip, device, quiet):
-    """Train ADM with input perturbation (ADM-IP, Alg. 3) or an alternative regularizer."""
+def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, wd_form, loss, schedule_sampler,
+            iterations, batch_size, microbatch, lr, weight_decay, grad_clip, warmup, ema_rate, ema_warmup,
+            save_interval, log_interval, precision, resume, seed, flip, device, quiet):
+    """Train ADM with input perturbation (ADM-IP, Alg. 3 of Ning et al. 2023) or another regularizer.
+
+    Options marked [preset] take the preset's value unless given. At the end it prints the
+    command that samples the run's EMA weights with the sampler its training implies (also
+    written to OUT/recommended.json).
+    """
     from ..train import TrainConfig, train
     from ..train import preset as get_preset
 
     p = get_preset(preset)
+
+    def pick(value, key):
+        return value if value is not None else p.get(key, getattr(TrainConfig, key))
+
     try:
-        rates = tuple(float(r) for r in ema_rate.split(","))
+        rates = tuple(float(r) for r in ema_rate.split(",")) if ema_rate is not None else pick(None, "ema_rates")
     except ValueError:
         raise SamplerkitError(f"bad --ema-rate {ema_rate!r}; use e.g. 0.9999 or 0.9999,0.999") from None
     cfg = TrainConfig(
         data=data, out=out, flags={**p["flags"], **parse_flags(flags)}, loss=loss, regularizer=regularizer,
-        gamma=gamma, lambda_gp=lambda_gp, lambda_wd=lambda_wd,
-        schedule_sampler=schedule_sampler or p.get("schedule_sampler", "auto"),
-        iterations=iterations if iterations is not None else p["iterations"],
-        batch_size=batch_size if batch_size is not None else p["batch_size"], microbatch=microbatch,
-        lr=lr if lr is not None else p["lr"], weight_decay=weight_decay, grad_clip=grad_clip, warmup=warmup,
-        ema_rates=rates, save_interval=save_interval, log_interval=log_interval,
-        precision=precision or p.get("precision", "fp32"), seed=seed, flip=flip, device=device,
+        gamma=gamma, lambda_gp=lambda_gp, lambda_wd=lambda_wd, wd_form=wd_form,
+        schedule_sampler=pick(schedule_sampler, "schedule_sampler"), iterations=pick(iterations, "iterations"),
+        batch_size=pick(batch_size, "batch_size"), microbatch=microbatch, lr=pick(lr, "lr"),
+        weight_decay=weight_decay, grad_clip=pick(grad_clip, "grad_clip"), warmup=pick(warmup, "warmup"),
+        ema_rates=tuple(rates), ema_warmup=pick(ema_warmup, "ema_warmup"), save_interval=save_interval,
+        log_interval=log_interval, precision=pick(precision, "precision"), seed=seed, flip=flip, device=device,
     )
     trainer = train(cfg, resume=resume, progress=not quiet)
     if trainer.rank == 0 and not quiet:
         click.echo(f"trained to step {trainer.step}; checkpoints in {out}", err=True)
+        click.echo(f"sample it: {sample_command(out, trainer.step, cfg)}", err=True)
+
+
+def sample_command(out, step: int, cfg) -> str:
+    """The `samplerkit sample` command for the run's EMA weights (first rate) at ``step``, with the
+    sampler its training implies (``recommended.json``)."""
+    from pathlib import Path
+
+    from ..train import read_recommended
+
+    checkpoint = Path(out) / f"ema_{cfg.ema_rates[0]}_{step:06d}.pt"
+    rec = read_recommended(checkpoint)
+    knobs = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in rec.items() if k not in ("sampler", "steps"))
+    sampler = f" --sampler {rec['sampler']} --steps {rec['steps']}" if rec else ""
+    return f"samplerkit sample --model {checkpoint} --family adm{sampler}{' ' + knobs if knobs else ''}"

@@ -1,23 +1,31 @@
 """The training loop: ADM(-IP) on any image source, resumable, single- or multi-process.
 
-Recipe (ddpm-ip-icml2023.txt App. A.7): AdamW, EMA 0.9999, mixed precision with fp32 master
-weights, EMA and optimizer state. Determinism: the images, timesteps, eps, xi, flips and probes
-of global sample j at step s come from generators seeded with (seed, s, j) and an epoch
-permutation seeded with (seed, epoch), so a resumed run and a ``torchrun`` run with the same
-global batch reproduce a single uninterrupted process (dropout, if any, is seeded per step and
-rank, so runs with dropout > 0 match only at the same world size).
+Recipe (Ning et al. 2023, App. A.7): AdamW, EMA 0.9999, mixed precision with fp32 master
+weights, EMA and optimizer state. EMA warm-up (``ema_warmup``, on in the ``tiny`` preset): at step
+s the EMA rate is min(rate, (1 + s) / (10 + s)), the warm-up of Song et al. 2021 (score_sde's
+``ExponentialMovingAverage``) and Rombach et al. 2022 (latent-diffusion's ``LitEma``). The EMA at
+step S is then a polynomial average weighted towards the last ~10 % of the steps, holding
+10! (S + 1)! / (S + 10)! of the random initial weights (7e-24 at S = 2000), where a fixed rate keeps
+rate^S of them (0.9999^2000 = 82 %, 0.999^2000 = 14 %).
+
+Determinism: the images, timesteps, eps, xi, flips and probes of global sample j at step s
+come from generators seeded with (seed, s, j) and an epoch permutation seeded with (seed,
+epoch), so a resumed run and a ``torchrun`` run with the same global batch reproduce a single
+uninterrupted process (dropout, if any, is seeded per step and rank, so runs with dropout > 0
+match only at the same world size).
 
 Run folder (guided-diffusion's names)::
 
     model{step:06d}.pt  ema_{rate}_{step:06d}.pt  opt{step:06d}.pt   state dicts (torch.save)
     state{step:06d}.json   step, importance-sampler history, fp16 loss scale; written last
     settings.json  flags.json (kwargs for samplerkit.load)  log.csv
+    recommended.json   the sampler that follows from the training (see ``train.recommend``)
 
 Every file is written atomically; a checkpoint counts once all its files exist. ``log.csv`` gets
 a row every ``log_interval`` steps, appended before any checkpoint of that step is written, and
 ``--resume`` cuts it back to the checkpoint's step, so it reads as one uninterrupted run.
-Timesteps are uniform, or drawn from the importance sampler of iddpm.txt Eq. 18 (guided-
-diffusion's ``loss-second-moment``), which sees every sample's loss of a step after the step, so
+Timesteps are uniform, or drawn from the importance sampler of Nichol & Dhariwal 2021, Eq. 18
+(guided-diffusion's ``loss-second-moment``), which sees every sample's loss of a step after the step, so
 the draw does not depend on how the batch is split into microbatches or processes.
 """
 
@@ -42,6 +50,7 @@ from ..data import open_source, to_model_space
 from ..diffusion import Chain, alpha_bar_from_betas, betas_for
 from ..errors import SamplerkitError
 from .objective import ImportanceSampler, Objective
+from .recommend import RECOMMENDED_FILE, recommended_sampler
 
 DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule")
 SCHEDULE_SAMPLERS = ("auto", "uniform", "loss-second-moment")
@@ -59,14 +68,16 @@ class TrainConfig:
     gamma: float = 0.1
     lambda_gp: float = 1e-6
     lambda_wd: float = 0.03
+    wd_form: str = "decoupled"  # regularizer 'wd': AdamW weight_decay = lambda_wd, or the loss term of Eq. 11
     iterations: int = 1000
     batch_size: int = 16
     microbatch: int = 0  # 0 = the whole per-process batch at once
     lr: float = 1e-4
-    weight_decay: float = 0.0  # AdamW's decoupled decay (not Eq. 11's lambda_WD ||theta||^2, see ``regularizer``)
+    weight_decay: float = 0.0  # AdamW's decoupled decay for any regularizer (regularizer 'wd' uses lambda_wd)
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     warmup: int = 0
     ema_rates: tuple = (0.9999,)
+    ema_warmup: bool = False  # EMA rate min(rate, (1 + s) / (10 + s)) at step s
     schedule_sampler: str = "auto"  # uniform | loss-second-moment | auto (importance sampling for vlb only)
     save_interval: int = 1000
     log_interval: int = 10
@@ -86,14 +97,17 @@ class TrainConfig:
             raise SamplerkitError("EMA rates must lie in (0, 1)")
         if self.lr <= 0:
             raise SamplerkitError("--lr must be > 0")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise SamplerkitError("--weight-decay and --grad-clip must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.lambda_wd < 0:
+            raise SamplerkitError("--weight-decay, --lambda-wd and --grad-clip must be >= 0")
+        if self.regularizer == "wd" and self.wd_form == "decoupled" and self.weight_decay:
+            raise SamplerkitError("--regularizer wd already sets AdamW's weight decay to --lambda-wd; "
+                                  "drop --weight-decay (or use --wd-form loss)")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise SamplerkitError(f"unknown schedule sampler {self.schedule_sampler!r}; "
                                   f"use one of {', '.join(SCHEDULE_SAMPLERS)}")
 
     def importance_sampling(self) -> bool:
-        """Timesteps from iddpm.txt Eq. 18 (guided-diffusion's loss-second-moment) or uniform."""
+        """Timesteps from Nichol & Dhariwal 2021, Eq. 18 (guided-diffusion's loss-second-moment) or uniform."""
         return self.schedule_sampler == "loss-second-moment" or (self.schedule_sampler == "auto" and self.loss == "vlb")
 
 
@@ -180,15 +194,16 @@ class Trainer:
             arch.setdefault("num_classes", self.source.num_classes)
         if arch.pop("use_fp16", False) not in (False, "False", "false", 0):
             raise SamplerkitError("use_fp16 would make the weights fp16; for mixed precision with fp32 master "
-                                  "weights (ddpm-ip App. A.7) pass --precision fp16 instead")
+                                  "weights (Ning et al. 2023, App. A.7) pass --precision fp16 instead")
         self.arch = arch
         torch.manual_seed(cfg.seed)
         self.model = create_unet(**arch).to(self.device)
         self.chain = Chain.from_alpha_bar(alpha_bar_from_betas(betas_for(schedule, T)))
         self.objective = Objective(self.chain, cfg.loss, cfg.regularizer, cfg.gamma, cfg.lambda_gp, cfg.lambda_wd,
-                                   learn_sigma=bool(arch.get("learn_sigma", False)))
+                                   learn_sigma=bool(arch.get("learn_sigma", False)), wd_form=cfg.wd_form)
         self.sampler = ImportanceSampler(T) if cfg.importance_sampling() else None
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        decay = cfg.weight_decay + self.objective.optimizer_weight_decay()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=decay)
         self.emas = {rate: [p.detach().clone() for p in self.model.parameters()] for rate in cfg.ema_rates}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
@@ -215,6 +230,8 @@ class Trainer:
         distributed.barrier()  # every rank has looked before rank 0 writes
         if old is not None:
             defaults = {f.name: f.default for f in fields(TrainConfig)}  # a setting added later keeps its default
+            if old.get("regularizer") == "wd":
+                defaults["wd_form"] = "loss"  # the only form of 'wd' before wd_form existed
             same = lambda k: (json.dumps(old.get(k, defaults.get(k)), sort_keys=True)  # noqa: E731
                               == json.dumps(settings[k], sort_keys=True))
             diff = sorted(k for k in settings if k not in keep and not same(k))
@@ -222,13 +239,15 @@ class Trainer:
                 raise SamplerkitError(
                     f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
             if diff:
-                raise SamplerkitError(f"--resume with changed settings ({diff[0]}: {old.get(diff[0])!r} -> "
-                                      f"{settings[diff[0]]!r}); use the original settings or another --out")
+                key = diff[0]
+                raise SamplerkitError(f"--resume with changed settings ({key}: {old.get(key, defaults.get(key))!r} -> "
+                                      f"{settings[key]!r}); use the original settings or another --out")
         if self.rank == 0:
             output.atomic_json(path, settings)
             _, schedule, T = split_flags(self.cfg.flags)
             load_flags = {**self.arch, "diffusion_steps": T, "noise_schedule": schedule}
             output.atomic_json(self.run_dir / "flags.json", load_flags)
+            output.atomic_json(self.run_dir / RECOMMENDED_FILE, recommended_sampler(load_flags))
 
     def _resume(self) -> None:
         step = latest_checkpoint(self.run_dir, self.cfg.ema_rates)
@@ -346,8 +365,9 @@ class Trainer:
         self.scaler.update()
         with torch.no_grad():
             for rate, params in self.emas.items():
+                r = self.ema_rate(rate, step)
                 for e, p in zip(params, self.model.parameters(), strict=True):
-                    e.mul_(rate).add_(p.detach(), alpha=1 - rate)
+                    e.mul_(r).add_(p.detach(), alpha=1 - r)
         rec = torch.cat(records)
         if self.world > 1:
             gathered = [torch.zeros_like(rec) for _ in range(self.world)]
@@ -391,6 +411,10 @@ class Trainer:
         finally:
             bar.close()
         return self.log_rows
+
+    def ema_rate(self, rate: float, step: int) -> float:
+        """The EMA rate used at ``step`` (1-based): ``rate``, or min(rate, (1 + s) / (10 + s)) with warm-up."""
+        return min(rate, (1 + step) / (10 + step)) if self.cfg.ema_warmup else rate
 
     def ema_model(self, rate: float | None = None) -> torch.nn.Module:
         """A copy of the network holding the EMA parameters of ``rate`` (default: the first)."""

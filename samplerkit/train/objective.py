@@ -1,15 +1,25 @@
 """Training objectives of iDDPM and the regularizers of the input-perturbation paper.
 
-Losses (iddpm.txt Sec. 3): ``simple`` -- L_simple = ||eps - eps_theta||^2; ``hybrid`` --
+Losses (Nichol & Dhariwal 2021, Sec. 3): ``simple`` -- L_simple = ||eps - eps_theta||^2; ``hybrid`` --
 L_simple + lambda L_vlb with lambda = 0.001 and the mean frozen inside L_vlb (Eq. 16, Sec. 3.1);
 ``vlb`` -- L_vlb alone (use it with :class:`ImportanceSampler`, Eq. 18). As in guided-diffusion,
 the per-sample L_vlb estimate is T * L_t, so lambda L_vlb = (T / 1000) L_t.
 
-Regularizers (ddpm-ip-icml2023.txt): ``ip`` -- the network sees y_t = sqrt(abar) x0 +
+Regularizers (Ning et al. 2023): ``ip`` -- the network sees y_t = sqrt(abar) x0 +
 sqrt(1 - abar)(eps + gamma xi) and regresses eps (Eq. 6, Alg. 3); ``y`` -- DDPM-y, input
 sqrt(abar) x0 + sqrt(1 - abar) sqrt(1 + gamma^2) eps' and target eps' (Eq. 8); ``gp`` --
-lambda_GP ||d eps_theta / dx||_F^2 (Eq. 10); ``wd`` -- lambda_WD ||theta||^2 (Eq. 11); ``none``.
-All noise is passed in, so every function here is deterministic.
+lambda_GP ||d eps_theta / dx||_F^2 (Eq. 10); ``wd`` -- weight decay (Eq. 11), in one of two
+forms (``wd_form``):
+
+* ``decoupled`` (default): AdamW's decoupled decay theta <- theta - lr lambda_WD theta, i.e.
+  lambda_WD is passed to the optimizer as ``weight_decay`` and nothing is added to the loss.
+  This is how guided-diffusion, on which the IP code runs, exposes weight decay; with
+  lambda_WD = 0.03 it is a gentle pull towards 0.
+* ``loss``: Eq. 11 taken literally, lambda_WD ||theta||^2 added to the loss. Under Adam this
+  term is normalised like every other gradient; with lambda_WD = 0.03 it is ~1e4 times
+  L_simple for the CIFAR-10 network and dominates every update.
+
+``none``: plain training. All noise is passed in, so every function here is deterministic.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from ..errors import SamplerkitError
 
 LOSSES = ("simple", "hybrid", "vlb")
 REGULARIZERS = ("none", "ip", "y", "gp", "wd")
+WD_FORMS = ("decoupled", "loss")
 
 
 def _per_sample(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +88,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 def vlb_term(chain: Chain, x0, x_t, t, eps, v) -> torch.Tensor:
     """L_t per sample in bits/dim: KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t)) for t > 0 and
-    the decoder's -log p(x0 | x_1) at t = 0 (iddpm.txt Eqs. 4-6), with the model's mean from eps
-    and its variance from v (Eq. 15)."""
+    the decoder's -log p(x0 | x_1) at t = 0 (Nichol & Dhariwal 2021, Eqs. 4-6), with the model's
+    mean from eps and its variance from v (Eq. 15)."""
     ab = _per_sample(chain.alpha_bar[t], x_t)
     x0_hat = predict_x0_from_eps(x_t, ab, eps)  # not clipped, as guided-diffusion's vb terms
     c1, c2 = _per_sample(chain.posterior_mean_coef1[t], x_t), _per_sample(chain.posterior_mean_coef2[t], x_t)
@@ -112,12 +123,15 @@ class Objective:
     lambda_gp: float = 1e-6
     lambda_wd: float = 0.03
     learn_sigma: bool = True
+    wd_form: str = "decoupled"  # how 'wd' applies lambda_wd: AdamW's weight_decay, or a loss term (Eq. 11)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise SamplerkitError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
         if self.regularizer not in REGULARIZERS:
             raise SamplerkitError(f"unknown regularizer {self.regularizer!r}; use one of {', '.join(REGULARIZERS)}")
+        if self.wd_form not in WD_FORMS:
+            raise SamplerkitError(f"unknown weight-decay form {self.wd_form!r}; use one of {', '.join(WD_FORMS)}")
         if self.loss != "simple" and not self.learn_sigma:
             raise SamplerkitError(f"loss {self.loss!r} needs a network with learned variance (learn_sigma=True)")
         g = torch.as_tensor(self.gamma, dtype=torch.float64)
@@ -168,17 +182,22 @@ class Objective:
         return terms
 
     def weight_decay(self, params) -> torch.Tensor:
-        """lambda_WD ||theta||^2 (Eq. 11) when the regularizer is 'wd', else 0."""
-        if self.regularizer != "wd":
+        """The loss term lambda_WD ||theta||^2 (Eq. 11) for regularizer 'wd' in the 'loss' form, else 0."""
+        if self.regularizer != "wd" or self.wd_form != "loss":
             return torch.zeros(())
         return self.lambda_wd * sum(p.pow(2).sum() for p in params)
+
+    def optimizer_weight_decay(self) -> float:
+        """AdamW's decoupled ``weight_decay`` that the objective asks for: lambda_WD for regularizer
+        'wd' in the 'decoupled' form, else 0."""
+        return self.lambda_wd if self.regularizer == "wd" and self.wd_form == "decoupled" else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 class ImportanceSampler:
-    """Timestep sampler of iddpm.txt Eq. 18: p_t proportional to sqrt(E[L_t^2]) over the last
+    """Timestep sampler of Nichol & Dhariwal 2021, Eq. 18: p_t proportional to sqrt(E[L_t^2]) over the last
     ``history`` values per t, mixed with ``uniform_prob`` of the uniform distribution; uniform
     until every t has a full history. Sampling is inverse-CDF on given uniforms u in [0, 1)."""
 

@@ -1,10 +1,19 @@
-"""Training presets: the IP paper's Tab. 9 (ADM and ADM-IP share them) and a CPU-sized ``tiny``.
+"""Training presets: Tab. 9 of Ning et al. 2023 (ADM and ADM-IP share them) and the CPU-sized ``tiny``.
 
 Each preset holds guided-diffusion flags (architecture + diffusion) and loop settings; every
 flag can be overridden with ``--flag KEY=VALUE``. Tab. 9 does not name the timestep sampler;
 the released ADM-IP training commands use guided-diffusion's ``loss-second-moment`` sampler
-(iddpm.txt Eq. 18 applied to the hybrid loss) with ``rescale_learned_sigmas`` (lambda L_vlb =
-(T / 1000) L_t, T = 1000 here), so the Tab. 9 presets do too.
+(Nichol & Dhariwal 2021, Eq. 18 applied to the hybrid loss) with ``rescale_learned_sigmas``
+(lambda L_vlb = (T / 1000) L_t, T = 1000 here), so the Tab. 9 presets do too; they keep
+guided-diffusion's loop (EMA 0.9999, no warm-up, no clipping).
+
+``tiny`` is the recipe of the built-in models shapes32-adm / shapes32-adm-ip
+(``benchmarks/shapes32_recipe.sh``, settings in ``benchmarks/results/shapes32-*-settings.json``):
+lr 5e-4 with 500 warm-up steps, gradient norm clipped to 1, EMA 0.999, batch 16, plus EMA
+warm-up (rate min(0.999, (1 + s) / (10 + s)) at step s, see :mod:`.loop`) so that a run
+shorter than the recipe's 12,000 steps still gets a usable EMA. The built-in models were
+trained without EMA warm-up (their recipe passes ``--no-ema-warmup``); sample a tiny run's
+``ema_0.999_<last step>.pt``.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ _ADM = dict(learn_sigma=True, noise_schedule="cosine", diffusion_steps=1000, res
 # App. A.7: 16-bit mixed precision with loss scaling, fp32 weights / EMA / optimizer state
 _LOOP = {"schedule_sampler": "loss-second-moment", "precision": "fp16"}
 
-# ddpm-ip-icml2023.txt Tab. 9: CIFAR-10 and ImageNet 32 share one network, LSUN tower and CelebA 64 another
+# Ning et al. 2023, Tab. 9: CIFAR-10 and ImageNet 32 share one network, LSUN tower and CelebA 64 another
 _NET_32 = dict(_ADM, image_size=32, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
                num_head_channels=32, attention_resolutions="16,8", dropout=0.3)
 _NET_64 = dict(_ADM, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="1,2,3,4",
@@ -36,15 +45,17 @@ PRESETS: dict[str, dict] = {
     "lsun-tower64": _paper(_NET_64, 256, 340_000),
     "celeba64": _paper(_NET_64, 256, 540_000),
     "ffhq128": _paper(_NET_128, 128, 480_000),
-    # CPU-sized: a few iterations per second on 2 cores at batch 16
+    # CPU-sized: a few iterations per second on 2 cores at batch 16; the built-in models' recipe
     "tiny": {"flags": dict(_ADM, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
                            num_head_channels=16, attention_resolutions="8", dropout=0.0),
-             "batch_size": 16, "iterations": 2000, "lr": 2e-4},
+             "batch_size": 16, "iterations": 2000, "lr": 5e-4, "warmup": 500, "grad_clip": 1.0,
+             "ema_rates": (0.999,), "ema_warmup": True},
 }
 
 
 def preset(name: str) -> dict:
-    """A copy of preset ``name``: {"flags": {...}, "batch_size", "iterations", "lr", ...}."""
+    """A copy of preset ``name``: {"flags": {...}, "batch_size", "iterations", "lr", ...}; loop settings it
+    leaves out take :class:`~samplerkit.train.TrainConfig`'s defaults."""
     if name not in PRESETS:
         raise SamplerkitError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[name]
