@@ -365,9 +365,10 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise SamplerkitError(f"checkpoint not found: {path}") from None
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = " ".join(str(err).split())
+        reason = text.split(". ")[0].rstrip(".") if text else type(err).__name__  # its first whole sentence
         raise SamplerkitError(
-            f"{path.name} is not a readable PyTorch state dict ({reason[:160]}); "
+            f"{path.name} is not a readable PyTorch state dict ({reason}); "
             "pass the model*.pt / ema_*.pt file the upstream training saved"
         ) from None
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

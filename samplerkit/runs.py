@@ -74,9 +74,14 @@ def load_model(model: str, family: str | None, flags: dict, preset: str | None, 
 
 
 def recommended(name: str | None) -> dict:
-    """The zoo's recommended sampler settings of model ``name`` ({} for a file or an unknown name)."""
+    """The recommended sampler settings of model ``name``: the zoo's for a zoo name, those its
+    training run wrote (``recommended.json``) for a checkpoint file; {} when there are none."""
     from . import zoo
 
+    if name and Path(name).is_file():
+        from .train.recommend import read_recommended
+
+        return read_recommended(name)
     try:
         return dict(zoo.get(name).recommended) if name else {}
     except SamplerkitError:
