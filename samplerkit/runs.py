@@ -201,7 +201,8 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         todo = [seed for seed in mine if not _done(out, seed, s.fmt)]
         bar = _progress(len(mine), len(mine) - len(todo), s.quiet or rank != 0 or not todo,
                         f"rank 0 of {world}" if world > 1 else "sampling")
-        guard.on_call = lambda batch: bar.update(batch / prepared.nfe)  # progress within a batch, per evaluation
+        # progress within a batch, per network evaluation (clamped: the float steps may round past the total)
+        guard.on_call = lambda batch: bar.update(max(0.0, min(batch / prepared.nfe, bar.total - bar.n)))
         t_gen = time.perf_counter()
         made = 0
         try:

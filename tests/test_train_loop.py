@@ -319,8 +319,7 @@ def test_retrain_takes_the_preset_loop_settings_and_says_what_to_sample(tmp_path
     assert json.loads((out / "recommended.json").read_text()) == {"sampler": "ancestral", "steps": 50,
                                                                   "variance": "learned"}
     err = capsys.readouterr().err
-    assert (f"sample it: samplerkit sample --model {out / 'ema_0.999_000001.pt'} --family adm --sampler ancestral "
-            "--steps 50 --variance learned") in err.splitlines()
+    assert f"sample it: samplerkit sample --model {out / 'ema_0.999_000001.pt'}" in err.splitlines()
 
 
 def test_recommended_sampler_follows_the_training(toy_data, tmp_path):

@@ -16,8 +16,7 @@ Examples:
   samplerkit retrain --data builtin:shapes32 --out runs/y --preset tiny --regularizer y     # DDPM-y (Eq. 8)
   samplerkit retrain --data builtin:shapes32 --out runs/gp --regularizer gp --lambda-gp 1e-6 --loss simple
   torchrun --nproc_per_node 4 -m samplerkit retrain --data celeba64.zip --out runs/celeba --preset celeba64
-  samplerkit sample --model runs/ip/ema_0.999_002000.pt --family adm --sampler ancestral --steps 50 \
-      --variance learned --out samples-ip    # flags from runs/ip/flags.json, sampler from recommended.json
+  samplerkit sample --model runs/ip/ema_0.999_002000.pt --out samples-ip   # flags.json + recommended.json
 """
 
 
@@ -98,14 +97,9 @@ def command(data, out, preset, flags, regularizer, gamma, lambda_gp, lambda_wd, 
 
 
 def sample_command(out, step: int, cfg) -> str:
-    """The `samplerkit sample` command for the run's EMA weights (first rate) at ``step``, with the
-    sampler its training implies (``recommended.json``)."""
+    """The `samplerkit sample` command for the run's EMA weights (first rate) at ``step``; it needs
+    no flags: the architecture comes from the run's flags.json and the sampler its training implies
+    from recommended.json."""
     from pathlib import Path
 
-    from ..train import read_recommended
-
-    checkpoint = Path(out) / f"ema_{cfg.ema_rates[0]}_{step:06d}.pt"
-    rec = read_recommended(checkpoint)
-    knobs = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in rec.items() if k not in ("sampler", "steps"))
-    sampler = f" --sampler {rec['sampler']} --steps {rec['steps']}" if rec else ""
-    return f"samplerkit sample --model {checkpoint} --family adm{sampler}{' ' + knobs if knobs else ''}"
+    return f"samplerkit sample --model {Path(out) / f'ema_{cfg.ema_rates[0]}_{step:06d}.pt'}"
