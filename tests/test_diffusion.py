@@ -1,4 +1,4 @@
-"""The diffusion formulas against their paper definitions (iddpm.txt Eqs. 10-12, 15, 17, 19)."""
+"""The diffusion formulas against their paper definitions (Nichol & Dhariwal 2021, Eqs. 10-12, 15, 17, 19)."""
 
 import math
 

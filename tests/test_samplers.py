@@ -142,7 +142,7 @@ def _gaussian_eps_model(T=50, learned=False):
 
 
 def test_ancestral_full_chain_is_ddpm_algorithm_2():
-    """respace(T, 'T') reproduces DDPM Alg. 2 (ddpm-ip) step by step with sigma_t^2 = beta_t."""
+    """respace(T, 'T') reproduces DDPM (Ho et al. 2020, Alg. 2) step by step with sigma_t^2 = beta_t."""
     net, ab = _gaussian_eps_model()
     T = ab.numel()
     betas = 1 - ab / torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
