@@ -4,7 +4,7 @@ Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.
 samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
 """
 
-from . import diffusion, samplers, schedules
+from . import diffusion, remedies, samplers, schedules
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError
 from .loading import load
@@ -18,6 +18,7 @@ __all__ = [
     "SamplerkitError",
     "diffusion",
     "load",
+    "remedies",
     "samplers",
     "save_images",
     "schedules",

@@ -73,13 +73,22 @@ def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=Non
     return schedules.iddpm(steps, net=net, sigma_min=lo, sigma_max=hi)
 
 
-def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
+def make_sampler(net, sampler: str, steps: int, *, eps_scaler=None, eps_scaler_slope=None, time_shift=None,
+                 ts_window=None, ts_cutoff=None, ts_mode=None, **options) -> PreparedSampler:
     """Resolve ``sampler`` with ``steps`` and its options into a runnable :class:`PreparedSampler`.
 
     Unknown options for the chosen sampler are an error. For ``ddim``/``ancestral`` on a
     discrete-time model the chain is ``respace(T, respacing or str(steps))``; on a continuous
     model it is the sigma grid of ``disc``.
+
+    Exposure-bias remedies (:mod:`samplerkit.remedies`): ``eps_scaler`` b and ``eps_scaler_slope``
+    k wrap the denoiser in Epsilon Scaling, lambda = b + k t with t the step index on this run's
+    grid (Ning et al. 2024 (ES)); ``time_shift`` (True or a :class:`~samplerkit.remedies.TimeShift`)
+    with ``ts_window``/``ts_cutoff``/``ts_mode`` is the Time-Shift sampler of ddim/ancestral
+    (Li et al. 2024 (TS)). The settings record them when given.
     """
+    from . import remedies
+
     row = samplers.info(sampler)
     schedules._check_steps(steps)
     defaults = sampler_options(sampler)
@@ -114,12 +123,54 @@ def make_sampler(net, sampler: str, steps: int, **options) -> PreparedSampler:
 
     fn = row.fn
     kwargs = {k: v for k, v in opts.items() if k in row.knobs}
+    remedy_settings = {}
+    ts = _time_shift(time_shift, ts_window, ts_cutoff, ts_mode)
+    if ts is not None:
+        if row.grid != "chain":
+            raise SamplerkitError(f"time_shift applies to the samplers on a discrete chain (ddim, ancestral), "
+                                  f"not {sampler}")
+        ts.bind(net, samplers.chain_alpha_bar(net, grid), sampler)  # fails before the run
+        kwargs["time_shift"] = ts
+        remedy_settings.update(ts.settings())
+    if eps_scaler is not None or eps_scaler_slope is not None:
+        b, k = _eps_scaler(eps_scaler), float(eps_scaler_slope or 0.0)
+        net = remedies.eps_scaling(net, b, k, steps=grid if k else None)
+        remedy_settings.update(eps_scaler=b, eps_scaler_slope=k)
     if row.stochastic:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, randn_like=randn_like, **kwargs)  # noqa: E731
     else:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
-    settings = {"sampler": sampler, "steps": steps, **opts}
+    settings = {"sampler": sampler, "steps": steps, **opts, **remedy_settings}
     return PreparedSampler(sampler, steps, row.nfe(steps), settings, run)
+
+
+def _eps_scaler(value) -> float:
+    """One eps_scaler b from a number or its text (a comma list is a sweep axis, not one run)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, str) and "," in value:
+        raise SamplerkitError(f"eps_scaler takes one value here, got {value!r}; a list is a sweep axis "
+                              "(samplerkit sweep --eps-scaler 1.0,1.002,1.005)")
+    try:
+        return float(value)
+    except ValueError:
+        raise SamplerkitError(f"bad eps_scaler {value!r}; use a number like 1.005") from None
+
+
+def _time_shift(time_shift, window, cutoff, mode):
+    """The TimeShift a run uses (None: off); window/cutoff/mode without time_shift are an error."""
+    from .remedies import TimeShift
+
+    if isinstance(time_shift, TimeShift):
+        return time_shift
+    if not time_shift:
+        given = [n for n, v in (("ts_window", window), ("ts_cutoff", cutoff), ("ts_mode", mode)) if v is not None]
+        if given:
+            raise SamplerkitError(f"{', '.join(given)} need(s) time_shift; add --time-shift")
+        return None
+    defaults = TimeShift()
+    return TimeShift(defaults.window if window is None else window, defaults.cutoff if cutoff is None else cutoff,
+                     mode or defaults.mode)
 
 
 def resolve_labels(net, class_labels, n: int) -> str | int | list[int] | None:

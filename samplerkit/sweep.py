@@ -59,6 +59,37 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
             raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
+REMEDY_OPTIONS = ("eps_scaler_slope", "time_shift", "ts_window", "ts_cutoff", "ts_mode")
+_TS_OPTIONS = ("time_shift", "ts_window", "ts_cutoff", "ts_mode")
+
+
+def parse_eps_scalers(text) -> list[float] | None:
+    """'1.0,1.002,1.005' -> [1.0, 1.002, 1.005], the sweep's Epsilon Scaling axis (None: no ES)."""
+    if text is None:
+        return None
+    values = text if isinstance(text, list | tuple) else str(text).split(",")
+    try:
+        out = list(dict.fromkeys(float(v) for v in values if str(v).strip()))
+    except ValueError:
+        raise SamplerkitError(f"bad eps_scaler list {text!r}; use numbers like 1.0,1.002,1.005") from None
+    if not out:
+        raise SamplerkitError("the eps_scaler list is empty; use numbers like 1.0,1.002,1.005")
+    return out
+
+
+def remedies_for(sampler: str, eps_scaler: float | None, remedies: dict | None) -> dict:
+    """The remedy options of one cell: Epsilon Scaling for every sampler, the time shift for the
+    samplers on a discrete chain only (ddim, ancestral)."""
+    remedies = {k: v for k, v in (remedies or {}).items() if v is not None and v is not False}
+    chain = samplers_table.info(sampler).grid == "chain"
+    out = {k: v for k, v in remedies.items() if k not in _TS_OPTIONS or chain}
+    if eps_scaler is not None:
+        out["eps_scaler"] = eps_scaler
+    elif "eps_scaler_slope" in out:
+        out["eps_scaler"] = 1.0
+    return out
+
+
 def results_csv(path: str | Path) -> ResultsCSV:
     """The sweep's CSV at ``path``: one row per (model, sampler, steps, settings, images, reference)."""
     return ResultsCSV(path, CSV_COLUMNS, KEY_COLUMNS, "a sweep")
@@ -86,6 +117,8 @@ def run(
     sha256: str = "",
     metrics: Sequence[str] = ("fid",),
     options: dict | None = None,
+    eps_scalers: Sequence[float] | None = None,
+    remedies: dict | None = None,
     batch_size: int = 64,
     class_labels=None,
     device="cpu",
@@ -97,12 +130,18 @@ def run(
     ``features``: an :class:`samplerkit.metrics.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
     compare against. ``options``: sampler knobs the user set (each goes to the samplers that
-    take it, see :func:`samplerkit.generate.sampler_options`).
+    take it, see :func:`samplerkit.generate.sampler_options`). ``eps_scalers``: Epsilon Scaling
+    values b (Ning et al. 2024 (ES)), one more axis of cells (each row records its b);
+    ``remedies``: ``eps_scaler_slope`` and the time-shift options of
+    :func:`samplerkit.generate.make_sampler` (the time shift goes to ddim/ancestral only).
     """
     from tqdm import tqdm
 
     metrics = parse_metrics(metrics)
     check_options(samplers, options)
+    if any(v not in (None, False) for k, v in (remedies or {}).items() if k in _TS_OPTIONS) and not any(
+            samplers_table.info(s).grid == "chain" for s in samplers):
+        raise SamplerkitError("--time-shift applies to ddim and ancestral; none of the chosen samplers is one")
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2:
         raise SamplerkitError(f"a sweep needs at least 2 images per cell, got {len(seeds)}")
@@ -111,13 +150,17 @@ def run(
     ref_id = reference.fingerprint()
     cells = []
     for name in samplers:
-        for n_steps in steps:
-            prepared = make_sampler(net, name, int(n_steps), **options_for(name, options))
-            settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
-            row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps), "nfe": prepared.nfe,
-                   "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
-                   "settings": json.dumps(settings, sort_keys=True)}
-            cells.append((prepared, row))
+        for b in eps_scalers or [None]:
+            for n_steps in steps:
+                prepared = make_sampler(net, name, int(n_steps), **options_for(name, options),
+                                        **remedies_for(name, b, remedies))
+                settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
+                row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps),
+                       "nfe": prepared.nfe, "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
+                       "settings": json.dumps(settings, sort_keys=True),
+                       "eps_scaler": settings.get("eps_scaler", ""),
+                       "time_shift": int(bool(settings.get("time_shift")))}
+                cells.append((prepared, row))
 
     table = results_csv(csv_path)
     rows = table.read()
@@ -161,10 +204,25 @@ def frame(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)):
 
     cols = ["sampler", "steps", "nfe", *[c for m in parse_metrics(metrics) for c in _METRIC_COLUMNS[m]],
             "n_images", "seconds", "images_per_s"]
-    df = pd.DataFrame([{c: r.get(c, "") for c in cols} for r in rows], columns=cols)
+    if any(str(r.get("eps_scaler", "")) != "" or str(r.get("time_shift", "")) in ("1", "True") for r in rows):
+        cols.insert(1, "remedy")
+    df = pd.DataFrame([{c: (_line_label(r)[len(str(r["sampler"])):].strip() if c == "remedy" else r.get(c, ""))
+                        for c in cols} for r in rows], columns=cols)
     for c in cols[1:]:
+        if c == "remedy":
+            continue
         df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
+
+
+def _line_label(row: dict) -> str:
+    """One line per sampler, per Epsilon Scaling value and with/without time shift."""
+    label = str(row["sampler"])
+    if str(row.get("eps_scaler", "")) != "":
+        label += f" ES {float(row['eps_scaler']):g}"
+    if str(row.get("time_shift", "")) in ("1", "True"):
+        label += " TS"
+    return label
 
 
 def table(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)) -> str:
@@ -176,8 +234,9 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = ""):
     """FID vs NFE on a log-x axis, one line per sampler (Karras et al. 2022 (EDM), Fig. 2), ticks
     at the measured NFE values that fit without overlapping. Returns the saved figure."""
     df = frame(rows)
+    df["line"] = [_line_label(r) for r in rows]
     fig, ax = plots.figure(figsize=(5.5, 4))
-    for name, group in df.groupby("sampler", sort=False):
+    for name, group in df.groupby("line", sort=False):
         group = group.sort_values("nfe")
         ax.plot(group["nfe"], group["fid"], marker="o", label=name)
     ax.set_xscale("log")

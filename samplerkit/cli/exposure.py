@@ -9,7 +9,7 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ._options import load_model, model_sha256
+from ._options import load_model, model_sha256, remedy_options, with_flag_names
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -65,6 +65,31 @@ def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
     return x0, torch.as_tensor(lab, dtype=torch.int64)
 
 
+def _with_remedies(specs, settings, remedies: dict) -> list[exposure.ModelSpec]:
+    """Every model as given, each followed by its remedied variants: '<name>+ES<b>' (Epsilon
+    Scaling, Ning et al. 2024) and '<name>+TS<w>/<c>' (time shift, Li et al. 2024), so that the
+    delta table pairs them with the first model on the same images and noise."""
+    from ..generate import _eps_scaler, _time_shift
+    from ..remedies import eps_scaling
+
+    es = remedies.get("eps_scaler") is not None or remedies.get("eps_scaler_slope") is not None
+    b, k = _eps_scaler(remedies.get("eps_scaler")), float(remedies.get("eps_scaler_slope") or 0.0)
+    ts = _time_shift(remedies.get("time_shift"), remedies.get("ts_window"), remedies.get("ts_cutoff"),
+                     remedies.get("ts_mode"))
+    out = []
+    for spec in specs:
+        out.append(spec)
+        chain = settings.chain(spec.net)
+        if es:
+            net = eps_scaling(spec.net, b, k, steps=exposure.chain_sigmas(chain.alpha_bar) if k else None)
+            out.append(exposure.ModelSpec(f"{spec.name}+ES{b:g}" + (f"{k:+g}t" if k else ""), net, spec.sha256))
+        if ts is not None:
+            ts.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
+            tag = f"+TS{ts.window}/{ts.cutoff}" + ("ref" if ts.mode == "reference" else "")
+            out.append(exposure.ModelSpec(spec.name + tag, spec.net, spec.sha256, time_shift=ts))
+    return out
+
+
 def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
     modes = tuple(dict.fromkeys(m.strip() for v in values for m in v.split(",") if m.strip()))
     return modes or ("delta",)
@@ -87,6 +112,12 @@ def _fid_reference(path: str | None):
         raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
 
 
+def _remedies(fn):
+    for opt in reversed(remedy_options()):
+        fn = opt(fn)
+    return fn
+
+
 @click.command(name="exposure-bias", context_settings={"max_content_width": 100},
                short_help="Exposure bias as Ning et al. 2023 measure it: delta_t, FID of x0_hat, nu_t, normality.")
 @click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
@@ -105,7 +136,7 @@ def _fid_reference(path: str | None):
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every eps and sampler noise.")
 @click.option("--mode", "modes", multiple=True, default=("delta",), show_default=True,
-              help="delta | fid | nu | normality; repeatable or comma-separated.")
+              help="delta | fid | nu | normality | eps-norm; repeatable or comma-separated.")
 @click.option("--respacing", default=None,
               help="Measure on a respaced chain (Nichol & Dhariwal 2021, Sec. 4): 'K', 'ddimK' or '10,15,20'; "
                    "--t then counts its steps, and rows say so (--respacing 100 --t 60: 't = 596 of T = 1000 "
@@ -133,10 +164,17 @@ def _fid_reference(path: str | None):
 @click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
+@_remedies
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
-            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, quiet):
+            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, quiet,
+            **remedies):
     """Measure exposure bias as Ning et al. 2023 do: delta_t of Alg. 4 / Tab. 6, the FID variant of
     Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
+
+    --mode eps-norm: ||eps_hat||_2 along a sampling chain vs along the forward chain at the same t
+    (Ning et al. 2024, Fig. 6), with the eps_scaler their ratio suggests (a suggestion). With
+    --eps-scaler / --time-shift every model is also measured with Epsilon Scaling / the time shift
+    (rows '<model>+ES<b>', '<model>+TS<w>/<c>'), paired with the first model.
 
     Discrete eps-models run on their own full T-step chain; other models on the reference schedule
     (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
@@ -149,6 +187,9 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
       samplerkit exposure-bias --model adm.pt --model adm-ip.pt --family adm --preset adm-cifar10 \\
           --data cifar10-train.zip --t 100,300,600,1000 --csv eb.csv --plot eb.png --pairs pairs/
       samplerkit exposure-bias --mode nu,normality --stride 10 --num-images 256 --plot nu.png
+      samplerkit exposure-bias --mode delta --respacing 100 --t 20,60,100 --eps-scaler 1.005 --time-shift \\
+          --ts-window 40 --ts-cutoff 200 --csv eb.csv --plot eb.png
+      samplerkit exposure-bias --mode eps-norm --respacing 50 --stride 5 --csv eps.csv --plot eps.png
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     if num_images < 1:
@@ -158,6 +199,10 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
                                  clip_denoised=clip_denoised, variance=variance,
                                  data=data + (";noresize" if no_resize else ""))
     specs = _load_models(models, family, flags, preset, device)
+    try:
+        specs = _with_remedies(specs, settings, remedies)
+    except SamplerkitError as e:
+        raise SamplerkitError(with_flag_names(str(e))) from e
     exposure.plan(specs, num_images, settings)  # bad t values fail before any data is read
     x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
     features = real = None
@@ -172,6 +217,8 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
             click.echo(text)
     for name, summary in report.nu.items():
         click.echo(exposure.nu_text(name, summary))
+    for name, summary in report.eps_norm.items():
+        click.echo(exposure.eps_norm_text(name, summary))
     if plot_path:
         for mode in settings.modes:
             path = exposure.companion_path(plot_path, mode, settings.modes[0])

@@ -120,6 +120,8 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
           --ref builtin:shapes32 --ref-images 2048 --csv sweep.csv --plot sweep.png --table
       samplerkit sweep --model edm-cifar10-cond-vp --sampler heun,euler,ddim --steps 5,10,18,32,64 \\
           --num-images 50000 --ref cifar10-32x32.npz --csv cifar.csv --plot cifar.png
+      samplerkit sweep --sampler ancestral --steps 20,100 --eps-scaler 1.0,1.002,1.005,1.01 \\
+          --num-images 1000 --ref builtin:shapes32 --csv es.csv --plot es.png   # Epsilon Scaling axis
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     wanted = metrics_lib.parse_metrics(metrics)
@@ -127,6 +129,8 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if samplers is None:  # the model's recommended sampler and its settings, as `samplerkit sample` picks them
         rec_sampler, _, options = resolve_sampler(model, None, None, options)
         samplers = rec_sampler
+    eps_scalers = sweep_lib.parse_eps_scalers(options.pop("eps_scaler", None))  # Epsilon Scaling: one more axis
+    remedies = {k: options.pop(k) for k in sweep_lib.REMEDY_OPTIONS if k in options}
     names = _names(samplers, "--sampler")
     step_list = _steps(steps)
     seed_list = _seeds(seeds, num_images)
@@ -147,7 +151,8 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
 
     rows = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file, model=model,
-                         sha256=model_sha256(model), metrics=wanted, options=options, batch_size=batch, device=device,
+                         sha256=model_sha256(model), metrics=wanted, options=options, eps_scalers=eps_scalers,
+                         remedies=remedies, batch_size=batch, device=device,
                          log=log, show_progress=not quiet)
     log(f"wrote {csv_file}")
     if plot_path:

@@ -118,11 +118,20 @@ def ddpm_mean_step(net, x_t: torch.Tensor, k: int, chain: Chain, class_labels=No
 
 
 def ddpm_mean_chain(net, x_t: torch.Tensor, t_start: int, alpha_bar, class_labels=None, *,
-                    clip_denoised: bool = True, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                    clip_denoised: bool = True, progress: Callable[[int], None] | None = None,
+                    time_shift=None) -> torch.Tensor:
     """Ning et al. 2023, Alg. 4 lines 5-7: from x_t (level ``alpha_bar[t_start - 1]``) apply the
     noise-free DDPM mean for tau = t_start .. 1 on ``alpha_bar[:t_start]``; returns x0_hat in
     data space, in [-1, 1] when ``clip_denoised`` (Alg. 4 as printed does not clip; the authors'
-    sampling loop does). NFE = t_start; ``progress(n)`` after every step with the batch size."""
+    sampling loop does). NFE = t_start; ``progress(n)`` after every step with the batch size.
+
+    ``time_shift`` (:class:`samplerkit.remedies.TimeShift`, Li et al. 2024 (TS)): the same chain
+    through :func:`samplerkit.samplers.ancestral` with z = 0 and the time shift."""
+    if time_shift is not None:
+        steps = _sampler_steps(net, _prefix(alpha_bar, t_start))
+        report = (lambda d: progress(x_t.shape[0])) if progress is not None else None
+        return samplers.ancestral(net, x_t, steps, class_labels, variance="fixedsmall", randn_like=torch.zeros_like,
+                                  clip_denoised=clip_denoised, callback=report, time_shift=time_shift)
     chain = Chain.from_alpha_bar(_prefix(alpha_bar, t_start).to(x_t.device))
     x = x_t.to(torch.float64)
     for k in reversed(range(len(chain))):
@@ -153,13 +162,21 @@ def default_variance(net) -> str:
 
 def ancestral_chain(net, x_t: torch.Tensor, t_start: int, alpha_bar, class_labels=None, *,
                     variance: str | None = None, randn_like: Callable = torch.randn_like,
-                    clip_denoised: bool = True) -> torch.Tensor:
+                    clip_denoised: bool = True, time_shift=None, callback: Callable | None = None) -> torch.Tensor:
     """Ning et al. 2023, Sec. 4 / Tab. 1: Alg. 2 (DDPM ancestral sampling) started from x_t instead
-    of x_T, on ``alpha_bar[:t_start]``, through :func:`samplerkit.samplers.ancestral`. NFE = t_start."""
+    of x_T, on ``alpha_bar[:t_start]``, through :func:`samplerkit.samplers.ancestral` (with
+    ``time_shift``, Li et al. 2024 (TS), when given). NFE = t_start."""
     steps = _sampler_steps(net, _prefix(alpha_bar, t_start))
     return samplers.ancestral(net, x_t, steps, class_labels,
                               variance=variance or default_variance(net), randn_like=randn_like,
-                              clip_denoised=clip_denoised)
+                              clip_denoised=clip_denoised, time_shift=time_shift, callback=callback)
+
+
+def chain_sigmas(alpha_bar) -> torch.Tensor:
+    """The chain as a descending sigma grid ending in 0 (what :func:`samplerkit.remedies.eps_scaling`
+    takes as ``steps`` to index lambda_t on this chain)."""
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64).flatten()
+    return torch.cat([sigma_from_alpha_bar(ab).flip(0), ab.new_zeros(1)])
 
 
 def prediction_error(net, x0: torch.Tensor, t: int, alpha_bar, noise: torch.Tensor, class_labels=None, *,

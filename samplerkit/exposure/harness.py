@@ -16,14 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import samplers
 from ..data import to_uint8
-from ..diffusion import q_sample
+from ..denoisers import DenoiserWrapper
+from ..diffusion import q_sample, sigma_from_alpha_bar
 from ..errors import SamplerkitError
 from ..output import atomic_write
 from ..results import ResultsCSV, cell_text
 from ..seeds import StackedRandomGenerator
 from .chain import (
     MeasurementChain,
+    _sampler_steps,
     ancestral_chain,
     check_t,
     ddpm_mean_chain,
@@ -31,9 +34,18 @@ from .chain import (
     measurement_chain,
     prediction_error,
 )
-from .measures import feature_stats, l1_per_image, nu_summary, paired_difference, shapiro_rejections, summarize
+from .measures import (
+    eps_norms,
+    feature_stats,
+    l1_per_image,
+    nu_summary,
+    paired_difference,
+    shapiro_rejections,
+    suggested_eps_scaler,
+    summarize,
+)
 
-MODES = ("delta", "fid", "nu", "normality")
+MODES = ("delta", "fid", "nu", "normality", "eps-norm")
 
 KEY_COLUMNS = ("model", "sha256", "mode", "t", "n", "seed", "settings")
 CSV_COLUMNS = (
@@ -41,16 +53,22 @@ CSV_COLUMNS = (
     "delta_mean", "delta_std", "delta_ci_low", "delta_ci_high",
     "baseline", "diff_mean", "diff_ci_low", "diff_ci_high",
     "fid", "e_mean", "nu", "sw_reject_rate", "sw_tests",
+    "eps_norm_sample", "eps_norm_forward", "eps_norm_ratio",
 )
 
 
 @dataclass
 class ModelSpec:
-    """A model under test: its display name, the denoiser and the checkpoint's sha256 ('' if none)."""
+    """A model under test: its display name, the denoiser and the checkpoint's sha256 ('' if none).
+
+    ``time_shift``: a :class:`samplerkit.remedies.TimeShift` (Li et al. 2024 (TS)) that the delta,
+    fid and eps-norm chains use (nu and normality make no chain, so it does not apply there);
+    Epsilon Scaling is a property of ``net`` (:func:`samplerkit.remedies.eps_scaling`)."""
 
     name: str
     net: object
     sha256: str = ""
+    time_shift: object = None
 
 
 @dataclass
@@ -95,7 +113,7 @@ class Settings:
     def key(self, mode: str, net, n: int) -> str:
         """The settings column: what a row must match to be reused on resume."""
         parts = [f"chain={self.chain(net).description()}", f"data={self.data}", f"clip={int(self.clip_denoised)}"]
-        if mode == "fid":
+        if mode in ("fid", "eps-norm"):
             parts.append(f"variance={self.variance or default_variance(net)}")
         if mode == "normality":
             parts += [f"values={self.num_values}", f"alpha={self.alpha}", f"draws={self.draws_for(n)}"]
@@ -127,6 +145,7 @@ class Report:
     pairs: dict = field(default_factory=dict)  # (model, mode, t) -> (x0, x0_hat) [k, C, H, W]
     histograms: dict = field(default_factory=dict)  # (model, t) -> {pixel index: values}
     nu: dict = field(default_factory=dict)  # model -> nu_summary(...) and the clip setting
+    eps_norm: dict = field(default_factory=dict)  # model -> suggested eps_scaler and what it is from
 
 
 def results_csv(path: str | Path | None) -> ResultsCSV:
@@ -173,6 +192,9 @@ def plan(models: Sequence[ModelSpec], n: int, settings: Settings) -> list[Cell]:
                 ts = check_t(settings.t_values, chain.T, f"the {'respaced ' if chain.respaced else ''}chain of "
                              f"{spec.name}")
                 cost = lambda t: t * n  # noqa: E731
+            elif mode == "eps-norm":  # one sampling chain of T steps, then n evaluations per t
+                ts = settings.grid(chain.T)
+                cost = lambda t, first=ts[0], T=chain.T: n + (T * n if t == first else 0)  # noqa: E731
             else:
                 ts = settings.grid(chain.T)
                 draws = settings.draws_for(n) if mode == "normality" else 1
@@ -188,11 +210,48 @@ def _batch_labels(net, labels: torch.Tensor | None, lo: int, hi: int, device):
     return labels[lo:hi].to(device)
 
 
+class _EpsRecorder(DenoiserWrapper):
+    """The denoiser, keeping ||eps_hat||_2 per image of every call (in call order)."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.norms: list[torch.Tensor] = []
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        D, v = super().denoise_with_variance(x, sigma, class_labels)
+        self.norms.append(eps_norms(x, D, sigma).cpu())
+        return D, v
+
+
+def sampling_eps_norms(spec: ModelSpec, n: int, labels, settings: Settings, *, progress=None,
+                       device="cpu") -> torch.Tensor:
+    """||eps_hat||_2 of n images along a sampling chain [T, n] (row t - 1 = chain length t): DDPM
+    ancestral sampling from x_T on the measurement chain (ADM-ES's p_sample_loop), each image's
+    x_T and noise from its own seed."""
+    chain = settings.chain(spec.net)
+    steps = _sampler_steps(spec.net, chain.alpha_bar)
+    rows = []
+    with torch.no_grad():
+        for lo in range(0, n, settings.batch):
+            hi = min(lo + settings.batch, n)
+            gen = StackedRandomGenerator(device, [_image_seed(settings.seed, i, 0) for i in range(lo, hi)])
+            shape = [hi - lo, spec.net.img_channels, spec.net.img_resolution, spec.net.img_resolution]
+            recorder = _EpsRecorder(spec.net)
+            report = (lambda d, b=hi - lo: progress(b)) if progress is not None else None
+            samplers.ancestral(recorder, gen.randn(shape, dtype=torch.float64), steps,
+                               _batch_labels(spec.net, labels, lo, hi, device),
+                               variance=settings.variance or default_variance(spec.net), randn_like=gen.randn_like,
+                               clip_denoised=settings.clip_denoised, callback=report, time_shift=spec.time_shift)
+            rows.append(torch.stack(recorder.norms[::-1]))  # call i is chain index T - 1 - i
+    return torch.cat(rows, dim=1)
+
+
 def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.Tensor | None,
             settings: Settings, *, features: Callable | None = None, real_features=None,
-            progress: Callable[[int], None] | None = None, device="cpu") -> tuple[dict, dict]:
+            progress: Callable[[int], None] | None = None, device="cpu", memo: dict | None = None) -> tuple[dict, dict]:
     """One cell: the statistics of ``mode`` at chain length t over the images ``x0`` ([N, C, H, W]
-    in [-1, 1]). Returns (statistics, extras: image pairs, histograms, per-image delta)."""
+    in [-1, 1]). Returns (statistics, extras: image pairs, histograms, per-image delta).
+    ``memo``: where the eps-norm mode keeps a model's sampling chain between its cells."""
     net = spec.net
     alpha_bar = settings.chain(net).alpha_bar.to(device)
     clip = settings.clip_denoised
@@ -209,16 +268,24 @@ def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.
             if mode in ("delta", "fid"):
                 x_t = q_sample(xb, alpha_bar[t - 1], gen.randn(xb.shape, dtype=torch.float64))  # Eq. 4
                 if mode == "delta":
-                    x_hat = ddpm_mean_chain(net, x_t, t, alpha_bar, lb, clip_denoised=clip, progress=progress)
+                    x_hat = ddpm_mean_chain(net, x_t, t, alpha_bar, lb, clip_denoised=clip, progress=progress,
+                                            time_shift=spec.time_shift)
                     deltas.append(l1_per_image(xb, x_hat).cpu())
                 else:
                     x_hat = ancestral_chain(net, x_t, t, alpha_bar, lb, variance=settings.variance,
-                                            randn_like=gen.randn_like, clip_denoised=clip)
+                                            randn_like=gen.randn_like, clip_denoised=clip, time_shift=spec.time_shift)
                     feats.append(np.asarray(features(to_uint8(x_hat.float()))))
                     if progress is not None:
                         progress((hi - lo) * t)
                 if pairs is None and settings.pairs > 0:
                     pairs = (xb[: settings.pairs].cpu(), x_hat[: settings.pairs].cpu())
+            elif mode == "eps-norm":  # Ning et al. 2024 (ES), Fig. 6: the forward chain at the same t
+                ab = alpha_bar[t - 1]
+                x = q_sample(xb, ab, gen.randn(xb.shape, dtype=torch.float64)) / ab.sqrt()
+                sigma = sigma_from_alpha_bar(ab)
+                feats.append(eps_norms(x, net(x, sigma, lb), sigma).cpu())
+                if progress is not None:
+                    progress(hi - lo)
             else:
                 for _ in range(draws):
                     e = prediction_error(net, xb, t, alpha_bar, gen.randn(xb.shape, dtype=torch.float64), lb,
@@ -235,6 +302,12 @@ def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.
         stats = {"delta_mean": s["mean"], "delta_std": s["std"],
                  "delta_ci_low": s["ci_low"], "delta_ci_high": s["ci_high"]}
         extras.update(pairs=pairs, per_image=per_image)
+    elif mode == "eps-norm":
+        memo = {} if memo is None else memo
+        if spec.name not in memo:
+            memo[spec.name] = sampling_eps_norms(spec, n, labels, settings, progress=progress, device=device)
+        sample, forward = float(memo[spec.name][t - 1].mean()), float(torch.cat(feats).mean())
+        stats = {"eps_norm_sample": sample, "eps_norm_forward": forward, "eps_norm_ratio": sample / forward}
     elif mode == "fid":
         from ..metrics import frechet_distance
 
@@ -329,7 +402,7 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
             real_features = feature_stats(np.concatenate([np.asarray(features(to_uint8(c))) for c in chunks]))
     log(cost_summary(cells, todo, n))
     report = Report(rows=list(existing))
-    hist_ts = {}
+    hist_ts, memo = {}, {}
     for c in todo:
         if c.mode == "normality":
             hist_ts.setdefault(c.spec.name, _histogram_ts(settings.grid(c.chain.T), c.chain.T))
@@ -338,7 +411,7 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
             bar.set_description(f"{c.spec.name} {c.mode} t={c.t}")
             start = time.perf_counter()
             stats, extras = measure(c.spec, c.mode, c.t, x0, labels, settings, features=features,
-                                    real_features=real_features, progress=bar.update, device=device)
+                                    real_features=real_features, progress=bar.update, device=device, memo=memo)
             row = _cell_row(c, n, settings, stats, time.perf_counter() - start)
             table.put(report.rows, row)
             if extras.get("per_image") is not None:
@@ -360,6 +433,11 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
         if nus:
             report.nu[spec.name] = dict(nu_summary([t for t, _ in nus], [v for _, v in nus]),
                                         clip_denoised=settings.clip_denoised)
+        ratios = [float(r["eps_norm_ratio"]) for r in report.current
+                  if r["model"] == spec.name and r["mode"] == "eps-norm" and str(r.get("eps_norm_ratio", "")) != ""]
+        if ratios:
+            report.eps_norm[spec.name] = {"suggested_eps_scaler": suggested_eps_scaler(ratios), "points": len(ratios),
+                                          "clip_denoised": settings.clip_denoised}
     return report
 
 

@@ -93,3 +93,18 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mu, Sigma) of a feature set [n, d], the inputs of the Frechet distance."""
     f = np.asarray(features, dtype=np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
+
+
+def eps_norms(x: torch.Tensor, D: torch.Tensor, sigma) -> torch.Tensor:
+    """||eps_hat||_2 per image, eps_hat = (x - D(x; sigma)) / sigma in sigma-space (= eps_theta(x_t, t)
+    of an eps-model): the quantity of Ning et al. 2024 (ES), Fig. 6 (ADM-ES: Frobenius norm per image)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    eps = (x.to(torch.float64) - D.to(torch.float64)) / sigma
+    return eps.flatten(1).norm(dim=1)
+
+
+def suggested_eps_scaler(ratios) -> float:
+    """The uniform lambda that the eps-norm ratio (sampling / forward chain, per t) suggests: its
+    mean over t. A suggestion only -- Ning et al. 2024 (ES) pick lambda by FID."""
+    r = np.asarray(ratios, dtype=np.float64)
+    return float(r[np.isfinite(r)].mean()) if np.isfinite(r).any() else float("nan")

@@ -16,7 +16,8 @@ from ..data import to_uint8
 from ..output import atomic_write
 from .measures import INTERVAL
 
-STATISTIC = {"delta": "delta_mean", "fid": "fid", "nu": "nu", "normality": "sw_reject_rate"}
+STATISTIC = {"delta": "delta_mean", "fid": "fid", "nu": "nu", "normality": "sw_reject_rate",
+             "eps-norm": "eps_norm_ratio"}
 
 
 def measured_rows(rows: Sequence[dict], mode: str) -> list[dict]:
@@ -56,7 +57,8 @@ def table(rows: Sequence[dict], mode: str) -> str:
     level = {t_label(r): t_full(r) for r in rows}
     labels = sorted(level, key=level.get)
     title = {"delta": f"delta_t (Alg. 4): mean [{INTERVAL} interval]", "fid": "FID of x0_hat vs real (Tab. 1)",
-             "nu": "nu_t (Sec. 5.3): std of e_t = x0_hat - x0", "normality": "Shapiro-Wilk rejection rate (App. A.5)"}
+             "nu": "nu_t (Sec. 5.3): std of e_t = x0_hat - x0", "normality": "Shapiro-Wilk rejection rate (App. A.5)",
+             "eps-norm": "||eps_hat||_2 (Ning et al. 2024, Fig. 6): sampling chain / forward chain = ratio"}
     columns = [(m, m) for m in models]
     diffs = [(m, f"{m} - {r['baseline']}") for m in models for r in rows
              if mode == "delta" and r["model"] == m and str(r.get("diff_mean", "")) != ""]
@@ -72,6 +74,9 @@ def table(rows: Sequence[dict], mode: str) -> str:
                 texts.append(_interval(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"], "+.2e"))
             elif mode == "delta":
                 texts.append(_interval(r["delta_mean"], r["delta_ci_low"], r["delta_ci_high"]))
+            elif mode == "eps-norm":
+                texts.append(f"{float(r['eps_norm_sample']):.3f} / {float(r['eps_norm_forward']):.3f} = "
+                             f"{float(r['eps_norm_ratio']):.4f}")
             else:
                 texts.append(f"{float(r[STATISTIC[mode]]):.4f}")
         body.append((label, texts))
@@ -106,6 +111,15 @@ def nu_text(name: str, s: dict) -> str:
     return text + f" Sec. 5.3 searched a constant gamma on a grid in [0, E_t[nu_t]] = [0, {s['nu_mean']:.4f}]."
 
 
+def eps_norm_text(name: str, s: dict) -> str:
+    """The lambda the eps-norm ratio suggests, labelled as what it is."""
+    clip = "clipped" if s.get("clip_denoised", True) else "unclipped"
+    return (f"{name}: suggested eps_scaler (a suggestion, not a tuned value) = {s['suggested_eps_scaler']:.4f}, "
+            f"the mean over {s['points']} t values of ||eps_hat|| along the sampling chain / along the forward chain "
+            f"(x0_hat {clip}); Ning et al. 2024 (ES) choose lambda by FID, so sweep it around this value "
+            "(samplerkit sweep --eps-scaler ...).")
+
+
 def plot(rows: Sequence[dict], mode: str, path: str | Path):
     """delta_t (with its 95 % interval), FID, nu_t or the rejection rate against the paper's t
     (the start level on the full schedule), one line per model; a respaced chain says so in the
@@ -117,12 +131,17 @@ def plot(rows: Sequence[dict], mode: str, path: str | Path):
     for m in dict.fromkeys(r["model"] for r in rows):
         rs = sorted((r for r in rows if r["model"] == m), key=t_full)
         t = [t_full(r) for r in rs]
+        if mode == "eps-norm":  # Ning et al. 2024 (ES), Fig. 6: both chains, one colour per model
+            line, = ax.plot(t, [float(r["eps_norm_sample"]) for r in rs], label=f"{m}: sampling")
+            ax.plot(t, [float(r["eps_norm_forward"]) for r in rs], linestyle="--", color=line.get_color(),
+                    label=f"{m}: forward")
+            continue
         ax.plot(t, [float(r[STATISTIC[mode]]) for r in rs], marker="o" if len(t) < 30 else None, label=m)
         if mode == "delta":
             ax.fill_between(t, [float(r["delta_ci_low"]) for r in rs], [float(r["delta_ci_high"]) for r in rs],
                             alpha=0.2)
     ylabels = {"delta": r"$\bar\delta_t$ (mean $|x_0-\hat x_0|$)", "fid": "FID", "nu": r"$\nu_t$",
-               "normality": "Shapiro-Wilk rejection rate"}
+               "normality": "Shapiro-Wilk rejection rate", "eps-norm": r"$\|\hat\epsilon\|_2$"}
     T_full = max(int(r.get("T_full") or r["T"]) for r in rows)
     respaced = [r for r in rows if int(r["T"]) != int(r.get("T_full") or r["T"])]
     ax.set_xlabel(f"t (of T = {T_full})")

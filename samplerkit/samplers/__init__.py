@@ -48,7 +48,7 @@ from .multistep import UNIPC_VARIANTS, check_order, ipndm, lms, unipc
 from .ode import TimeSchedule, check_churn, euler, heun, stochastic
 
 # arguments every sampler has that are not knobs a user sets
-_NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback")
+_NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback", "time_shift")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ the chain ``samplerkit sample --steps N`` uses.
 ``callback(dict(i, x, sigma, sigma_hat, denoised))`` runs once per step after its network call:
 x is the step's starting point in x_t-space (x_t = sqrt(abar) (y + sigma n)), sigma = sigma_hat
 its noise level, denoised the x0 estimate the step uses (clipped when ``clip_denoised``).
+
+``time_shift``: a :class:`samplerkit.remedies.TimeShift` (Li et al. 2024 (TS)) or None (the plain
+sampler). Per step it may give each image its own abar for the network call and x0 (``paper``
+mode) or its own landing level (``reference`` mode); sigma in the callback is then per image.
 """
 
 from __future__ import annotations
@@ -76,19 +80,22 @@ def resolve_variance(net, variance: str) -> str:
 
 def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
          randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
-         callback: Callable | None = None) -> torch.Tensor:
+         callback: Callable | None = None, time_shift=None) -> torch.Tensor:
     """DDIM (Song et al. 2021): x_{t-1} = sqrt(abar') x0 + sqrt(1 - abar' - s^2) eps + s z with
     s = eta sqrt((1 - abar')/(1 - abar)) sqrt(1 - abar/abar'). x0 is clipped to [-1, 1] when
     ``clip_denoised`` and eps re-derived from it, as guided-diffusion does. With eta = 0 and no
     clipping this is Euler on the same sigma grid (Karras et al. 2022 (EDM), Sec. 3). NFE = N."""
     check_eta(eta)
     alpha_bars = chain_alpha_bar(net, steps_or_sigmas).to(latents.device)
+    shift = time_shift.bind(net, alpha_bars, "ddim") if time_shift is not None else None
     x = latents.to(torch.float64)  # x_T in x_t-space
     for i, k in enumerate(reversed(range(len(alpha_bars)))):
         ab = alpha_bars[k]
         ab_prev = alpha_bars[k - 1] if k > 0 else torch.ones_like(ab)
+        if shift is not None:  # Li et al. 2024 (TS): per-image levels
+            ab, ab_prev = shift.levels(i, k, x, ab, ab_prev)
         sigma = sigma_from_alpha_bar(ab)
-        x0 = denoise(net, x / ab.sqrt(), sigma, class_labels, clip_denoised)
+        x0 = denoise(net, x / ab.sqrt(), sigma.flatten() if sigma.ndim else sigma, class_labels, clip_denoised)
         report(callback, i, x, sigma, sigma, x0)
         eps = predict_eps_from_x0(x, ab, x0)
         s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
@@ -99,7 +106,7 @@ def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
 
 def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = "auto",
               randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
-              callback: Callable | None = None) -> torch.Tensor:
+              callback: Callable | None = None, time_shift=None) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2; Ning et al. 2023, Alg. 2) on a respaced
     chain (Nichol & Dhariwal 2021, Eq. 19): x_{t-1} = mu~(x_t, x0) + Sigma^(1/2) z, z = 0 at the
     last step. NFE = N.
@@ -110,10 +117,14 @@ def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = 
     """
     variance = resolve_variance(net, variance)
     chain = Chain.from_alpha_bar(chain_alpha_bar(net, steps_or_sigmas).to(latents.device))
+    shift = time_shift.bind(net, chain.alpha_bar, "ancestral") if time_shift is not None else None
     x = latents.to(torch.float64)  # x_T in x_t-space
     for i, k in enumerate(reversed(range(len(chain)))):
         ab = chain.alpha_bar[k]
+        if shift is not None:  # Li et al. 2024 (TS): x is coupled with its own level abar_{t_s}
+            ab = shift.levels(i, k, x, ab, chain.alpha_bar_prev[k])[0]
         x_sigma, sigma = x / ab.sqrt(), sigma_from_alpha_bar(ab)
+        sigma = sigma.flatten() if sigma.ndim else sigma
         if variance == "learned":
             x0, v = net.denoise_with_variance(x_sigma, sigma, class_labels)
             x0 = x0.to(torch.float64)
@@ -122,8 +133,25 @@ def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = 
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         report(callback, i, x, sigma, sigma, x0)
-        mean = chain.posterior_mean(k, x0, x)
-        log_var = chain.log_variance(k, variance, v)
+        if ab.ndim:  # shifted: the posterior from each image's own level to the chain's next one
+            mean, log_var = _shifted_posterior(ab.flatten(), chain.alpha_bar_prev[k], x0, x, variance, v)
+        else:
+            mean = chain.posterior_mean(k, x0, x)
+            log_var = chain.log_variance(k, variance, v)
         z = randn_like(x)
         x = mean + (torch.exp(0.5 * log_var) * z if k > 0 else 0)
     return x
+
+
+def _shifted_posterior(ab_s: torch.Tensor, ab_prev, x0, x, variance: str, v):
+    """Mean and log variance of q(x_prev | x_t, x0) when image b sits at level ``ab_s[b]`` and the
+    step lands on ``ab_prev`` (Nichol & Dhariwal 2021, Eqs. 11-12, 15, 19 via :class:`Chain`)."""
+    mean, log_var = torch.empty_like(x), torch.empty_like(x)
+    for level in torch.unique(ab_s):
+        rows = ab_s == level
+        pair = torch.stack([ab_prev, level]) if float(ab_prev) < 1 else level.reshape(1)
+        step = Chain.from_alpha_bar(pair)
+        j = len(step) - 1
+        mean[rows] = step.posterior_mean(j, x0[rows], x[rows])
+        log_var[rows] = step.log_variance(j, variance, v[rows] if v is not None else None).to(x.dtype)
+    return mean, log_var
