@@ -27,6 +27,7 @@ next to it when the file first loads, and verified on later loads (see :mod:`sam
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class ZooEntry:
     T: int | None = None
     schedule: str = ""
     recommended: dict[str, Any] = field(default_factory=dict)
+    eps_scaler: dict[str, Any] = field(default_factory=dict)  # Epsilon Scaling's lambda where its authors state one
     dataset: str = ""
     source: str = ""
     notes: str = ""
@@ -369,3 +371,19 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+# Epsilon Scaling (Ning et al. 2024): the lambda its authors state for these checkpoints, with the
+# sampler it was found for. It is opt-in (`--eps-scaler B`), never applied by default.
+_ADM_ES = "forever208/ADM-ES README"
+_EDM_ES = "forever208/EDM-ES README"
+for _name, _b, _rec, _src in (
+    ("adm-cifar10", 1.017, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
+    ("adm-lsun-tower", 1.006, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
+    ("adm-ffhq128", 1.005, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
+    ("adm-imagenet64", 1.006, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
+    ("edm-cifar10-cond-vp", 1.0006, {"sampler": "heun", "steps": 18}, _EDM_ES),
+    ("edm-cifar10-uncond-vp", 1.0048, {"sampler": "euler", "steps": 13}, _EDM_ES),
+):
+    register(dataclasses.replace(_REGISTRY[_name], eps_scaler={"b": _b, **_rec, "source": _src}), replace=True)
+

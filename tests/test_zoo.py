@@ -343,3 +343,16 @@ def test_builtin_models_are_listed_and_load_without_download():
         assert not e.urls and e.is_cached()
     net = zoo.get("shapes32-ideal-cond").load()
     assert net.label_dim == 4 and net.img_resolution == 32
+
+
+def test_eps_scaler_values_name_their_source_and_are_opt_in(capsys):
+    """The lambda Ning et al. 2024 state for a checkpoint is shown with its sampler and source,
+    and never changes the recommended (default) settings."""
+    entry = zoo.get("adm-imagenet64")
+    assert entry.eps_scaler == {"b": 1.006, "sampler": "ancestral", "steps": 100,
+                                "source": "forever208/ADM-ES README"}
+    assert "eps_scaler" not in entry.recommended
+    assert zoo.get("edm-cifar10-cond-vp").eps_scaler["b"] == 1.0006
+    assert all(e.eps_scaler.get("b", 1.0) >= 1.0 for e in ENTRIES)
+    code, out, _ = _run(capsys, "models", "info", "adm-imagenet64")
+    assert code == 0 and "--eps-scaler 1.006 with ancestral 100 steps (forever208/ADM-ES README)" in out

@@ -111,7 +111,11 @@ def info(name: str) -> None:
         ("name", e.name), ("family", e.family), ("dataset", e.dataset), ("resolution", e.resolution),
         ("conditional", f"yes ({e.num_classes} classes)" if e.conditional else "no"),
         ("training", f"T={e.T}, {e.schedule} schedule" if e.T else f"continuous time, {e.schedule}"),
-        ("recommended", _sampler(e.recommended)), ("flags", flags or "-"),
+        ("recommended", _sampler(e.recommended)),
+        ("eps scaler", f"--eps-scaler {e.eps_scaler['b']} with {e.eps_scaler['sampler']} {e.eps_scaler['steps']} steps "
+                        f"({e.eps_scaler['source']})"
+         if e.eps_scaler else "-"),
+        ("flags", flags or "-"),
         ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"), ("size", _size(d["size"])),
         ("sha256", _sha256_line(d)),
         ("license", e.license), ("source", e.source), ("cache", d["local_path"] or "-"),
