@@ -23,6 +23,25 @@ class SmallConvNet(torch.nn.Module):
         return self.body(x) * 0.1
 
 
+class TimestepConvNet(torch.nn.Module):
+    """eps(x_t, t) stand-in: four 3x3 convolutions, the timestep entering as an extra input
+    channel (so a shifted or rescaled timestep changes the output); output scaled by ``scale``."""
+
+    def __init__(self, channels: int = 64, T: int = 1000, scale: float = 1.0):
+        super().__init__()
+        self.T, self.scale = T, scale
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(4, channels, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(channels, 3, 3, padding=1),
+        )
+
+    def forward(self, x, t, class_labels=None):
+        t_map = (t.to(x.dtype) / self.T).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
+        return self.body(torch.cat([x, t_map], dim=1)) * self.scale
+
+
 def best_time(fn, repeats: int) -> float:
     """The fastest of ``repeats`` timed calls of ``fn()`` in seconds (the least disturbed run)."""
     times = []

@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+from _common import TimestepConvNet
 
 import samplerkit as sk
 from samplerkit import remedies, samplers, schedules
@@ -37,23 +38,6 @@ class ZeroEps(torch.nn.Module):
     def forward(self, x, t, class_labels=None):
         return torch.zeros_like(x)
 
-
-class TinyEps(torch.nn.Module):
-    """eps(x_t, t): four 3x3 conv layers; the timestep enters as an extra input channel."""
-
-    def __init__(self, channels: int = 64, T: int = 1000):
-        super().__init__()
-        self.T = T
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(4, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, 3, 3, padding=1),
-        )
-
-    def forward(self, x, t, class_labels=None):
-        t_map = (t.to(x.dtype) / self.T).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
-        return self.body(torch.cat([x, t_map], dim=1)) * 0.1
 
 
 def cpu_model() -> str:
@@ -75,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     ab = alpha_bar_from_betas(cosine_betas(1000))
-    conv = sk.DiscreteEpsDenoiser(TinyEps().eval(), ab, img_resolution=32)
+    conv = sk.DiscreteEpsDenoiser(TimestepConvNet(scale=0.1).eval(), ab, img_resolution=32)
     free = sk.DiscreteEpsDenoiser(ZeroEps(), ab, img_resolution=32)
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"batch {args.batch}, {args.steps} steps, 64-channel 4-layer conv eps-net at 32x32")

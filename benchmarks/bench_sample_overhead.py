@@ -1,6 +1,6 @@
 """End-to-end overhead of ``samplerkit sample``.
 
-images/s of the command's implementation (``run_sample``: seed parsing, per-seed generators,
+images/s of the command's implementation (``samplerkit.runs.sample_folder``: seed parsing, per-seed generators,
 the sampler, uint8 conversion, PNG encoding, atomic writes, resume checks, grid and manifest)
 divided by images/s of calling the sampler function directly (``samplerkit.samplers.heun`` on
 per-seed latents) on the same model in the same process. The model is a small 32x32 conv
@@ -25,29 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+from _common import TimestepConvNet
 
 import samplerkit as sk
-from samplerkit.cli.sample import run_sample
 from samplerkit.diffusion import alpha_bar_from_betas, cosine_betas
+from samplerkit.runs import SampleSettings, sample_folder
 from samplerkit.seeds import StackedRandomGenerator
-
-
-class TinyEps(torch.nn.Module):
-    """eps(x_t, t): four 3x3 conv layers; the timestep enters as an extra input channel."""
-
-    def __init__(self, channels: int = 64, T: int = 1000):
-        super().__init__()
-        self.T = T
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(4, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(channels, 3, 3, padding=1),
-        )
-
-    def forward(self, x, t, class_labels=None):
-        t_map = (t.to(x.dtype) / self.T).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
-        return self.body(torch.cat([x, t_map], dim=1))
 
 
 class ZeroEps(torch.nn.Module):
@@ -66,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     ab = alpha_bar_from_betas(cosine_betas(1000))
-    conv = sk.DiscreteEpsDenoiser(TinyEps().eval(), ab, img_resolution=32)
+    conv = sk.DiscreteEpsDenoiser(TimestepConvNet().eval(), ab, img_resolution=32)
     free = sk.DiscreteEpsDenoiser(ZeroEps(), ab, img_resolution=32)
     sigmas = sk.schedules.edm(args.steps, sigma_min=max(0.002, conv.sigma_min), sigma_max=min(80.0, conv.sigma_max))
     seeds = list(range(args.images))
@@ -88,9 +71,9 @@ def main() -> None:
         return timed(loop)
 
     def command(net, out: Path) -> tuple[float, float]:
-        return timed(lambda: run_sample(model="bench", net=net, sampler="heun", steps=args.steps,
-                                        seeds=f"0-{args.images - 1}", batch=args.batch, out=out, device="cpu",
-                                        quiet=True))
+        settings = SampleSettings(model="bench", sampler="heun", steps=args.steps, seeds=f"0-{args.images - 1}",
+                                  batch=args.batch, out=out, device="cpu", quiet=True)
+        return timed(lambda: sample_folder(settings, net=net))
 
     direct(conv)  # warm-up
     wall, cpu, extra, per_image = [], [], [], []
