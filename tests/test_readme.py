@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -50,21 +49,16 @@ def tour_lines() -> list[list[str]]:
 def test_the_readme_tour_runs_in_sequence_and_the_commands_compose(tmp_path, monkeypatch, inception_path):
     """sample -> fid on that folder; sweep -> CSV and plot; exposure-bias -> paired rows;
     retrain -> sample its checkpoint with no extra flags."""
-    from samplerkit.cli import main
+    from test_cli_sample import _cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
     monkeypatch.setenv("SAMPLERKIT_INCEPTION", str(inception_path))
     outputs = []
     for args in tour_lines():
-        with CliRunner().isolation() as (out, err, _):
-            try:
-                main(args)
-                code = 0
-            except SystemExit as e:
-                code = e.code
-            outputs.append(out.getvalue().decode())
-            assert code == 0, f"samplerkit {' '.join(args)}: {err.getvalue().decode()[-2000:]}"
+        code, out, err = _cli(*args)
+        assert code == 0, f"samplerkit {' '.join(args)}: {err[-2000:]}"
+        outputs.append(out)
 
     samples = sorted(p.name for p in (tmp_path / "tour/samples/000000").glob("*.png"))
     assert samples == [f"{i:06d}.png" for i in range(8)]

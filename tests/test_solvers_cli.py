@@ -7,21 +7,10 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
+from test_cli_sample import _cli
 
 from samplerkit import samplers
-from samplerkit.cli import main
 from samplerkit.cli._options import KNOBS, chosen_options, with_flag_names
-
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    with CliRunner().isolation() as streams:
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        return code, streams[0].getvalue().decode(), streams[1].getvalue().decode()
 
 
 def _evaluate(formula: str, n: int) -> int:
