@@ -47,6 +47,13 @@ def denoise(net, x: torch.Tensor, sigma, class_labels, clip_denoised: bool = Fal
     return D.clamp(-1, 1) if clip_denoised else D
 
 
+def start(net, latents, sigmas) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounded grid on the latents' device and the first state ``latents * sigma_0`` in
+    float64: where every sigma-space sampler begins (EDM Alg. 1-2, line 2)."""
+    sigmas = rounded(net, sigmas).to(latents.device)
+    return sigmas, latents.to(torch.float64) * sigmas[0]
+
+
 def report(callback, i: int, x, sigma, sigma_hat, denoised) -> None:
     """k-diffusion's step callback: ``callback({'i', 'x', 'sigma', 'sigma_hat', 'denoised'})``."""
     if callback is not None:

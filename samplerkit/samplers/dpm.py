@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import SamplerkitError
-from ._grid import denoise, report, rounded
+from ._grid import denoise, report, start
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -41,11 +41,6 @@ def ancestral_step(sigma_from, sigma_to, eta: float):
     return (sigma_to**2 - sigma_up**2).sqrt(), sigma_up
 
 
-def _start(net, latents, sigmas):
-    sigmas = rounded(net, sigmas).to(latents.device)
-    return sigmas, latents.to(torch.float64) * sigmas[0]
-
-
 def euler_ancestral(net, latents, sigmas, class_labels=None, eta: float = 1.0, s_noise: float = 1.0,
                     randn_like: Callable = torch.randn_like, *, clip_denoised: bool = False,
                     callback: Callable | None = None) -> torch.Tensor:
@@ -53,7 +48,7 @@ def euler_ancestral(net, latents, sigmas, class_labels=None, eta: float = 1.0, s
     ``sample_euler_ancestral``). eta = 1 is DDPM-like ancestral sampling in sigma-space; eta = 0 is
     :func:`~samplerkit.samplers.euler`. NFE = N."""
     check_noise(eta, s_noise)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
         report(callback, i, x, sigma, sigma, denoised)
@@ -78,7 +73,7 @@ def dpm_2(net, latents, sigmas, class_labels=None, *, clip_denoised: bool = Fals
           callback: Callable | None = None) -> torch.Tensor:
     """DPM-Solver-2 in sigma-space (Lu et al. 2022 (DPM-Solver), Alg. 1, r1 = 1/2; k-diffusion
     ``sample_dpm_2`` without churn); Euler on the last step to sigma = 0. NFE = 2N - 1."""
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
         report(callback, i, x, sigma, sigma, denoised)
@@ -96,7 +91,7 @@ def dpm_2_ancestral(net, latents, sigmas, class_labels=None, eta: float = 1.0, s
     ``sample_dpm_2_ancestral``). eta <= 1, so that every step but the last takes its second network
     call. NFE = 2N - 1."""
     check_noise(eta, s_noise, max_eta=1.0)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
         report(callback, i, x, sigma, sigma, denoised)
@@ -116,7 +111,7 @@ def dpmpp_2s_ancestral(net, latents, sigmas, class_labels=None, eta: float = 1.0
     of std s_noise sigma_up (k-diffusion ``sample_dpmpp_2s_ancestral``); eta <= 1. With eta = 0 it
     is the deterministic single-step DPM-Solver++(2S). NFE = 2N - 1."""
     check_noise(eta, s_noise, max_eta=1.0)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
         report(callback, i, x, sigma, sigma, denoised)
@@ -139,7 +134,7 @@ def dpmpp_2m(net, latents, sigmas, class_labels=None, *, clip_denoised: bool = F
     """DPM-Solver++(2M) (Lu et al. 2022 (DPM-Solver++), Alg. 2; k-diffusion ``sample_dpmpp_2m``):
     x_{i+1} = (sigma_{i+1}/sigma_i) x_i - (e^{-h} - 1) D_i with D_i = (1 + 1/(2r)) d_i - d_{i-1}/(2r),
     r = h_{i-1}/h_i; first-order on the first step and on the last step to sigma = 0. NFE = N."""
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     old_denoised, h_last = None, None
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
@@ -167,7 +162,7 @@ def dpmpp_2m_sde(net, latents, sigmas, class_labels=None, eta: float = 1.0, s_no
     check_noise(eta, s_noise)
     if solver_type not in SOLVER_TYPES:
         raise SamplerkitError(f"unknown solver_type {solver_type!r}; use midpoint or heun")
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     old_denoised, h_last = None, None
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
@@ -199,7 +194,7 @@ def dpmpp_3m_sde(net, latents, sigmas, class_labels=None, eta: float = 1.0, s_no
     second divided differences of the last three data predictions (phi_2, phi_3 terms). eta = 0
     is a deterministic 3rd-order multistep solver. NFE = N."""
     check_noise(eta, s_noise)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     denoised_1, denoised_2, h_1, h_2 = None, None, None, None
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import SamplerkitError
-from ._grid import denoise, report, rounded
+from ._grid import denoise, report, start
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -22,11 +22,6 @@ UNIPC_VARIANTS = ("bh1", "bh2")
 def check_order(name: str, order: int, highest: int) -> None:
     if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= highest:
         raise SamplerkitError(f"{name} takes order 1 to {highest}, got {order!r}")
-
-
-def _start(net, latents, sigmas):
-    sigmas = rounded(net, sigmas).to(latents.device)
-    return sigmas, latents.to(torch.float64) * sigmas[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +49,7 @@ def lms(net, latents, sigmas, class_labels=None, order: int = 4, *, clip_denoise
     of ``order`` 1-4, as k-diffusion's ``sample_lms`` (Crowson; Karras et al. 2022 (EDM), Sec. 3
     discusses multistep solvers). NFE = N."""
     check_order("lms", order, 4)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     grid = sigmas.cpu().numpy()
     slopes: list[torch.Tensor] = []
     for i, sigma in enumerate(sigmas[:-1]):
@@ -81,7 +76,7 @@ def ipndm(net, latents, sigmas, class_labels=None, order: int = 4, *, clip_denoi
     The weights assume equal steps, so on a non-uniform grid (EDM's) it converges at order 2 at
     most; see :func:`lms` for the variable-step weights. NFE = N."""
     check_order("ipndm", order, 4)
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     slopes: list[torch.Tensor] = []
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         denoised = denoise(net, x, sigma, class_labels, clip_denoised)
@@ -138,7 +133,7 @@ def unipc(net, latents, sigmas, class_labels=None, order: int = 2, variant: str 
     check_order("unipc", order, 3)
     if variant not in UNIPC_VARIANTS:
         raise SamplerkitError(f"unknown UniPC variant {variant!r}; use bh1 or bh2")
-    sigmas, x = _start(net, latents, sigmas)
+    sigmas, x = start(net, latents, sigmas)
     N = len(sigmas) - 1
     lam = -sigmas[:-1].log()  # lambda_i = -log sigma_i (sigma_N = 0 is never used)
     history: list[torch.Tensor] = []  # data predictions at the earlier points, newest first

@@ -15,7 +15,7 @@ import torch
 
 from ..diffusion import vp_betas_for_range, vp_sigma, vp_sigma_deriv, vp_sigma_inv
 from ..errors import SamplerkitError
-from ._grid import denoise, report, rounded
+from ._grid import denoise, report, rounded, start
 
 # ---------------------------------------------------------------------------------------------
 # deterministic ODE solvers (EDM Alg. 1)
@@ -128,9 +128,8 @@ def stochastic(net, latents, sigmas, class_labels=None, S_churn: float = 0.0, S_
     sigma in [S_min, S_max] (Karras et al. 2022 (EDM), Alg. 2). With S_churn = 0 it is exactly
     :func:`heun`. One ``randn_like`` draw per step. NFE = 2N - 1."""
     check_churn(S_churn, S_min, S_max, S_noise)
-    t_steps = rounded(net, sigmas).to(latents.device)
+    t_steps, x_next = start(net, latents, sigmas)  # line 2
     num_steps = len(t_steps) - 1
-    x_next = latents.to(torch.float64) * t_steps[0]  # line 2
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
         x_cur = x_next
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0  # line 4
