@@ -60,12 +60,12 @@ def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=Non
         raise SamplerkitError(f"need sigma_min < sigma_max, got {lo} >= {hi}")
     if (lo is not None and lo <= 0) or (hi is not None and hi <= 0):
         raise SamplerkitError("sigma_min and sigma_max must be positive")
+    if disc == "edm":  # the grid an integer step count means everywhere
+        return schedules.for_model(steps, net, lo, hi, rho)
     if lo is not None:
         lo = max(lo, float(net.sigma_min))
     if hi is not None:
         hi = min(hi, float(net.sigma_max))
-    if disc == "edm":
-        return schedules.edm(steps, lo, hi, rho)
     if disc == "ve":
         return schedules.ve(steps, lo, hi)
     if disc == "vp":
