@@ -37,7 +37,7 @@ def record_samples() -> None:
     import numpy as np
 
     import samplerkit as sk
-    from samplerkit.cli._options import resolve_sampler
+    from samplerkit.runs import resolve_sampler
     from samplerkit.data import to_uint8
     from samplerkit.generate import generate, make_sampler
 

@@ -406,7 +406,7 @@ def test_default_sampler_is_the_models_recommendation(tmp_path, monkeypatch):
     """Without --sampler the zoo entry's recommended settings are used, the user's knobs on top;
     --sampler without --steps takes the recommended count only for the recommended sampler."""
     from samplerkit import zoo
-    from samplerkit.cli._options import resolve_sampler
+    from samplerkit.runs import resolve_sampler
 
     entry = zoo.get("adm-imagenet64")
     assert entry.recommended["sampler"] == "ancestral"

@@ -10,9 +10,9 @@ import torch
 
 import samplerkit as sk
 from samplerkit.builtin import MODELS_DIR
-from samplerkit.cli._options import resolve_sampler
 from samplerkit.data import shapes, to_model_space, to_uint8
 from samplerkit.generate import generate, make_sampler
+from samplerkit.runs import resolve_sampler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shapes32_samples.npz"
 NAMES = ["shapes32-adm", "shapes32-adm-ip"]

@@ -15,8 +15,8 @@ from test_fid import assert_one_line_error, run_cli
 import samplerkit as sk
 from samplerkit import metrics, plots, sweep
 from samplerkit.builtin import DEFAULT_MODEL
-from samplerkit.cli._options import model_sha256
 from samplerkit.errors import SamplerkitError
+from samplerkit.runs import model_sha256
 
 SEEDS = list(range(6))
 

@@ -64,8 +64,6 @@ def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: s
     return load_with_flags(model, family, parse_flags(flags), preset, device=device)
 
 
-# what a run records lives in the library; the commands use it from here
-from ..runs import model_sha256, recommended, resolve_sampler  # noqa: E402, F401
 
 # click parameter name -> sampler option name (samplerkit.generate.sampler_options)
 KNOBS = {

@@ -9,7 +9,8 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ._options import load_model, model_sha256, remedy_options, with_flag_names
+from ..runs import model_sha256
+from ._options import load_model, remedy_options, with_flag_names
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:

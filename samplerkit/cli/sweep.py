@@ -11,7 +11,8 @@ from .. import metrics as metrics_lib
 from .. import sweep as sweep_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ._options import chosen_options, load_model, model_options, model_sha256, resolve_sampler, sampler_options
+from ..runs import model_sha256, resolve_sampler
+from ._options import chosen_options, load_model, model_options, sampler_options
 from .fid import warn_small_sample
 
 
