@@ -37,9 +37,9 @@ def record_samples() -> None:
     import numpy as np
 
     import samplerkit as sk
-    from samplerkit.runs import resolve_sampler
     from samplerkit.data import to_uint8
     from samplerkit.generate import generate, make_sampler
+    from samplerkit.runs import resolve_sampler
 
     out = {}
     for name in ("shapes32-adm", "shapes32-adm-ip"):
