@@ -1,10 +1,40 @@
-"""Pieces shared by the benchmark scripts: a small stand-in network and a best-of-N timer."""
+"""Pieces shared by the benchmark scripts: the machine a figure was measured on, a small stand-in
+network and a best-of-N timer."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict:
+    """What every recorded figure names: CPU model or GPU name, torch threads, CPU count, torch
+    version, and the 1/5/15-minute load average when it was taken (other work on the machine)."""
+    from samplerkit.speed import machine
+
+    info = machine(device)
+    info["cpu_model"] = machine("cpu")["device_name"]
+    info["load_average"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return info
+
+
+def machine_line(info: dict) -> str:
+    """One line for a benchmark's printout: 'machine: Intel(R) Xeon(R) Processor, 2 threads, torch 2.14.1 ...'."""
+    where = info["device_name"] if info["device"] == "cuda" else info["cpu_model"]
+    extra = f" (CPU {info['cpu_model']})" if info["device"] == "cuda" else ""
+    load = info.get("load_average")
+    load_text = f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""
+    return (f"machine: {where}{extra}, {info['device']}, {info['threads']} torch thread(s) of {info['cpu_count']} "
+            f"CPUs, torch {info['torch']}{load_text}")
+
+
+def print_machine(device: str | torch.device = "cpu") -> dict:
+    """Print :func:`machine_line` and return the :func:`machine_info` it came from (to record with the figures)."""
+    info = machine_info(device)
+    print(machine_line(info), flush=True)
+    return info
 
 
 class SmallConvNet(torch.nn.Module):
@@ -50,3 +80,25 @@ def best_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def random_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every parameter with weights of realistic scale (fan-in normal; biases 0.1 N(0,1), gains
+    1 + 0.1 N(0,1)), in sorted name order, so that the zero-initialized output layers of upstream
+    networks do not make a benchmark time a network that outputs zeros."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        params = dict(module.named_parameters())
+        for name in sorted(params):
+            p = params[name]
+            v = torch.randn(p.shape, generator=g)
+            if name.endswith("bias"):
+                v = 0.1 * v
+            elif p.ndim == 1:
+                v = 1 + 0.1 * v
+            else:
+                v = v / math.sqrt(math.prod(p.shape[1:]))
+            p.copy_(v)
+    return module

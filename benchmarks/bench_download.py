@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import requests
-from _common import best_time
+from _common import best_time, print_machine
 
 from samplerkit import download
 
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=200, help="file size in MB (10^6 bytes)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    print_machine()
     if shutil.which("curl") is None:
         sys.exit("curl is needed as the reference")
 

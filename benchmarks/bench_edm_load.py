@@ -112,6 +112,9 @@ def main() -> None:
         print(json.dumps(measure(args.child[0], args.child[1], args.repeats)))
         return
 
+    from _common import print_machine
+
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / "edm-cifar10-32x32-cond-vp-shaped.pkl"
         n_params = write_pickle(path)

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from _common import SmallConvNet
+from _common import SmallConvNet, print_machine
 
 import samplerkit as sk
 from samplerkit import diffusion, exposure, samplers
@@ -66,4 +66,5 @@ if __name__ == "__main__":
     ap.add_argument("--channels", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     main(args.batch, args.steps, args.repeats, args.channels)

@@ -20,12 +20,11 @@ time per image -- what a remedy adds to every image whatever the network.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
-from _common import TimestepConvNet
+from _common import TimestepConvNet, print_machine
 
 import samplerkit as sk
 from samplerkit import remedies, samplers, schedules
@@ -40,17 +39,6 @@ class ZeroEps(torch.nn.Module):
 
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -61,8 +49,8 @@ def main() -> None:
     ab = alpha_bar_from_betas(cosine_betas(1000))
     conv = sk.DiscreteEpsDenoiser(TimestepConvNet(scale=0.1).eval(), ab, img_resolution=32)
     free = sk.DiscreteEpsDenoiser(ZeroEps(), ab, img_resolution=32)
-    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-          f"batch {args.batch}, {args.steps} steps, 64-channel 4-layer conv eps-net at 32x32")
+    print_machine()
+    print(f"batch {args.batch}, {args.steps} steps, 64-channel 4-layer conv eps-net at 32x32")
     results = {}
     for label, net in (("conv", conv), ("free", free)):
         results[label] = measure(net, args)

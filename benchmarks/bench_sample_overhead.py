@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import TimestepConvNet
+from _common import TimestepConvNet, print_machine
 
 import samplerkit as sk
 from samplerkit.diffusion import alpha_bar_from_betas, cosine_betas
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    print_machine()
     torch.manual_seed(0)
     ab = alpha_bar_from_betas(cosine_betas(1000))
     conv = sk.DiscreteEpsDenoiser(TimestepConvNet().eval(), ab, img_resolution=32)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 
 import torch
-from _common import SmallConvNet
+from _common import SmallConvNet, print_machine
 from samplerkit.adapters.analytic import GaussianDenoiser
 
 import samplerkit as sk
@@ -126,12 +125,6 @@ def nfe_efficiency(targets=(1e-2, 1e-3)) -> list[tuple[str, list]]:
     return table
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -139,7 +132,7 @@ if __name__ == "__main__":
     ap.add_argument("--only", choices=["overhead", "nfe"], default=None, help="Run one of the two parts.")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(machine())
+    print_machine()
     if args.only != "nfe":
         overhead(args.batch, args.repeats)
     if args.only != "overhead":

@@ -11,10 +11,18 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Every test (and every subprocess it starts) uses a fresh samplerkit cache, never the user's."""
+    """Every test (and every subprocess it starts) uses a fresh samplerkit cache, never the user's,
+    and exact network execution unless it asks for ``--speed fast``: the fast policy is autotuned per
+    machine, and the suite must give the same numbers everywhere (tests/test_speed.py covers fast)."""
     old = os.environ.get("SAMPLERKIT_CACHE")
+    old_speed = os.environ.get("SAMPLERKIT_SPEED")
     os.environ["SAMPLERKIT_CACHE"] = str(tmp_path_factory.mktemp("samplerkit-cache"))
+    os.environ["SAMPLERKIT_SPEED"] = "exact"
     yield
+    if old_speed is None:
+        os.environ.pop("SAMPLERKIT_SPEED", None)
+    else:
+        os.environ["SAMPLERKIT_SPEED"] = old_speed
     if old is None:
         os.environ.pop("SAMPLERKIT_CACHE", None)
     else:

@@ -187,6 +187,7 @@ class UNetBlock(nn.Module):
         heads = num_heads if num_heads is not None else out_channels // channels_per_head
         self.num_heads = heads if attention else 0
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
+        self.backend = "einsum"  # attention arithmetic: "einsum" (upstream, float32 softmax) or "sdpa"
 
         resample = dict(up=up, down=down, resample_filter=resample_filter)
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
@@ -222,7 +223,11 @@ class UNetBlock(nn.Module):
             B, C = x.shape[:2]
             # qkv channels are laid out as [head, channel, (q, k, v)]
             q, k, v = self.qkv(self.norm2(x)).reshape(B * self.num_heads, C // self.num_heads, 3, -1).unbind(2)
-            a = torch.einsum("nqk,nck->ncq", attention_weights(q, k), v)
+            if self.backend == "sdpa":  # same function, torch's fused kernel (different rounding)
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+                a = a.transpose(1, 2)
+            else:
+                a = torch.einsum("nqk,nck->ncq", attention_weights(q, k), v)
             x = (self.proj(a.reshape(x.shape)) + x) * self.skip_scale
         return x
 

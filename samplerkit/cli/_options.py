@@ -42,7 +42,8 @@ def model_options(default_model: str | None) -> Callable:
     def decorate(fn):
         @click.option("--model", "model", default=default_model, show_default=True,
                       help="Zoo name (see `samplerkit models list`) or path to a checkpoint file.")
-        @click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
+        @click.option("--family", type=click.Choice(["adm", "iddpm", "edm", "adm-superres", "iddpm-superres"]),
+                      default=None,
                       help="Network family of a local checkpoint file (EDM .pkl files are detected).")
         @click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
                       help="Upstream architecture/diffusion flag for a local .pt file; repeatable.")
@@ -55,6 +56,63 @@ def model_options(default_model: str | None) -> Callable:
         return wrapper
 
     return decorate
+
+
+def speed_option(default: str = "fast") -> Callable:
+    """``--speed exact|fast|SETTINGS``: how the network executes (:mod:`samplerkit.speed`); the default is
+    ``$SAMPLERKIT_SPEED`` when set, else ``default``."""
+    return click.option(
+        "--speed", "speed", default=None, metavar="exact|fast|SETTINGS",
+        help="Network execution: exact (upstream arithmetic, bit for bit), fast (the fastest variant measured on "
+             "this machine within 1e-3 of exact, autotuned once and cached) or settings like "
+             "attention=sdpa,memory_format=channels_last,autocast=bfloat16,compile=on. "
+             f"[default: $SAMPLERKIT_SPEED, else {default}]")
+
+
+def guidance_options(scale_help: str) -> Callable:
+    """``--classifier``, ``--classifier-flag``, ``--classifier-scale`` and ``--guidance-form``
+    (classifier guidance, :mod:`samplerkit.guidance`), added to a click command."""
+
+    def decorate(fn):
+        for opt in reversed([
+            click.option("--classifier", default=None,
+                         help="Noisy-image classifier for classifier guidance (ADM-G): a zoo name such as "
+                              "adm-imagenet256-classifier, or a .pt with --classifier-flag."),
+            click.option("--classifier-flag", "classifier_flags", multiple=True, metavar="KEY=VALUE",
+                         help="Upstream classifier_* / diffusion flag of a local classifier .pt; repeatable."),
+            click.option("--classifier-scale", default=None, metavar="S", help=scale_help),
+            click.option("--guidance-form", type=click.Choice(["score", "upstream"]), default=None,
+                         help="score: D + s sigma^2 grad log p, every sampler (default); upstream: guided-diffusion's "
+                              "condition_mean (ancestral) / condition_score (ddim)."),
+        ]):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def guidance_settings(classifier: str | None, flags: tuple[str, ...], scale, form: str | None):
+    """(classifier flags, scales, form) of the guidance options, checked: every other option needs
+    --classifier; a scale list '0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]), each >= 0."""
+    if classifier is None:
+        given = [name for name, v in (("--classifier-flag", flags), ("--classifier-scale", scale),
+                                      ("--guidance-form", form)) if v]
+        if given:
+            raise SamplerkitError(f"{', '.join(given)} need(s) --classifier")
+    return parse_flags(flags), classifier_scales(scale), form or "score"
+
+
+def classifier_scales(text) -> list[float]:
+    """'0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]); each must be >= 0."""
+    if text is None:
+        return [1.0]
+    try:
+        scales = list(dict.fromkeys(float(v) for v in str(text).split(",") if v.strip()))
+    except ValueError:
+        raise SamplerkitError(f"bad --classifier-scale {text!r}; use a number like 1.0 (sweep: 0.5,1,4)") from None
+    if not scales or any(not v >= 0 for v in scales):
+        raise SamplerkitError(f"--classifier-scale must be >= 0, got {text}")
+    return scales
 
 
 def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: str | None, device="cpu"):

@@ -10,7 +10,7 @@ from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..runs import model_sha256
-from ._options import load_model, remedy_options, with_flag_names
+from ._options import load_model, remedy_options, speed_option, with_flag_names
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -23,11 +23,15 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def _load_models(names, family, flags, preset, device) -> list[exposure.ModelSpec]:
+def _load_models(names, family, flags, preset, device, speed="exact", batch: int = 64) -> list[exposure.ModelSpec]:
+    """The models, each under the run's speed policy (:mod:`samplerkit.speed`)."""
+    from .. import speed as speed_lib
+
     specs = []
     for name in names:
         net = load_model(name, family, flags, preset, device=device)
-        specs.append(exposure.ModelSpec(name, net.eval(), model_sha256(name)))
+        net, _ = speed_lib.for_denoiser(net.eval(), speed, batch, device)
+        specs.append(exposure.ModelSpec(name, net, model_sha256(name)))
     return specs
 
 
@@ -96,11 +100,12 @@ def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
     return modes or ("delta",)
 
 
-def _fid_features(device):
+def _fid_features(device, speed="exact"):
     """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
+    from .. import speed as speed_lib
     from ..metrics import inception
 
-    return inception(device=device)
+    return speed_lib.for_inception(inception(device=device), speed, device)[0]
 
 
 def _fid_reference(path: str | None):
@@ -164,10 +169,11 @@ def _remedies(fn):
               help="Directory for (x0, x0_hat) PNGs.")
 @click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
 @click.option("--device", default="cpu", show_default=True)
+@speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
 @_remedies
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
-            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, quiet,
+            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet,
             **remedies):
     """Measure exposure bias as Ning et al. 2023 do: delta_t of Alg. 4 / Tab. 6, the FID variant of
     Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
@@ -199,7 +205,10 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
                                  batch=batch, seed=seed, respacing=respacing, reference=reference, stride=stride,
                                  clip_denoised=clip_denoised, variance=variance,
                                  data=data + (";noresize" if no_resize else ""))
-    specs = _load_models(models, family, flags, preset, device)
+    from .. import speed as speed_lib
+
+    speed = speed or speed_lib.default_mode()
+    specs = _load_models(models, family, flags, preset, device, speed, batch)
     try:
         specs = _with_remedies(specs, settings, remedies)
     except SamplerkitError as e:
@@ -208,7 +217,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
     features = real = None
     if "fid" in settings.modes:
-        features = _fid_features(device)
+        features = _fid_features(device, speed)
         real = _fid_reference(fid_ref)
     report = exposure.run(specs, x0, labels, settings, csv_path=csv_path, features=features, real_features=real,
                           device=device, log=log, show_progress=not quiet)
