@@ -6,6 +6,13 @@ Each cell (sampler, steps) generates the same seeds through :func:`samplerkit.ge
 n_images, seeds, reference); a row with that identity and the asked metrics already in the CSV
 is not recomputed, so a killed sweep resumes where it stopped. The CSV
 (:class:`samplerkit.results.ResultsCSV`) is rewritten atomically after every cell.
+
+With ``bootstrap`` rounds every row carries percentile intervals of FID and KID and, for every
+cell but the first sampler's, the paired difference to the first sampler at the same step count
+(same seeds, resampled jointly); the cells' pool features are then kept beside the CSV
+(``<csv>.feats/``) so that a resumed sweep can still pair with a finished cell. Under ``torchrun``
+each process generates and measures its block of the seeds; the statistics are gathered exactly
+and rank 0 writes the CSV.
 """
 
 from __future__ import annotations
@@ -22,14 +29,18 @@ from . import samplers as samplers_table
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
 from .metrics import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
+from .metrics import block as metrics_block
 from .results import ResultsCSV
 
+# Interval columns (fid_lo, fid_hi, kid_lo, kid_hi; baseline, fid_diff, fid_diff_lo, ...; bootstrap_rounds)
+# and the feature mode follow these, sorted, in the rows that have them.
 CSV_COLUMNS = (
-    "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "n_images", "seeds",
-    "seconds", "images_per_s", "eval_seconds", "ref", "settings",
+    "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "kid", "kid_std", "is",
+    "is_std", "n_images", "seeds", "seconds", "images_per_s", "eval_seconds", "ref", "settings",
 )
 KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
-_METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall")}
+_METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall"), "kid": ("kid", "kid_std"),
+                   "is": ("is", "is_std")}
 
 
 def seeds_text(seeds: Sequence[int]) -> str:
@@ -100,8 +111,32 @@ def read_csv(path: str | Path) -> list[dict]:
     return results_csv(path).read()
 
 
-def _complete(row: dict, metrics: Sequence[str]) -> bool:
-    return all(str(row.get(col, "")) != "" for m in metrics for col in _METRIC_COLUMNS[m])
+def _complete(row: dict, metrics: Sequence[str], bootstrap: int = 0) -> bool:
+    cols = [col for m in metrics for col in _METRIC_COLUMNS[m]]
+    if bootstrap:
+        cols += [f"{m}_{end}" for m in metrics if m in ("fid", "kid") for end in ("lo", "hi")]
+        if str(row.get("bootstrap_rounds", "")) != str(bootstrap):
+            return False
+    return all(str(row.get(col, "")) != "" for col in cols)
+
+
+def _feats_path(csv_path: Path, key: tuple) -> Path:
+    """Where a cell's pool features are kept for paired bootstrap intervals (beside the CSV)."""
+    import hashlib
+
+    digest = hashlib.sha256("|".join(key).encode()).hexdigest()[:16]
+    return csv_path.with_name(f"{csv_path.name}.feats") / f"{digest}.npy"
+
+
+def _save_feats(path: Path, feats: np.ndarray) -> None:
+    import io
+
+    from .output import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(feats, np.float32))
+    atomic_write(path, buf.getvalue())
 
 
 def run(
@@ -116,6 +151,8 @@ def run(
     model: str = "",
     sha256: str = "",
     metrics: Sequence[str] = ("fid",),
+    evaluation: dict | None = None,
+    bootstrap: int = 0,
     options: dict | None = None,
     eps_scalers: Sequence[float] | None = None,
     remedies: dict | None = None,
@@ -134,8 +171,12 @@ def run(
     values b (Ning et al. 2024 (ES)), one more axis of cells (each row records its b);
     ``remedies``: ``eps_scaler_slope`` and the time-shift options of
     :func:`samplerkit.generate.make_sampler` (the time shift goes to ddim/ancestral only).
+    ``evaluation``: keyword arguments of :func:`samplerkit.metrics.evaluate` (``kid_subsets``,
+    ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     """
     from tqdm import tqdm
+
+    from . import distributed
 
     metrics = parse_metrics(metrics)
     check_options(samplers, options)
@@ -148,6 +189,9 @@ def run(
     if "pr" in metrics and len(seeds) <= PR_K:
         raise SamplerkitError(f"precision/recall (k = {PR_K}) need more than {PR_K} images per cell")
     ref_id = reference.fingerprint()
+    evaluation = dict(evaluation or {})
+    seed = evaluation.get("seed", 0)
+    mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     cells = []
     for name in samplers:
         for b in eps_scalers or [None]:
@@ -165,16 +209,22 @@ def run(
     table = results_csv(csv_path)
     rows = table.read()
     finished = {table.key(r): r for r in rows}
-    todo = [c for c in cells if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics))]
+    todo = [c for c in cells
+            if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap))]
+    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
+    for _, row in cells:
+        baseline_of.setdefault((row["steps"], row["eps_scaler"], row["time_shift"]), table.key(row))
+    main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
-    with tqdm(total=len(todo) * len(seeds), unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
+              dynamic_ncols=True) as bar:
         for prepared, row in todo:
             bar.set_description(f"{row['sampler']} {row['steps']} steps")
-            builder = StatsBuilder(features, metrics)
+            builder = StatsBuilder(features, metrics, keep_feats=bool(bootstrap))
             sample_seconds = eval_seconds = 0.0
             t0 = time.perf_counter()
-            for _, x, _ in generate(net, prepared, seeds, batch_size, class_labels, device):
+            for _, x, _ in generate(net, prepared, mine, batch_size, class_labels, device):
                 t1 = time.perf_counter()
                 builder.add(x)
                 t2 = time.perf_counter()
@@ -183,15 +233,40 @@ def run(
                 bar.update(len(x))
                 t0 = time.perf_counter()
             t1 = time.perf_counter()
-            values = evaluate(builder.result(), reference, metrics)
+            builder.gather()
+            sample = builder.result()
+            values = evaluate(sample, reference, metrics, **evaluation)
+            if bootstrap:
+                values.update(_bootstrap_columns(sample, reference, metrics, bootstrap, seed, table.key(row),
+                                                 baseline_of[(row["steps"], row["eps_scaler"], row["time_shift"])],
+                                                 Path(csv_path), main))
             eval_seconds += time.perf_counter() - t1
             done = dict(row, **values, seconds=round(sample_seconds, 3),
-                        images_per_s=round(len(seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
-                        eval_seconds=round(eval_seconds, 3))
+                        images_per_s=round(len(mine) / sample_seconds, 3) if sample_seconds > 0 else "",
+                        eval_seconds=round(eval_seconds, 3), mode=sample.mode)
             table.put(rows, done)
-            table.write(rows)
+            if main:
+                table.write(rows)
     by_key = {table.key(r): r for r in rows}
     return [by_key[table.key(row)] for _, row in cells]
+
+
+def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: tuple, baseline: tuple,
+                       csv_path: Path, main: bool) -> dict:
+    """The interval columns of one cell: its own FID/KID intervals and, unless it is its own
+    baseline, the paired difference to the baseline cell (whose features are read from beside the CSV)."""
+    from .metrics import Statistics, intervals
+
+    if main:
+        _save_feats(_feats_path(csv_path, key), sample.feats)
+    out = dict(intervals(sample, reference, metrics, rounds, seed), bootstrap_rounds=rounds)
+    base_file = _feats_path(csv_path, baseline)
+    if baseline != key and base_file.is_file():
+        base_feats = np.load(base_file)
+        base = Statistics(base_feats.mean(0), np.cov(base_feats, rowvar=False), len(base_feats), feats=base_feats)
+        paired = intervals(base, reference, metrics, rounds, seed, other=sample)
+        out.update({k: v for k, v in paired.items() if "_diff" in k}, baseline=f"{baseline[2]} {baseline[3]} steps")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +277,11 @@ def frame(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)):
     """The sweep's rows as a pandas DataFrame with numeric columns (sampler, steps, nfe, metrics, timing)."""
     import pandas as pd
 
-    cols = ["sampler", "steps", "nfe", *[c for m in parse_metrics(metrics) for c in _METRIC_COLUMNS[m]],
+    wanted = parse_metrics(metrics)
+    intervals = [f"{m}_{end}" for m in ("fid", "kid") if m in wanted
+                 for end in ("lo", "hi", "diff", "diff_lo", "diff_hi")]
+    cols = ["sampler", "steps", "nfe", *[c for m in wanted for c in _METRIC_COLUMNS[m]],
+            *[c for c in intervals if any(str(r.get(c, "")) != "" for r in rows)],
             "n_images", "seconds", "images_per_s"]
     if any(str(r.get("eps_scaler", "")) != "" or str(r.get("time_shift", "")) in ("1", "True") for r in rows):
         cols.insert(1, "remedy")

@@ -162,12 +162,31 @@ def colour_moments(images) -> np.ndarray:
     return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1)
 
 
-def test_evaluator_reference_batch_keeps_its_statistics_and_gives_pool_features_from_arr_0(tmp_path):
+class ModeFeatures:
+    """Colour moments standing in for Inception, in a named feature pipeline."""
+
+    def __init__(self, mode: str, sha256: str = ""):
+        self.mode, self.sha256 = mode, sha256
+
+    def extract(self, images, spatial=False):
+        return colour_moments(images), None
+
+
+def test_evaluator_reference_batch_keeps_its_tensorflow_statistics_in_legacy_tensorflow_mode(tmp_path):
     images = shapes(range(6))[0]
     np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.full(6, 7.0), sigma=np.eye(6))
-    stats = metrics.reference(tmp_path / "ref.npz", colour_moments, ("fid", "pr"))
+    stats = metrics.reference(tmp_path / "ref.npz", ModeFeatures("legacy-tensorflow"), ("fid", "pr"))
     np.testing.assert_array_equal(stats.mu, np.full(6, 7.0))
     np.testing.assert_allclose(stats.feats, colour_moments(images), rtol=1e-6)
+    assert (stats.mode, stats.origin) == ("legacy-tensorflow", metrics.ADM_REFERENCE)
+
+
+def test_evaluator_reference_batch_is_measured_from_its_images_in_clean_mode(tmp_path):
+    images = shapes(range(6))[0]
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.full(6, 7.0), sigma=np.eye(6))
+    stats = metrics.reference(tmp_path / "ref.npz", ModeFeatures("clean"), ("fid",))
+    np.testing.assert_allclose(stats.mu, colour_moments(images).mean(0), rtol=1e-12)
+    assert (stats.mode, stats.origin) == ("clean", "")
 
 
 def test_recompute_replaces_stored_statistics_by_those_of_arr_0(tmp_path):
@@ -182,7 +201,7 @@ def test_saved_statistics_load_back_unchanged(tmp_path):
     stats = metrics.Statistics(feats.mean(0), np.cov(feats, rowvar=False), 9, feats=feats.astype(np.float32))
     back = metrics.load_statistics(stats.save(tmp_path / "s.npz"))
     np.testing.assert_array_equal(back.sigma, stats.sigma)
-    assert (back.n, back.metrics()) == (9, ("fid", "pr"))
+    assert (back.n, back.metrics()) == (9, ("fid", "pr", "kid"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,8 +387,8 @@ def test_reference_without_spatial_statistics_cannot_give_sfid(tmp_path, folders
 
 
 def test_unknown_metric_is_a_one_line_error(folders, ref_b):
-    code, _, err = run_cli("fid", "--images", folders["a"], "--ref", ref_b, "--metrics", "fid,kid")
-    assert_one_line_error(code, err, "kid")
+    code, _, err = run_cli("fid", "--images", folders["a"], "--ref", ref_b, "--metrics", "fid,lpips")
+    assert_one_line_error(code, err, "lpips")
 
 
 def test_statistics_of_a_builtin_data_set_are_computed_once_and_cached(monkeypatch, tmp_path):
@@ -412,8 +431,18 @@ class CountingFeatures:
 def counting_features(monkeypatch) -> CountingFeatures:
     """Makes the `fid` and `fid-ref` commands use a :class:`CountingFeatures` instead of Inception."""
     features = CountingFeatures()
-    monkeypatch.setattr(metrics, "inception", lambda path=None, device="cpu", batch_size=32: features)
+    use_stand_in(monkeypatch, features)
     return features
+
+
+def use_stand_in(monkeypatch, features) -> None:
+    """Make the commands measure with ``features`` instead of the Inception network (the speed
+    policy, which tunes the network's layers, passes a stand-in through unchanged)."""
+    from samplerkit import speed
+
+    tune = speed.for_inception
+    monkeypatch.setattr(metrics, "inception", lambda path=None, device="cpu", batch_size=32, mode="clean": features)
+    monkeypatch.setattr(speed, "for_inception", lambda f, *a, **k: (f, {}) if f is features else tune(f, *a, **k))
 
 
 def sample_with_builtin_model(out: Path, seeds: str) -> Path:

@@ -1,14 +1,20 @@
-"""``samplerkit fid`` and ``samplerkit fid-ref``: FID, sFID and precision/recall through clean-fid's features."""
+"""``samplerkit fid`` and ``samplerkit fid-ref``: FID, sFID, precision/recall, KID and the Inception
+Score through clean-fid's features (clean or legacy-tensorflow mode), with bootstrap intervals."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import click
+import numpy as np
 
+from .. import distributed
 from .. import metrics as metrics_lib
+from .. import speed as speed_lib
 from ..errors import SamplerkitError
+from ._options import speed_option
 
 
 def _progress(total: int | None, quiet: bool, what: str):
@@ -26,21 +32,25 @@ def _check_dim(stats: metrics_lib.Statistics, where: str) -> None:
                               f"{metrics_lib.SPATIAL_DIM}-d (rebuild it with samplerkit fid-ref)")
 
 
-def check_reference(ref: str, metrics, num_images: int | None = None, recompute: bool = False):
+def check_reference(ref: str, metrics, num_images: int | None = None, recompute: bool = False, mode: str = "",
+                    network: str = ""):
     """Every check of a reference that needs no network, so it fails before any feature pass.
 
-    Returns the stored statistics when ``ref`` has what ``metrics`` need, else (source, n): the
-    images to compute them from, already checked (readable, one size, enough of them)."""
+    Returns the stored statistics when ``ref`` has what ``metrics`` need (in feature pipeline
+    ``mode`` with the network of sha256 ``network``; '' = any), else (source, n): the images to
+    compute them from, already checked (readable, one size, enough of them)."""
     path = Path(ref)
     if not ref.startswith("builtin:") and not path.exists():
         raise SamplerkitError(f"reference not found: {ref} (give a stats .npz or an image folder/zip/npz)")
-    wanted = metrics_lib.parse_metrics(metrics)
-    stats = metrics_lib.stored_reference(ref, wanted, num_images, recompute)
+    wanted = metrics_lib.reference_metrics(metrics)
+    stats = metrics_lib.stored_reference(ref, wanted, num_images, recompute, mode, network)
     partial = metrics_lib.load_statistics(path) if stats is None and path.suffix == ".npz" and path.is_file() else None
     for held in (stats, None if recompute else partial):
         if held is not None:
             _check_dim(held, ref)
     if stats is not None:
+        if "kid" in wanted and "pr" not in wanted and len(stats.feats) < 2:
+            raise SamplerkitError(f"KID needs at least 2 reference features, {ref} holds {len(stats.feats)}")
         if "pr" in wanted and len(stats.feats) <= metrics_lib.PR_K:
             raise SamplerkitError(f"precision/recall (k = {metrics_lib.PR_K}) need more than {metrics_lib.PR_K} "
                                   f"reference features, {ref} holds {len(stats.feats)}")
@@ -60,7 +70,7 @@ def load_reference(ref: str, metrics, features, num_images=None, batch=64, recom
     if isinstance(checked, metrics_lib.Statistics):
         return checked
     source, n = checked
-    with _progress(n, quiet, f"reference statistics of {ref}") as bar:
+    with _progress(n, quiet or not distributed.is_main(), f"reference statistics of {ref}") as bar:
         stats = metrics_lib.computed_reference(ref, source, n, features, metrics, batch, recompute, bar.update)
     _check_dim(stats, ref)
     return stats
@@ -73,6 +83,70 @@ def warn_small_sample(n_images: int, metrics) -> None:
         click.echo(f"warning: {text}", err=True)
 
 
+def evaluation_options(fn):
+    """The options of `fid` and `sweep` that choose the feature pipeline and the KID / bootstrap settings."""
+
+    @click.option("--fid-mode", "fid_mode", type=click.Choice(["clean", "legacy-tensorflow"]), default="clean",
+                  show_default=True,
+                  help="Feature pipeline: clean-fid's clean (PIL bicubic) or legacy-tensorflow (the original "
+                       "graph's bilinear resize, as EDM's fid.py and the ADM evaluator; compare with papers in it).")
+    @click.option("--kid-subsets", type=int, default=metrics_lib.KID_SUBSETS, show_default=True,
+                  help="KID: number of random subsets (clean-fid's compute_kid).")
+    @click.option("--kid-subset-size", type=int, default=None,
+                  help="KID: images per subset [default: min(1000, images, reference images)].")
+    @click.option("--bootstrap", "bootstrap_rounds", type=int, default=0, show_default=True,
+                  help="Bootstrap rounds for intervals of FID and KID (resampling the images; 0: none).")
+    @click.option("--force-pipeline", is_flag=True,
+                  help="Compare statistics of different modes or Inception networks anyway.")
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def check_evaluation(wanted, kid_subsets: int, kid_subset_size, bootstrap_rounds: int, n_images: int) -> None:
+    """Checks of the KID / bootstrap settings that need no feature pass."""
+    if "kid" in wanted:
+        if kid_subsets < 1:
+            raise SamplerkitError(f"--kid-subsets must be >= 1, got {kid_subsets}")
+        if kid_subset_size is not None:
+            metrics_lib.check_subset_size(n_images, n_images, kid_subset_size)
+    if bootstrap_rounds < 0 or bootstrap_rounds == 1:
+        raise SamplerkitError(f"--bootstrap needs at least 2 rounds (0: no intervals), got {bootstrap_rounds}")
+    if bootstrap_rounds and not any(m in wanted for m in ("fid", "kid")):
+        raise SamplerkitError("--bootstrap gives intervals of fid and kid; ask for one of them in --metrics")
+    if bootstrap_rounds and n_images < 3:
+        raise SamplerkitError(f"a bootstrap needs at least 3 images, got {n_images}")
+
+
+def check_stored_mode(checked, mode: str, force: bool) -> None:
+    """Stored reference statistics of another feature mode: an error before any work (unless ``force``)."""
+    if isinstance(checked, metrics_lib.Statistics):
+        metrics_lib.check_same_pipeline(metrics_lib.Statistics(checked.mu[:1], checked.sigma[:1, :1], mode=mode),
+                                        checked, force)
+
+
+def note_reference(reference: metrics_lib.Statistics, ref: str, mode: str) -> str | None:
+    """One line that says which statistics stand for the reference, where that is not the obvious."""
+    if reference.origin == metrics_lib.ADM_REFERENCE:
+        return (f"reference: the stored TensorFlow mu/sigma of {ref} ({metrics_lib.ADM_REFERENCE}), "
+                f"used as the evaluator does in {mode} mode")
+    if not reference.mode:
+        return f"reference: {ref} records no feature pipeline; assumed to be {mode} mode (not checked)"
+    return None
+
+
+def _format(values: dict, key: str) -> str:
+    v = values[key]
+    text = f"{v:.6g}"
+    if f"{key}_std" in values:
+        text += f" ± {values[f'{key}_std']:.3g}"
+    if f"{key}_lo" in values:
+        text += f"  [{values[f'{key}_lo']:.6g}, {values[f'{key}_hi']:.6g}]"
+    return text
+
+
 @click.command(name="fid", context_settings={"max_content_width": 100})
 @click.option("--images", required=True,
               help="Images to measure: a `samplerkit sample` output folder (its per-seed images), any folder, "
@@ -80,7 +154,12 @@ def warn_small_sample(n_images: int, metrics) -> None:
 @click.option("--ref", required=True,
               help="Reference: stats .npz (mu, sigma; clean-fid, EDM fid-refs, fid-ref output, an ADM "
                    "evaluator reference batch) or an image folder / .zip / .npz.")
-@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr.")
+@click.option("--paired-with", "paired_with", default=None,
+              help="Images of a second model or sampler from the same seeds, in the same order: both are "
+                   "measured and, with --bootstrap, the interval of the paired difference (these - --images).")
+@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr, kid, is.")
+@evaluation_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of KID's subsets and the bootstrap.")
 @click.option("--inception", default=None, type=click.Path(),
               help="Inception network file (inception-2015-12-05.pt) or its folder [default: $SAMPLERKIT_INCEPTION, "
                    "else the cache / a download].")
@@ -90,44 +169,128 @@ def warn_small_sample(n_images: int, metrics) -> None:
               help="Ignore statistics stored in --ref and compute them from its images (arr_0).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per feature batch.")
 @click.option("--device", default="cpu", show_default=True)
+@speed_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fid(images, ref, metrics, inception, num_images, ref_images, recompute_ref, batch, device, as_json, quiet):
-    """FID (and sFID, precision/recall) of a set of images against reference statistics.
+def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline,
+        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet):
+    """FID (and sFID, precision/recall, KID, Inception Score) of a set of images against a reference.
 
-    Features are clean-fid's "clean" mode: PIL bicubic resize to 299x299 and the TorchScript
-    Inception-v3 of clean-fid / EDM. sFID uses mixed_6/conv[:7] (2023-d) as the ADM evaluator;
-    precision/recall are Kynkäänniemi et al. 2019 with k = 3. Every input is checked (sizes,
-    counts, readable files, the reference) before features are computed. Published FIDs use
-    50,000 images; with fewer than 2,000 the number is biased upward (a warning says so).
+    Features are clean-fid's "clean" mode by default (PIL bicubic resize to 299x299) or, with
+    --fid-mode legacy-tensorflow, the original graph's bilinear resize (the scale of EDM's and the
+    ADM evaluator's published FIDs); the network is the TorchScript Inception-v3 of clean-fid / EDM.
+    One feature pass serves every metric. sFID uses mixed_6/conv[:7] (2023-d) as the ADM evaluator;
+    precision/recall are Kynkäänniemi et al. 2019 with k = 3; KID is clean-fid's compute_kid (± its
+    std over subsets); IS uses the 1008 logits with 10 splits (± std over splits). Statistics files
+    record the mode and the network's sha256, and mixing them is an error. Every input is checked
+    before features are computed. Published FIDs use 50,000 images; with fewer than 2,000 the number
+    is biased upward (a warning says so; KID is unbiased). Under torchrun the images are split
+    across the processes and the statistics gathered exactly.
 
     \b
     Examples:
       samplerkit fid --images out/ --ref cifar10-32x32.npz
-      samplerkit fid --images samples.npz --ref VIRTUAL_imagenet64_labeled.npz --metrics fid,sfid,pr --json
-      samplerkit fid --images out/ --ref data/cifar10/ --ref-images 50000
+      samplerkit fid --images samples.npz --ref VIRTUAL_imagenet64_labeled.npz --fid-mode legacy-tensorflow \\
+          --metrics fid,sfid,pr,is --json
+      samplerkit fid --images adm/ --paired-with adm-ip/ --ref data/ --metrics fid,kid --bootstrap 1000
+      torchrun --nproc_per_node 8 -m samplerkit fid --images out/ --ref ref.npz --metrics fid,pr,kid --device cuda
     """
     wanted = metrics_lib.parse_metrics(metrics)
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     source, n = metrics_lib.open_images(images, num_images)
+    other = None
+    if paired_with is not None:
+        other, n_other = metrics_lib.open_images(paired_with, num_images)
+        if n_other != n:
+            raise SamplerkitError(f"--paired-with gives {n_other} images but --images gives {n}; a paired comparison "
+                                  "needs the same seeds on both sides")
     if "pr" in wanted and n <= metrics_lib.PR_K:
         raise SamplerkitError(f"precision/recall (k = {metrics_lib.PR_K}) need more than {metrics_lib.PR_K} images, "
                               f"{images} gives {n}")
-    checked = check_reference(ref, wanted, ref_images, recompute_ref)
-    features = metrics_lib.inception(inception, device, batch_size=min(batch, 64))
-    warn_small_sample(n, wanted)
-    reference = load_reference(ref, wanted, features, ref_images, batch, recompute_ref, quiet, checked)
-    with _progress(n, quiet, "images") as bar:
-        batches = (x for x, _ in source.batches(batch, limit=n))
-        sample = metrics_lib.statistics_of_images(batches, features, wanted, bar.update)
-    values = metrics_lib.evaluate(sample, reference, wanted)
+    if "is" in wanted and n < metrics_lib.IS_SPLITS:
+        raise SamplerkitError(f"the Inception Score with {metrics_lib.IS_SPLITS} splits needs at least "
+                              f"{metrics_lib.IS_SPLITS} images, {images} gives {n}")
+    check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, n)
+    checked = check_reference(ref, wanted, ref_images, recompute_ref, fid_mode)
+    check_stored_mode(checked, fid_mode, force_pipeline)
+    if "kid" in wanted and kid_subset_size is not None:
+        n_ref = len(checked.feats) if isinstance(checked, metrics_lib.Statistics) else checked[1]
+        metrics_lib.check_subset_size(n, n_ref, kid_subset_size)
+    joined_already = distributed.is_initialized()
+    distributed.init(device)
+    try:
+        main = distributed.is_main()
+        features = metrics_lib.inception(inception, distributed.local_device(device), batch_size=min(batch, 64),
+                                         mode=fid_mode)
+        features, _ = speed_lib.for_inception(features, speed or speed_lib.default_mode(),
+                                              distributed.local_device(device))
+        network = getattr(features, "sha256", "")
+        if "is" in wanted:
+            metrics_lib.require_logits(features)
+        if isinstance(checked, metrics_lib.Statistics):  # stored statistics of another network: fail before the work
+            metrics_lib.check_same_pipeline(_pipeline_of(features), checked, force_pipeline)
+        if main:
+            warn_small_sample(n, wanted)
+        reference = load_reference(ref, wanted, features, ref_images, batch, recompute_ref, quiet, checked)
+        metrics_lib.check_same_pipeline(_pipeline_of(features), reference, force_pipeline)
+        note = note_reference(reference, ref, fid_mode)
+        if note and main and not as_json:
+            click.echo(note, err=True)
+        keep = bool(bootstrap_rounds)
+        sets = [(images, source)] + ([(paired_with, other)] if other is not None else [])
+        results, stats = [], []
+        for name, src in sets:
+            with _progress(n, quiet or not main, f"images {name}") as bar:
+                sample = metrics_lib.statistics_of_source_block(src, n, features, wanted, batch, bar.update, keep)
+            values = metrics_lib.evaluate(sample, reference, wanted, kid_subsets=kid_subsets,
+                                          kid_subset_size=kid_subset_size, seed=seed, force=force_pipeline)
+            stats.append(sample)
+            results.append(values)
+        if bootstrap_rounds:
+            for values, sample in zip(results, stats, strict=True):
+                values.update(metrics_lib.intervals(sample, reference, wanted, bootstrap_rounds, seed))
+            if other is not None:
+                paired = metrics_lib.intervals(stats[0], reference, wanted, bootstrap_rounds, seed, other=stats[1])
+                results[1].update({k: v for k, v in paired.items() if "_diff" in k})
+        if main:
+            _report(results, sets, stats[0].n, reference, ref, fid_mode, network, bootstrap_rounds, seed, note, as_json)
+    finally:
+        if not joined_already:
+            distributed.cleanup()
+
+
+def _pipeline_of(features) -> metrics_lib.Statistics:
+    """An empty Statistics carrying the features' pipeline (for the check against the reference)."""
+    return metrics_lib.Statistics(np.zeros(1), np.zeros((1, 1)), mode=getattr(features, "mode", ""),
+                                  network=getattr(features, "sha256", ""))
+
+
+def _report(results, sets, n, reference, ref, mode, network, rounds, seed, note, as_json) -> None:
     if as_json:
-        click.echo(json.dumps({**values, "n_images": sample.n, "n_ref": reference.n, "images": images, "ref": ref}))
-    else:
-        for key, value in values.items():
-            click.echo(f"{key:10s} {value:.6g}")
-        click.echo(f"{'n_images':10s} {sample.n}")
+        common = {"n_images": n, "n_ref": reference.n, "ref": ref, "mode": mode, "network": network,
+                  "reference_mode": reference.mode, "reference_origin": reference.origin or None}
+        if rounds:
+            common.update(bootstrap_rounds=rounds, seed=seed)
+        if len(results) == 1:
+            click.echo(json.dumps({**results[0], **common, "images": sets[0][0]}))
+        else:
+            rows = [dict(r, images=name) for r, (name, _) in zip(results, sets, strict=True)]
+            click.echo(json.dumps({**common, "images": sets[0][0], "paired_with": sets[1][0], "results": rows}))
+        return
+    for values, (name, _) in zip(results, sets, strict=True):
+        if len(results) > 1:
+            click.echo(f"# {name}")
+        shown = [k for k in values if not k.endswith(("_std", "_lo", "_hi")) and "_diff" not in k]
+        for key in shown:
+            click.echo(f"{key:10s} {_format(values, key)}")
+        for key in [k for k in values if k.endswith("_diff")]:
+            m = key[: -len("_diff")]
+            click.echo(f"{m + ' diff':10s} {values[key]:+.6g}  [{values[key + '_lo']:+.6g}, {values[key + '_hi']:+.6g}]"
+                       f"  ({name} - {sets[0][0]}, paired over the same seeds)")
+        click.echo(f"{'n_images':10s} {n}")
+    extra = f"; intervals: {rounds} bootstrap rounds, 95 %, seed {seed}" if rounds else ""
+    click.echo(f"{'pipeline':10s} {mode} mode, network sha256 {network[:12]}…{extra}")
 
 
 @click.command(name="fid-ref", context_settings={"max_content_width": 100})
@@ -135,32 +298,43 @@ def fid(images, ref, metrics, inception, num_images, ref_images, recompute_ref, 
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
 @click.option("--num-images", type=int, default=None, help="Use the first N images [default: all].")
 @click.option("--metrics", default="fid", show_default=True,
-              help="Comma list of fid, sfid, pr: sfid adds mu_s/sigma_s, pr adds the pool features (feats).")
+              help="Comma list of fid, sfid, pr, kid: sfid adds mu_s/sigma_s, pr and kid the pool features (feats).")
+@click.option("--fid-mode", "fid_mode", type=click.Choice(["clean", "legacy-tensorflow"]), default="clean",
+              show_default=True, help="Feature pipeline (recorded in the file with the network's sha256).")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fid_ref(data, out, num_images, metrics, inception, batch, device, quiet):
+def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet):
     """Reference statistics of a data set, written as an npz with mu and sigma (the form clean-fid
-    and EDM's fid-refs use) plus n, and mu_s/sigma_s and feats when asked.
+    and EDM's fid-refs use) plus n, the feature mode and the network's sha256, and mu_s/sigma_s and
+    feats when asked.
 
     \b
     Examples:
       samplerkit fid-ref --data cifar10-32x32.zip --out cifar10-ref.npz
-      samplerkit fid-ref --data imagenet64/ --out in64-ref.npz --num-images 50000 --metrics fid,sfid,pr
+      samplerkit fid-ref --data imagenet64/ --out in64-ref.npz --num-images 50000 --metrics fid,sfid,pr,kid
+      samplerkit fid-ref --data cifar10-train.zip --out cifar10-tf.npz --fid-mode legacy-tensorflow
     """
-    wanted = metrics_lib.parse_metrics(metrics)
+    wanted = metrics_lib.reference_metrics(metrics)
     if not str(out).endswith(".npz"):
         raise SamplerkitError(f"--out must end in .npz, got {out}")
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     source, n = metrics_lib.open_images(data, num_images)
-    features = metrics_lib.inception(inception, device, batch_size=min(batch, 64))
-    with _progress(n, quiet, "reference") as bar:
-        batches = (x for x, _ in source.batches(batch, limit=n))
-        stats = metrics_lib.statistics_of_images(batches, features, wanted, bar.update)
-    stats.save(out)
-    click.echo(f"wrote {out} ({stats.n} images; {', '.join(stats.metrics())})", err=True)
+    joined_already = distributed.is_initialized()
+    distributed.init(device)
+    try:
+        features = metrics_lib.inception(inception, distributed.local_device(device), batch_size=min(batch, 64),
+                                         mode=fid_mode)
+        with _progress(n, quiet or not distributed.is_main(), "reference") as bar:
+            stats = metrics_lib.statistics_of_source_block(source, n, features, wanted, batch, bar.update)
+        if distributed.is_main():
+            stats.save(out)
+            click.echo(f"wrote {out} ({stats.n} images; {', '.join(stats.metrics())}; {stats.pipeline()})", err=True)
+    finally:
+        if not joined_already:
+            distributed.cleanup()
 
 
 COMMANDS = [fid, fid_ref]

@@ -7,13 +7,23 @@ from pathlib import Path
 
 import click
 
+from .. import distributed
 from .. import metrics as metrics_lib
+from .. import speed as speed_lib
 from .. import sweep as sweep_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..runs import model_sha256, resolve_sampler
-from ._options import chosen_options, load_model, model_options, sampler_options
-from .fid import warn_small_sample
+from ..runs import load_classifier, model_sha256, resolve_sampler
+from ._options import (
+    chosen_options,
+    guidance_options,
+    guidance_settings,
+    load_model,
+    model_options,
+    sampler_options,
+    speed_option,
+)
+from .fid import check_evaluation, check_stored_mode, evaluation_options, note_reference, warn_small_sample
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -48,27 +58,28 @@ def _seeds(spec: str | None, num_images: int | None) -> list[int]:
     return seeds
 
 
-def _reference_cache(ref: str, ref_images, metrics, csv_path: Path) -> Path:
+def _reference_cache(ref: str, ref_images, metrics, csv_path: Path, mode: str = "clean") -> Path:
     """Where the reference statistics computed for a sweep are kept: beside the CSV, named for the
-    reference (path, size and mtime), the image count and the metrics."""
+    reference (path, size and mtime), the image count, the metrics and the feature mode."""
     path = Path(ref)
     stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else ""
-    tag = hashlib.sha256(f"{ref}|{stamp}|{ref_images}|{','.join(metrics)}|clean".encode()).hexdigest()[:12]
+    tag = hashlib.sha256(f"{ref}|{stamp}|{ref_images}|{','.join(metrics)}|{mode}".encode()).hexdigest()[:12]
     return csv_path.with_name(f"{csv_path.stem}.ref-{tag}.npz")
 
 
-def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log):
+def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: str = "clean"):
     """Before any work: the statistics held by --ref or cached beside the CSV, else the checked
     images to compute them from (see :func:`samplerkit.cli.fid.check_reference`)."""
     from .fid import _check_dim, check_reference
 
-    cache = _reference_cache(ref, ref_images, metrics, csv_path)
+    metrics = metrics_lib.reference_metrics(metrics)
+    cache = _reference_cache(ref, ref_images, metrics, csv_path, mode)
     stats = metrics_lib.load_statistics(cache) if cache.is_file() else None
     if stats is not None and set(metrics) <= set(stats.metrics()):
         _check_dim(stats, str(cache))
         log(f"reference statistics of {ref} from {cache}")
         return stats
-    return check_reference(ref, metrics, ref_images)
+    return check_reference(ref, metrics, ref_images, mode=mode)
 
 
 def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
@@ -78,10 +89,14 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 
     if isinstance(checked, metrics_lib.Statistics):
         return checked
+    metrics = metrics_lib.reference_metrics(metrics)
     stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet, checked=checked)
-    cache = _reference_cache(ref, ref_images, metrics, csv_path)
-    stats.save(cache)
-    log(f"wrote reference statistics of {ref} to {cache}")
+    if stats.origin:  # stored statistics of an evaluator batch: not a computed cache entry
+        return stats
+    cache = _reference_cache(ref, ref_images, metrics, csv_path, getattr(features, "mode", "clean"))
+    if distributed.is_main():
+        stats.save(cache)
+        log(f"wrote reference statistics of {ref} to {cache}")
     return stats
 
 
@@ -100,20 +115,29 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 @click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
               help="CSV of all cells; a cell already in it is not recomputed.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="FID-vs-NFE PNG.")
-@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr.")
+@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr, kid, is.")
+@evaluation_options
+@click.option("--eval-seed", type=int, default=0, show_default=True,
+              help="Seed of KID's subsets and the bootstrap (the images' seeds are --seeds).")
 @click.option("--table", "show_table", is_flag=True, help="Print the sweep as a table.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per sampler batch.")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
 @click.option("--device", default="cpu", show_default=True)
+@speed_option()
+@guidance_options("Comma list of classifier scales s >= 0, one more axis of cells (e.g. 0,1,4,10) [default: 1.0].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @sampler_options
 def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,
-            metrics, show_table, batch, inception, device, quiet, **knobs):
+            metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline, eval_seed, show_table,
+            batch, inception, device, speed, classifier, classifier_flags, classifier_scale, guidance_form, quiet,
+            **knobs):
     """NFE vs FID: every sampler x step count generates the same seeds, one CSV row per cell.
 
     Images come from the same code path as `samplerkit sample` and are measured straight from
-    the tensors (clean-fid features). Rerunning skips cells already in the CSV; the plot shows
-    FID against NFE on a log axis, one line per sampler (EDM Fig. 2).
+    the tensors (clean-fid features, --fid-mode clean or legacy-tensorflow). Rerunning skips cells
+    already in the CSV; the plot shows FID against NFE on a log axis, one line per sampler (EDM
+    Fig. 2). --bootstrap N adds FID/KID intervals and the paired difference of every sampler to the
+    first one at the same step count (same seeds). Under torchrun the seeds are split across processes.
 
     \b
     Examples:
@@ -123,6 +147,11 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
           --num-images 50000 --ref cifar10-32x32.npz --csv cifar.csv --plot cifar.png
       samplerkit sweep --sampler ancestral --steps 20,100 --eps-scaler 1.0,1.002,1.005,1.01 \\
           --num-images 1000 --ref builtin:shapes32 --csv es.csv --plot es.png   # Epsilon Scaling axis
+      samplerkit sweep --sampler ancestral,ddim --steps 20,50 --num-images 200 --metrics fid,kid \\
+          --bootstrap 1000 --ref builtin:shapes32 --ref-images 2000 --csv ci.csv --table
+      samplerkit sweep --model adm-imagenet256-uncond --classifier adm-imagenet256-classifier \\
+          --classifier-scale 1,4,10 --sampler ancestral,ddim --steps 25,50,100 --num-images 5000 \\
+          --ref imagenet256.npz --csv guided.csv --plot guided.png     # guidance scale axis (ADM-G)
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     wanted = metrics_lib.parse_metrics(metrics)
@@ -140,21 +169,59 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     sweep_lib.check_options(names, options)
+    classifier_flags, scales, guidance_form = guidance_settings(classifier, classifier_flags, classifier_scale,
+                                                                guidance_form)
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
-    checked = _check_reference(ref, ref_images, wanted, csv_file, log)
+    checked = _check_reference(ref, ref_images, wanted, csv_file, log, fid_mode)
+    check_stored_mode(checked, fid_mode, force_pipeline)
+    check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, len(seed_list))
     warn_small_sample(len(seed_list), wanted)
 
+    distributed.init(device)  # under torchrun: each process measures its block of the seeds
+    device = distributed.local_device(device)
+    if not distributed.is_main():
+        log = lambda s: None  # noqa: E731
     net = load_model(model, family, flags, preset, device=device).eval()
     if getattr(net, "img_channels", 3) != 3:
         raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
-    features = metrics_lib.inception(inception, device)
+    speed = speed or speed_lib.default_mode()
+    net, speed_record = speed_lib.for_denoiser(net, speed, min(batch, len(seed_list)), device)
+    log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
+    features = metrics_lib.inception(inception, device, mode=fid_mode)
+    features, _ = speed_lib.for_inception(features, speed, device)
+    if "is" in wanted:
+        metrics_lib.require_logits(features)
     reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
+    if "kid" in wanted and kid_subset_size is not None:
+        metrics_lib.check_subset_size(len(seed_list), reference.n or len(seed_list), kid_subset_size)
+    note = note_reference(reference, ref, fid_mode)
+    if note:
+        log(note)
+    evaluation = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": eval_seed,
+                  "force": force_pipeline}
 
-    rows = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file, model=model,
-                         sha256=model_sha256(model), metrics=wanted, options=options, eps_scalers=eps_scalers,
-                         remedies=remedies, batch_size=batch, device=device,
-                         log=log, show_progress=not quiet)
+    sha = model_sha256(model)
+    cells = [(net, model, sha, None)]  # (denoiser, model column, sha256 column, classifier scale)
+    if classifier is not None:  # one cell set per scale; the model and sha256 columns name the classifier too
+        from ..guidance import classifier_guided
+
+        clf = load_classifier(classifier, classifier_flags, device)
+        clf_sha = model_sha256(classifier)
+        cells = [(classifier_guided(net, clf, scale, guidance_form),
+                  f"{model} + {classifier} scale {scale:g}" + (" upstream" if guidance_form == "upstream" else ""),
+                  f"{sha} + {clf_sha}", scale) for scale in scales]
+    rows = []
+    for cell_net, cell_model, cell_sha, scale in cells:
+        found = sweep_lib.run(cell_net, names, step_list, seed_list, reference, features, csv_path=csv_file,
+                              model=cell_model, sha256=cell_sha, metrics=wanted, evaluation=evaluation,
+                              bootstrap=bootstrap_rounds, options=options, eps_scalers=eps_scalers,
+                              remedies=remedies, batch_size=batch, device=device,
+                              class_labels="random" if cell_net.label_dim else None,
+                              log=log, show_progress=not quiet)
+        rows += found if scale is None else [{**r, "sampler": f"{r['sampler']} s={scale:g}"} for r in found]
+    if not distributed.is_main():
+        return
     log(f"wrote {csv_file}")
     if plot_path:
         sweep_lib.plot(rows, plot_path, title=f"{model}: FID vs NFE ({len(seed_list)} images)")
