@@ -18,7 +18,7 @@ import click
 from ..errors import Interrupted, SamplerkitError
 
 # shown in this order in --help; modules not listed come after, alphabetically
-_ORDER = ["sample", "sweep", "exposure", "retrain", "fid", "models"]
+_ORDER = ["sample", "sweep", "exposure", "nll", "retrain", "fid", "models"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
