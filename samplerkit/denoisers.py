@@ -64,6 +64,11 @@ class Denoiser(torch.nn.Module):
     The discrete-time interface, which every denoiser has and the discrete-chain samplers, the
     exposure-bias harness and the likelihood use: :meth:`training_alpha_bar` (None for a
     continuous-time model), ``learned_variance`` and :meth:`denoise_with_variance`.
+
+    Conditioning beyond class labels is bound, not passed: ``low_res_resolution`` > 0 marks a
+    super-resolution model, which samples only once a batch of low-resolution images is bound to
+    it (:func:`samplerkit.adapters.superres.bind` returns a denoiser of this same contract), so
+    every sampler runs it unchanged.
     """
 
     sigma_min: float = 0.0
@@ -73,6 +78,7 @@ class Denoiser(torch.nn.Module):
     img_resolution: int = 0
     label_dim: int = 0
     learned_variance: bool = False
+    low_res_resolution: int = 0  # > 0: a super-resolution model conditioned on images of this size
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
@@ -203,7 +209,7 @@ class DenoiserWrapper(Denoiser):
         super().__init__()
         self.inner = inner
         for name in ("sigma_min", "sigma_max", "sigma_data", "img_channels", "img_resolution", "label_dim",
-                     "learned_variance"):
+                     "learned_variance", "low_res_resolution"):
             setattr(self, name, getattr(inner, name, getattr(Denoiser, name)))
 
     def round_sigma(self, sigma):

@@ -10,9 +10,18 @@ from __future__ import annotations
 import click
 
 from ..builtin import DEFAULT_MODEL
-from ..runs import DTYPES, FORMATS, SampleSettings, sample_folder
+from ..errors import SamplerkitError
+from ..runs import DTYPES, FORMATS, SampleSettings, sample_folder, two_stage
 from ..samplers import SAMPLERS
-from ._options import chosen_options, model_options, parse_flags, sampler_options
+from ._options import (
+    chosen_options,
+    guidance_options,
+    guidance_settings,
+    model_options,
+    parse_flags,
+    sampler_options,
+    speed_option,
+)
 
 EXAMPLES = """
 \b
@@ -24,6 +33,11 @@ Examples:
   samplerkit sample --model edm-cifar10-cond-vp --disc vp --schedule vp --scaling vp   # EDM Fig. 2 ablation
   samplerkit sample --model 64x64_diffusion.pt --family adm --preset adm-imagenet64 --sampler ddim --steps 50
   torchrun --standalone --nproc_per_node 8 -m samplerkit sample --model edm-cifar10-cond-vp --seeds 0-49999
+  samplerkit sample --model adm-imagenet256-uncond --classifier adm-imagenet256-classifier \\
+      --classifier-scale 10 --class-labels random                     # classifier guidance (ADM-G)
+  samplerkit sample --model adm-imagenet64to256-upsampler --low-res samples_100x64x64x3.npz   # ADM-U
+  samplerkit sample --model adm-imagenet64 --classifier adm-imagenet64-classifier \\
+      --then-upsample adm-imagenet64to256-upsampler --out two_stage    # -> two_stage/base, two_stage/upsampled
 \b
 Rerun the same command to resume; a folder holding images made with other settings is refused
 unless --overwrite. Outputs: 000000/000123.png (folders of 1000), samples_NxHxWxC.npz (arr_0
@@ -50,15 +64,40 @@ uint8 NHWC, arr_1 labels), grid.png, manifest.json.
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Precision of the network (autocast); the sampler arithmetic stays float64.")
+@speed_option()
+@guidance_options("Classifier guidance scale s >= 0 [default: 1.0].")
+@click.option("--low-res", default=None, metavar="SRC",
+              help="Super-resolution models: the low-resolution images (.npz arr_0 NHWC uint8 [+ arr_1 labels], a PNG "
+                   "folder, or a samplerkit sample folder); seed s upsamples image s.")
+@click.option("--then-upsample", default=None, metavar="MODEL",
+              help="Two stages: sample into OUT/base, then upsample those images with MODEL into OUT/upsampled "
+                   "(a zoo upsampler, or a .pt with its flags.json beside it); both resume per seed.")
+@click.option("--upsample-sampler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="Sampler of the --then-upsample stage [default: the upsampler's recommended one].")
+@click.option("--upsample-steps", type=int, default=None, help="Steps of the --then-upsample stage.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of a run made with other settings in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary line.")
 def command(model, family, flags, preset, sampler, steps, seeds, batch, class_labels, out, fmt, grid, device, dtype,
-            overwrite, quiet, **knobs):
+            speed, classifier, classifier_flags, classifier_scale, guidance_form, low_res, then_upsample,
+            upsample_sampler, upsample_steps, overwrite, quiet, **knobs):
     """Sample images from a model; rerun the same command to resume an interrupted run."""
+    classifier_flags, scale, guidance_form = guidance_settings(classifier, classifier_flags, classifier_scale,
+                                                               guidance_form)
+    if len(scale) > 1:
+        raise SamplerkitError("sample takes one --classifier-scale; a list is a sweep axis (samplerkit sweep)")
+    if then_upsample is None and (upsample_sampler is not None or upsample_steps is not None):
+        raise SamplerkitError("--upsample-sampler / --upsample-steps need --then-upsample")
     settings = SampleSettings(model=model, family=family, flags=parse_flags(flags), preset=preset, sampler=sampler,
                               steps=steps, options=chosen_options(knobs), seeds=seeds, batch=batch,
                               class_labels=class_labels, out=out, fmt=fmt, grid=grid, device=device, dtype=dtype,
-                              overwrite=overwrite, quiet=quiet)
-    sample_folder(settings)
+                              overwrite=overwrite, quiet=quiet, speed=speed, classifier=classifier,
+                              classifier_flags=classifier_flags, classifier_scale=scale[0],
+                              guidance_form=guidance_form, low_res=low_res)
+    if then_upsample is None:
+        sample_folder(settings)
+        return
+    base, upsampled = two_stage(settings, then_upsample, upsample_sampler, upsample_steps)
+    sample_folder(base)
+    sample_folder(upsampled)
 
 

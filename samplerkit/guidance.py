@@ -1,0 +1,152 @@
+"""Classifier guidance (Dhariwal & Nichol 2021, Sec. 4, Alg. 1-2) as a denoiser for every sampler.
+
+A noisy-image classifier p_phi(y | x_t, t) (:mod:`samplerkit.adapters.classifier`) steers a
+diffusion model towards class y by adding s * grad log p_phi(y | x_t, t) to its score.
+
+**sigma-space form** (``form="score"``, every sampler). The score of the noised data is
+grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022 (EDM), Eq. 3), so adding
+s grad_x log p(y | x; sigma) to it is the guided denoiser
+
+    D_g(x; sigma) = D(x; sigma) + s sigma^2 grad_x log p_phi(y | x_t, t).
+
+The classifier was trained in x_t-space: it is fed x_t = x / sqrt(1 + sigma^2) (the VP scaling,
+sqrt(abar) = 1 / sqrt(1 + sigma^2)) and the trained timestep t nearest to sigma. By the chain rule,
+with dx_t / dx = 1 / sqrt(1 + sigma^2),
+
+    grad_x log p_phi(y | x_t, t) = grad_{x_t} log p_phi(y | x_t, t) / sqrt(1 + sigma^2),
+
+so D_g = D + s sigma^2 / sqrt(1 + sigma^2) * g_t with g_t the classifier gradient in x_t-space.
+In x_t-space this is eps_g = eps - s sqrt(1 - abar) g_t, the DDIM form of Dhariwal & Nichol 2021,
+Alg. 2 (guided-diffusion's ``condition_score``): both are the same shift of the x0 estimate,
+s (1 - abar) / sqrt(abar) g_t.
+
+**upstream form** (``form="upstream"``, ``ddim`` and ``ancestral`` only). guided-diffusion's
+``scripts/classifier_sample.py`` exactly: the ancestral sampler shifts the posterior mean,
+mu + s Sigma g_t (``condition_mean``, Alg. 1, Sigma the step's variance); DDIM shifts eps after
+the x0 estimate was clipped (``condition_score``). The denoiser then returns the unguided D and
+those two samplers apply :meth:`ClassifierGuided.grad_log_prob` themselves
+(:func:`upstream_guidance`).
+
+Class labels given to the guided denoiser select y for the classifier; the base model gets them
+too when it is class-conditional (guided-diffusion's ``model_fn``), never otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .denoisers import Denoiser, DenoiserWrapper, _per_sample
+from .errors import SamplerkitError
+
+FORMS = ("score", "upstream")
+
+
+class ClassifierGuided(DenoiserWrapper):
+    """D_g(x; sigma) = D(x; sigma) + s sigma^2 grad_x log p_phi(y | x_t, t) (module docstring).
+
+    ``label_dim`` is the classifier's class count: every call needs labels y.
+    """
+
+    def __init__(self, net, classifier, scale: float = 1.0, form: str = "score"):
+        super().__init__(net)
+        if form not in FORMS:
+            raise SamplerkitError(f"unknown guidance form {form!r}; use score or upstream")
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise SamplerkitError(f"the classifier scale must be a number >= 0, got {scale!r}") from None
+        if not scale >= 0:
+            raise SamplerkitError(f"the classifier scale must be >= 0, got {scale}")
+        num_classes = int(classifier.num_classes)
+        size = int(getattr(classifier, "image_size", 0))
+        if size and self.img_resolution and size != self.img_resolution:
+            raise SamplerkitError(f"the classifier is for {size}x{size} images but the model makes "
+                                  f"{self.img_resolution}x{self.img_resolution}; use the classifier of its resolution")
+        channels = int(getattr(classifier, "in_channels", self.img_channels))
+        if channels != self.img_channels:
+            raise SamplerkitError(f"the classifier takes {channels}-channel images but the model makes "
+                                  f"{self.img_channels}-channel ones")
+        inner_classes = int(getattr(net, "label_dim", 0))
+        if inner_classes and inner_classes != num_classes:
+            raise SamplerkitError(f"the classifier has {num_classes} classes but the model has {inner_classes}; "
+                                  "use a classifier trained on the model's classes")
+        self.classifier = classifier
+        self.scale, self.form = scale, form
+        self.label_dim = num_classes
+        self._sampler_applies = 0  # > 0 while ddim/ancestral apply the upstream form themselves
+
+    def labels(self, class_labels, batch: int, device) -> torch.Tensor:
+        """The class y of every image (int64 [B]) from int or one-hot labels."""
+        onehot = self.prepare_labels(class_labels, batch, device)
+        return onehot.argmax(dim=1)
+
+    def grad_log_prob(self, x_t: torch.Tensor, sigma, class_labels) -> torch.Tensor:
+        """s grad_{x_t} log p_phi(y | x_t, t) in x_t-space (float64), t the trained timestep nearest to
+        sigma: what guided-diffusion's ``cond_fn`` returns."""
+        y = self.labels(class_labels, x_t.shape[0], x_t.device)
+        if self.scale == 0:
+            return torch.zeros_like(x_t, dtype=torch.float64)
+        t = self.classifier.timestep(torch.as_tensor(sigma, dtype=torch.float64).flatten()).to(x_t.device)
+        t = t.expand(x_t.shape[0]) if t.numel() == 1 else t
+        with torch.enable_grad():  # the classifier casts x_t to its own dtype (float32 for a network)
+            x_in = x_t.detach().to(torch.float64).requires_grad_(True)
+            log_probs = torch.log_softmax(self.classifier(x_in, t).to(torch.float64), dim=-1)
+            selected = log_probs[torch.arange(x_t.shape[0], device=x_t.device), y]
+            grad = torch.autograd.grad(selected.sum(), x_in)[0]
+        return grad.to(torch.float64) * self.scale
+
+    def inner_labels(self, class_labels):
+        """The labels for the base model: passed on when it is class-conditional, else none."""
+        return class_labels if int(getattr(self.inner, "label_dim", 0)) else None
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        if self.form == "upstream":
+            if not self._sampler_applies:
+                raise SamplerkitError("guidance form 'upstream' (guided-diffusion's condition_mean / condition_score) "
+                                      "is applied by the ddim and ancestral samplers only; use form 'score' "
+                                      "with other samplers")
+            return super().denoise_with_variance(x, sigma, self.inner_labels(class_labels))
+        self.labels(class_labels, x.shape[0], x.device)  # before the network call: labels are required
+        D, v = super().denoise_with_variance(x, sigma, self.inner_labels(class_labels))
+        s = _per_sample(sigma, x)
+        x_t = x.to(torch.float64) / (1 + s**2).sqrt()
+        g = self.grad_log_prob(x_t, s.flatten(), class_labels)
+        return D.to(torch.float64) + s**2 / (1 + s**2).sqrt() * g, v
+
+
+def classifier_guided(net, clf, scale: float = 1.0, form: str = "score") -> ClassifierGuided:
+    """``net`` guided by the noisy-image classifier ``clf`` (``clf(x_t, t) -> logits``, with
+    ``num_classes``, ``image_size`` and ``timestep(sigma)`` as :class:`samplerkit.adapters.classifier.NoisyClassifier`)
+    at scale s >= 0: a denoiser for every sampler; class labels go to the classifier.
+
+    ``form="score"``: D + s sigma^2 grad_x log p (any sampler); ``form="upstream"``: guided-diffusion's
+    condition_mean (ancestral) / condition_score (ddim), see the module docstring.
+    """
+    return ClassifierGuided(net, clf, scale, form)
+
+
+def find_guidance(net) -> ClassifierGuided | None:
+    """The :class:`ClassifierGuided` inside ``net``'s chain of wrappers, or None."""
+    while True:
+        if isinstance(net, ClassifierGuided):
+            return net
+        if not isinstance(net, DenoiserWrapper) or not isinstance(net.inner, Denoiser):
+            return None
+        net = net.inner
+
+
+@contextlib.contextmanager
+def upstream_guidance(net):
+    """For ddim / ancestral: yields the upstream-form :class:`ClassifierGuided` inside ``net`` (whose
+    denoiser then returns the unguided D for the sampler to apply the guidance), or None."""
+    guided = find_guidance(net)
+    if guided is None or guided.form != "upstream":
+        yield None
+        return
+    guided._sampler_applies += 1
+    try:
+        yield guided
+    finally:
+        guided._sampler_applies -= 1
