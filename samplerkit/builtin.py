@@ -4,6 +4,10 @@
   on ``builtin:shapes32`` with identical settings except the regularizer (none / IP, gamma 0.1);
   recipe in ``benchmarks/shapes32_recipe.sh``. Their EMA weights are stored as float16 in
   ``samplerkit/models`` and load exactly into float32. ``shapes32-adm-ip`` is the default model.
+* ``shapes32-edm`` / ``shapes32-edm-ip``: two EDM-preconditioned DDPM++ networks (Karras et al. 2022,
+  ``retrain --precond edm``, preset ``tiny-edm``), likewise a pair differing only in the regularizer;
+  recipe in ``benchmarks/shapes32_edm_recipe.sh``, recommended sampler Heun, 18 steps. Stored the same
+  way (float16 state dict) with the preconditioner's class and constructor arguments as flags.
 * ``shapes32-ideal``: the exact (ideal) denoiser of the first 1,024 images of the data set
   (Karras et al. 2022 (EDM), Fig. 1b), a model with known behaviour.
 """
@@ -19,16 +23,17 @@ from .data import shapes, to_model_space
 from .train.recommend import recommended_sampler
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHIPPED = ("shapes32-adm", "shapes32-adm-ip")
+SHIPPED = ("shapes32-adm", "shapes32-adm-ip", "shapes32-edm", "shapes32-edm-ip")
 DEFAULT_MODEL = "shapes32-adm-ip" if (MODELS_DIR / "shapes32-adm-ip.pt").is_file() else "shapes32-ideal"
 
 
 def shipped_model(name: str):
-    """A network shipped in samplerkit/models, loaded through the ADM adapter like any checkpoint."""
+    """A network shipped in samplerkit/models, loaded through its family's adapter like any checkpoint
+    (ADM, or family edm: an EDM preconditioner built from the recorded class and arguments)."""
     from .loading import load_file
 
     flags = json.loads((MODELS_DIR / f"{name}.json").read_text())
-    return load_file(MODELS_DIR / f"{name}.pt", family="adm", **flags)
+    return load_file(MODELS_DIR / f"{name}.pt", family=flags.pop("family", "adm"), **flags)
 
 
 def shapes32_ideal(num_images: int = 1024, conditional: bool = False):
@@ -52,19 +57,29 @@ _SHIPPED_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T
                      recommended=recommended_sampler({"learn_sigma": True}))
 
 
-def _shipped_info(name: str, notes: str) -> dict:
+# the EDM pair: continuous-time denoisers (no T), Heun 18 on EDM's grid (what training with EDM's
+# preconditioning implies, see train.recommend)
+_SHIPPED_EDM_INFO = dict(resolution=32, dataset="builtin:shapes32", license="MIT", T=None, schedule="edm",
+                         recommended=recommended_sampler({"family": "edm"}))
+
+
+def _shipped_info(name: str, notes: str, base: dict = _SHIPPED_INFO) -> dict:
     """Zoo metadata of a shipped network: its flags, file and size (the zoo hashes the file when its
     sha256 is first asked for, not at import)."""
     path = MODELS_DIR / f"{name}.pt"
     if not path.is_file():
-        return dict(_SHIPPED_INFO, notes=notes)
-    return dict(_SHIPPED_INFO, notes=notes, flags=json.loads((MODELS_DIR / f"{name}.json").read_text()),
+        return dict(base, notes=notes)
+    return dict(base, notes=notes, flags=json.loads((MODELS_DIR / f"{name}.json").read_text()),
                 filename=str(path), size=path.stat().st_size)
 
 
 BUILTIN_INFO = {
     "shapes32-adm": _shipped_info("shapes32-adm", "ADM (tiny preset) trained on builtin:shapes32, no regularizer"),
     "shapes32-adm-ip": _shipped_info("shapes32-adm-ip", "ADM-IP (tiny preset, gamma 0.1) trained on builtin:shapes32"),
+    "shapes32-edm": _shipped_info("shapes32-edm", "EDM-preconditioned DDPM++ (tiny-edm preset) trained on "
+                                  "builtin:shapes32, no regularizer", _SHIPPED_EDM_INFO),
+    "shapes32-edm-ip": _shipped_info("shapes32-edm-ip", "EDM-preconditioned DDPM++ (tiny-edm preset) trained on "
+                                     "builtin:shapes32 with input perturbation, gamma 0.1", _SHIPPED_EDM_INFO),
     "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
                            recommended={"sampler": "heun", "steps": 18},
                            notes="exact denoiser of the first 1,024 shapes32 images (analytic, no weights)"),

@@ -10,7 +10,7 @@ import torch
 from .denoisers import Denoiser
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm")
+FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres")
 
 
 def load(name_or_path: str | Path, family: str | None = None, device: str | torch.device = "cpu", **flags) -> Denoiser:
@@ -22,6 +22,9 @@ def load(name_or_path: str | Path, family: str | None = None, device: str | torc
     ``attention_resolutions="32,16,8"``, ...), or ``preset=<zoo name>`` plus overrides; a
     checkpoint of a ``samplerkit retrain`` run folder (``flags.json`` beside it) needs neither.
     EDM ``.pkl`` network pickles are detected and loaded without running code from the pickle.
+    ``family="adm-classifier"`` loads a guided-diffusion noisy-image classifier (``clf(x_t, t) ->
+    logits``, upstream ``classifier_*`` flags), ``"adm-superres"`` / ``"iddpm-superres"`` an upsampler
+    (``large_size``, ``small_size``, ...; see :mod:`samplerkit.adapters.superres`).
     """
     path = Path(name_or_path)
     if path.is_file():
@@ -63,7 +66,9 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
             raise SamplerkitError(f"the {RUN_FLAGS} beside {path.name} says family {recorded_family}, not {family}; "
                                   "drop --family")
         family = family or recorded_family or RUN_FAMILY
-        if family in ("adm", "iddpm"):
+        if family in ("adm", "iddpm", "adm-classifier", "adm-superres", "iddpm-superres"):
+            flags = merge_run_flags(run_flags, flags, path)
+        elif family == "edm" and recorded_family == "edm":  # retrain --precond edm|vp|ve: class + constructor arguments
             flags = merge_run_flags(run_flags, flags, path)
     if family is None:
         family = "edm" if path.suffix == ".pkl" else None
@@ -88,11 +93,21 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
         from samplerkit.adapters import iddpm
 
         return iddpm.load_checkpoint(path, device=device, **flags)
+    if family == "adm-classifier":  # a noisy-image classifier clf(x_t, t), for samplerkit.guidance
+        from samplerkit.adapters import classifier
+
+        return classifier.load_classifier(path, device=device, **flags)
+    if family in ("adm-superres", "iddpm-superres"):
+        from samplerkit.adapters import superres
+
+        return superres.load_upsampler(path, family=family.split("-")[0], device=device, **flags)
     if family == "edm":
-        if flags:
-            raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
         from samplerkit.adapters import edm
 
+        if path.suffix != ".pkl" and "class_name" in flags:  # a state dict + the run's constructor arguments
+            return edm.load_state_dict(path, device=device, **flags)
+        if flags:
+            raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
         return edm.load_pickle(path, device=device)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 

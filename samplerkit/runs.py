@@ -9,6 +9,7 @@ the evaluator's npz, ``grid.png`` and ``manifest.json``: see :mod:`samplerkit.ou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ import click
 import numpy as np
 import torch
 
-from . import distributed, output
+from . import distributed, output, speed
 from .builtin import DEFAULT_MODEL
 from .data import to_uint8
 from .denoisers import DenoiserWrapper
@@ -47,6 +48,13 @@ class SampleSettings:
     settings. ``options``: sampler knobs by their :func:`~samplerkit.generate.sampler_options`
     names. ``seeds``: '0-63', '0,5,9-12'. ``class_labels``: None/'random', 'N' or one per seed
     ('0,1,2'). ``fmt``: png | npz | both.
+
+    Classifier guidance (:mod:`samplerkit.guidance`): ``classifier`` (zoo name or ``.pt`` with
+    ``classifier_flags``), ``classifier_scale`` s >= 0, ``guidance_form`` score | upstream; the
+    class labels then go to the classifier. Super-resolution: ``low_res`` names the low-resolution
+    images (an ``.npz`` with ``arr_0`` NHWC uint8 and optional ``arr_1`` labels, a PNG folder, or a
+    ``samplerkit sample`` output folder); seed s upsamples image s (of a sample folder: the image of
+    seed s) and takes its label unless ``class_labels`` is given.
     """
 
     model: str | None = None  # None: the built-in default model
@@ -66,6 +74,12 @@ class SampleSettings:
     dtype: str = "float32"
     overwrite: bool = False
     quiet: bool = False
+    speed: str | None = None  # exact | fast | explicit settings (samplerkit.speed); None: speed.default_mode()
+    classifier: str | None = None
+    classifier_flags: dict = field(default_factory=dict)
+    classifier_scale: float = 1.0
+    guidance_form: str = "score"
+    low_res: str | None = None
 
 
 def load_model(model: str, family: str | None, flags: dict, preset: str | None, device="cpu"):
@@ -154,9 +168,11 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
     rank 0 (None on other ranks).
 
     ``net``: an already loaded denoiser to use instead of loading ``settings.model`` (which then
-    only names it in the manifest).
+    only names it in the manifest). A network given here runs under the run's speed policy
+    (:mod:`samplerkit.speed`) and is put back to ``exact`` afterwards.
     """
     s = settings
+    given = net
     t_start = time.perf_counter()
     seed_list = parse_seeds(s.seeds)
     if s.batch < 1:
@@ -179,7 +195,14 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
             sha = model_sha256(model) or None
         else:
             model, sha = str(s.model or type(net).__name__), None
-        guard = _FiniteGuard(with_precision(net, s.dtype, dev))
+        low_res, conditioning = _low_res(net, s, seed_list, labels_spec)
+        if low_res is not None:  # a super-resolution model: each batch's low-res images are bound to it
+            net, labels_spec = low_res, low_res.labels_spec
+        fast_net, speed_record = _speed(net, s, min(s.batch, len(seed_list)), dev, rank)
+        if s.classifier is not None:  # the classifier itself runs exact
+            net = fast_net = _guided(fast_net, s, dev)
+            conditioning.update(_classifier_record(s))
+        guard = _FiniteGuard(with_precision(fast_net, s.dtype, dev))
         sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
         prepared = make_sampler(guard, sampler, steps, **options)
         if rank == 0 and not s.quiet:
@@ -193,7 +216,7 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         record = _plain({
             "model": model, "model_sha256": sha, "family": family, "flags": flags, "preset": s.preset,
             **prepared.settings, "class_labels": labels, "dtype": s.dtype, "device_type": dev.type,
-            "image_shape": [net.img_channels, net.img_resolution, net.img_resolution],
+            "image_shape": [net.img_channels, net.img_resolution, net.img_resolution], **conditioning,
         })
         new_total = _prepare_folder(out, record, s.overwrite, s.fmt, seed_list)
 
@@ -207,7 +230,9 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         made = 0
         try:
             with output.FileWriter(max_pending=max(2 * s.batch, 64)) as writer:
-                for chunk, x, _ in generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed):
+                batches = (generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed) if low_res is None
+                           else low_res.generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed))
+                for chunk, x, _ in batches:
                     for seed, image in zip(chunk, to_uint8(x), strict=True):
                         if s.fmt == "npz":
                             writer.submit(output.part_path(out, seed), partial(output.encode_npy, image))
@@ -233,7 +258,7 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         if not distributed.is_main():
             return None
         manifest = _finish(out, net, seed_list, s.seeds, labels, label_of_seed, s.fmt, s.grid, record, prepared, dev,
-                           world, new_total, gen_seconds, time.perf_counter() - t_start)
+                           world, new_total, gen_seconds, time.perf_counter() - t_start, speed_record)
         if not s.quiet:
             files = [manifest["npz"]] if s.fmt == "npz" else [
                 f"{output.png_path('', seed_list[0]).as_posix()} ... {output.png_path('', seed_list[-1]).as_posix()}"]
@@ -241,8 +266,27 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
             click.echo(f"{len(seed_list)} images ({new_total} new) in {out}/: {', '.join(files + ['manifest.json'])}")
         return manifest
     finally:
+        if given is not None:
+            speed.apply(given, speed.EXACT)
         if not joined_already:
             distributed.cleanup()
+
+
+def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int):
+    """(the denoiser under the run's speed policy, its manifest record); rank 0 autotunes first and the
+    other ranks then read its choice from the cache."""
+    mode = speed.parse(s.speed or speed.default_mode())
+    if s.dtype != "float32" and isinstance(mode, speed.Policy) and mode.autocast != "none":
+        raise SamplerkitError("--dtype and --speed autocast=... both set the network's precision; give one")
+    if rank != 0:
+        distributed.barrier()
+    fast_net, record = speed.for_denoiser(net, mode, batch, dev)
+    if rank == 0:
+        distributed.barrier()
+        if not s.quiet and record["mode"] == "fast":
+            how = "cached choice" if record["cached"] else f"autotuned at batch {batch}"
+            click.echo(f"speed: fast -> {record['policy']} ({how}; --speed exact for upstream's arithmetic)", err=True)
+    return fast_net, record
 
 
 def _notes(prepared, dtype: str, device: torch.device) -> None:
@@ -385,7 +429,7 @@ def _labels_for(net, seeds, labels, label_of_seed, device) -> np.ndarray | None:
 
 
 def _finish(out, net, seeds, seed_spec, labels, label_of_seed, fmt, grid, settings, prepared, dev, world, new,
-            gen_seconds, wall) -> dict:
+            gen_seconds, wall, speed_record=None) -> dict:
     """Rank 0, after every rank is done: grid, npz (streamed from the per-seed files), manifest."""
     import samplerkit
 
@@ -410,6 +454,7 @@ def _finish(out, net, seeds, seed_spec, labels, label_of_seed, fmt, grid, settin
         "npz": npz,
         "device": str(dev),
         "world_size": world,
+        "speed": speed_record,
         "new_images": new,
         "sampling_seconds": round(gen_seconds, 3),
         "wall_seconds": round(wall, 3),
@@ -425,3 +470,121 @@ def _finish(out, net, seeds, seed_spec, labels, label_of_seed, fmt, grid, settin
         if fmt == "npz":
             shutil.rmtree(out / ".parts", ignore_errors=True)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier guidance and super-resolution runs
+
+
+def load_classifier(name: str, flags: dict, device="cpu"):
+    """The noisy-image classifier ``--classifier`` names: a zoo classifier, or a ``.pt`` with its
+    upstream ``classifier_*`` flags (or a flags.json beside it)."""
+    from . import zoo
+
+    if not Path(name).is_file():
+        entry = zoo.get(name)
+        if entry.family != "adm-classifier":
+            names = ", ".join(e.name for e in zoo.entries() if e.family == "adm-classifier")
+            raise SamplerkitError(f"{name} is not a classifier (family {entry.family}); use one of {names}")
+    return load(name, family="adm-classifier", device=device, **flags)
+
+
+def _guided(net, s: SampleSettings, device):
+    """``net`` guided by the run's noisy-image classifier (:mod:`samplerkit.guidance`)."""
+    from .guidance import classifier_guided
+
+    clf = load_classifier(s.classifier, s.classifier_flags, device)
+    return classifier_guided(net, clf, s.classifier_scale, s.guidance_form)
+
+
+def _classifier_record(s: SampleSettings) -> dict:
+    return {"classifier": s.classifier, "classifier_sha256": model_sha256(s.classifier) or None,
+            "classifier_flags": dict(s.classifier_flags), "classifier_scale": float(s.classifier_scale),
+            "guidance_form": s.guidance_form}
+
+
+def two_stage(settings: SampleSettings, upsampler: str, sampler: str | None = None,
+              steps: int | None = None) -> tuple[SampleSettings, SampleSettings]:
+    """The two runs of a base model followed by an upsampler (ADM-G + ADM-U, Dhariwal & Nichol 2021):
+    ``settings`` into OUT/base, then ``upsampler`` conditioned on those images (and their labels) into
+    OUT/upsampled, with its recommended sampler unless ``sampler``/``steps`` are given. Each is an
+    ordinary resumable run of :func:`sample_folder`."""
+    if settings.low_res is not None:
+        raise SamplerkitError("--then-upsample makes its own low-resolution images; drop --low-res")
+    out = Path(settings.out)
+    base = dataclasses.replace(settings, out=out / "base", fmt="png")
+    up = SampleSettings(model=upsampler, sampler=sampler, steps=steps, seeds=settings.seeds,
+                        batch=settings.batch, out=out / "upsampled", fmt=settings.fmt, grid=settings.grid,
+                        device=settings.device, dtype=settings.dtype, overwrite=settings.overwrite,
+                        quiet=settings.quiet, speed=settings.speed, low_res=str(out / "base"))
+    return base, up
+
+
+def _low_res(net, s: SampleSettings, seeds: list[int], labels_spec):
+    """(the low-res binding of a super-resolution run, its record), or (None, {}) for other runs."""
+    size, name = getattr(net, "low_res_resolution", 0), s.model or DEFAULT_MODEL
+    if s.low_res is None:
+        if size:
+            raise SamplerkitError(f"{name} is a super-resolution model: give --low-res with its {size}x{size} images "
+                                  "(an .npz, a PNG folder or a samplerkit sample folder)")
+        return None, {}
+    if not size:
+        raise SamplerkitError(f"--low-res conditions super-resolution models only; {name} is not one")
+    images = LowResImages(net, s.low_res, seeds, labels_spec, name, min(s.batch, len(seeds)))
+    return images, {"low_res": str(s.low_res), "low_res_id": images.fingerprint}
+
+
+class LowResImages(DenoiserWrapper):
+    """A super-resolution denoiser whose low-resolution images are bound batch by batch: seed s gets
+    image s of the source (of a ``samplerkit sample`` folder: the image of seed s) and, unless
+    labels were given, its label. :meth:`generate` is :func:`samplerkit.generate.generate` with
+    each batch bound first."""
+
+    def __init__(self, net, source: str, seeds: list[int], labels_spec, name: str, batch: int):
+        from .data import open_source
+
+        src = open_source(source)
+        size = net.low_res_resolution
+        if src.resolution != size:
+            raise SamplerkitError(f"--low-res images are {src.resolution}x{src.resolution} but {name} upsamples "
+                                  f"{size}x{size} images")
+        manifest = Path(source) / "manifest.json"
+        order = output.read_json(manifest).get("seeds") if Path(source).is_dir() and manifest.is_file() else None
+        position = {seed: i for i, seed in enumerate(order)} if isinstance(order, list) else None
+        index = [position.get(seed, -1) if position is not None else seed for seed in seeds]
+        missing = [seed for seed, i in zip(seeds, index, strict=True) if not 0 <= i < len(src)]
+        if missing:
+            raise SamplerkitError(f"--low-res {source} holds {len(src)} images; seed {missing[0]} has none "
+                                  "(seed s upsamples image s; of a sample folder, the image of seed s)")
+        self.source, self.index = src, dict(zip(seeds, index, strict=True))
+        self.labels_spec = labels_spec
+        if net.label_dim and labels_spec is None:
+            labels = [src.read(index[i : i + 256])[1] for i in range(0, len(index), 256)]
+            if any(part is None for part in labels):
+                raise SamplerkitError(f"{name} is class-conditional and --low-res {source} has no labels "
+                                      "(npz arr_1, a sample folder's manifest); pass --class-labels")
+            self.labels_spec = [int(v) for part in labels for v in part]
+        path = Path(source)
+        if path.is_file():
+            self.fingerprint = output.file_sha256(path)
+        else:
+            self.fingerprint = output.read_json(manifest).get("settings_fingerprint") if manifest.is_file() else None
+        from samplerkit.adapters import superres
+
+        super().__init__(superres.bind(net, self.images(seeds[:batch])))  # the first batch (for autotuning)
+
+    def images(self, seeds) -> torch.Tensor:
+        from .data import to_model_space
+
+        return to_model_space(self.source.read([self.index[seed] for seed in seeds])[0])
+
+    def bind(self, seeds) -> None:
+        from samplerkit.adapters import superres
+
+        self.inner = superres.bind(self.inner, self.images(seeds))
+
+    def generate(self, net, prepared, seeds, batch_size, labels, device, label_of_seed):
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            self.bind(chunk)
+            yield from generate(net, prepared, chunk, batch_size, labels, device, label_of_seed)

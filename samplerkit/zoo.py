@@ -38,7 +38,7 @@ from typing import Any
 from . import download
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm", "builtin")
+FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
@@ -217,6 +217,54 @@ _adm("adm-lsun-horse-nodropout", "lsun_horse_nodropout.pt", 256, "LSUN horse 256
      dict(dropout=0.0, noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2),
      _GD_LSUN_SAMPLER, "LSUN horse trained without dropout")
 
+# the noisy-image classifiers of ADM-G (classifier_defaults(), --classifier_depth 4 at 64 px) and the
+# upsamplers of ADM-U, with the flags and --classifier_scale of the README's sampling commands;
+# a classifier was trained on its base model's noise schedule
+_CLF_DEFAULTS = dict(classifier_width=128, classifier_depth=2, classifier_attention_resolutions="32,16,8",
+                     classifier_use_scale_shift_norm=True, classifier_resblock_updown=True,
+                     classifier_pool="attention", diffusion_steps=1000)
+
+
+def _classifier(resolution, schedule, guides, depth=2):
+    filename = f"{resolution}x{resolution}_classifier.pt"
+    register(ZooEntry(
+        name=f"adm-imagenet{resolution}-classifier", family="adm-classifier", urls=(_GD + filename,),
+        filename=filename, license="MIT", resolution=resolution, num_classes=1000,
+        flags={"image_size": resolution, **_CLF_DEFAULTS, "classifier_depth": depth, "noise_schedule": schedule},
+        T=1000, schedule=schedule, recommended=dict(_GD_IMAGENET_SAMPLER),
+        dataset=f"ImageNet {resolution}x{resolution}", source=_GD_SOURCE,
+        notes="noisy-image classifier for classifier guidance (ADM-G); guides "
+        + ", ".join(f"{m} at --classifier-scale {s}" for m, s in guides) + " (guided-diffusion README)",
+    ))
+
+
+_classifier(64, "cosine", [("adm-imagenet64", 1.0)], depth=4)
+_classifier(128, "linear", [("adm-imagenet128", 0.5)])
+_classifier(256, "linear", [("adm-imagenet256", 1.0), ("adm-imagenet256-uncond", 10.0)])
+_classifier(512, "linear", [("adm-imagenet512", 4.0)])
+
+
+def _upsampler(name, filename, small, large, flags, notes):
+    flags = {"large_size": large, "small_size": small, "class_cond": True, "learn_sigma": True, "diffusion_steps": 1000,
+             "noise_schedule": "linear", "num_channels": 192, "num_res_blocks": 2, "resblock_updown": True,
+             "use_scale_shift_norm": True, **flags}
+    register(ZooEntry(
+        name=name, family="adm-superres", urls=(_GD + filename,), filename=filename, license="MIT",
+        resolution=large, conditional=True, num_classes=1000, flags=flags, T=1000, schedule="linear",
+        recommended=dict(_GD_IMAGENET_SAMPLER), dataset=f"ImageNet {small}x{small} -> {large}x{large}",
+        source=_GD_SOURCE, notes=notes,
+    ))
+
+
+_upsampler("adm-imagenet64to256-upsampler", "64_256_upsampler.pt", 64, 256,
+           dict(attention_resolutions="32,16,8", num_heads=4),
+           "ADM-U: upsamples 64x64 images (samplerkit sample --low-res, or --then-upsample after adm-imagenet64); "
+           "FID 3.94 on ImageNet 256 with guided base samples (guided-diffusion README)")
+_upsampler("adm-imagenet128to512-upsampler", "128_512_upsampler.pt", 128, 512,
+           dict(attention_resolutions="32,16", num_head_channels=64),
+           "ADM-U: upsamples 128x128 images (samplerkit sample --low-res, or --then-upsample after adm-imagenet128); "
+           "FID 3.85 on ImageNet 512 with guided base samples (guided-diffusion README)")
+
 
 # ---------------------------------------------------------------------------------------------
 # improved-diffusion (iDDPM): github.com/openai/improved-diffusion README, MIT license
@@ -265,6 +313,15 @@ _iddpm("iddpm-lsun-bedroom-lr2e-5", "lsun_uncond_100M_2400K_bs64.pt", 256, "LSUN
        dict(num_channels=128, num_res_blocks=2, num_heads=1, use_scale_shift_norm=False, attention_resolutions="16",
             diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False),
        "lr 2e-5, 2.4M iterations")
+register(ZooEntry(
+    name="iddpm-imagenet64to256-upsampler", family="iddpm-superres", urls=(_ID + "upsample_cond_500K.pt",),
+    filename="upsample_cond_500K.pt", license="MIT", resolution=256, conditional=True, num_classes=1000,
+    flags={**_ID_DEFAULTS, "large_size": 256, "small_size": 64, "num_channels": 192, "num_res_blocks": 2,
+           "learn_sigma": True, "class_cond": True, "diffusion_steps": 4000, "noise_schedule": "linear",
+           "rescale_timesteps": False},
+    T=4000, schedule="linear", recommended=dict(_ID_SAMPLER), dataset="ImageNet 64x64 -> 256x256",
+    source=_ID_SOURCE, notes="class-conditional upsampler, 280M parameters, 500K iterations (samplerkit sample "
+    "--low-res); the README gives no sampling steps: 100 respaced steps as for the L_hybrid models"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +439,8 @@ for _name, _b, _rec, _src in (
     ("adm-lsun-tower", 1.006, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
     ("adm-ffhq128", 1.005, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
     ("adm-imagenet64", 1.006, {"sampler": "ancestral", "steps": 100}, _ADM_ES),
+    ("adm-imagenet128", 1.004, {"sampler": "ancestral", "steps": 100},
+     _ADM_ES + ", classifier-guided: --classifier adm-imagenet128-classifier --classifier-scale 0.5"),
     ("edm-cifar10-cond-vp", 1.0006, {"sampler": "heun", "steps": 18}, _EDM_ES),
     ("edm-cifar10-uncond-vp", 1.0048, {"sampler": "euler", "steps": 13}, _EDM_ES),
 ):

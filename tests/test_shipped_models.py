@@ -15,9 +15,11 @@ from samplerkit.generate import generate, make_sampler
 from samplerkit.runs import resolve_sampler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shapes32_samples.npz"
+EDM_FIXTURE = Path(__file__).parent / "fixtures" / "shapes32_edm_samples.npz"
 NAMES = ["shapes32-adm", "shapes32-adm-ip"]
-# the weights come from benchmarks/shapes32_recipe.sh (about an hour of CPU per model) and ship in the
-# package: a missing file is a failure here, never a skip
+EDM_NAMES = ["shapes32-edm", "shapes32-edm-ip"]
+# the weights come from benchmarks/shapes32_recipe.sh and shapes32_edm_recipe.sh (about an hour or more of
+# CPU per model) and ship in the package: a missing file is a failure here, never a skip
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -28,7 +30,19 @@ def test_shipped_model_loads_through_the_public_path_with_learned_variance(name)
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EDM_NAMES)
+def test_shipped_edm_model_loads_as_the_edm_network(name):
+    from samplerkit.adapters.edm import EDMPrecond, SongUNet
+
+    net = sk.load(name)
+    assert type(net) is EDMPrecond and type(net.model) is SongUNet and net.sigma_data == 0.5
+    assert net.img_resolution == 32 and net.label_dim == 0 and net.training_alpha_bar() is None
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert sk.zoo.get(name).recommended == {"sampler": "heun", "steps": 18}
+    assert (MODELS_DIR / f"{name}.pt").stat().st_size <= 8 * 2**20
+
+
+@pytest.mark.parametrize("name", NAMES + EDM_NAMES)
 def test_float16_storage_loads_exactly_into_float32(name):
     stored = torch.load(MODELS_DIR / f"{name}.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in stored.values())
@@ -39,19 +53,21 @@ def test_float16_storage_loads_exactly_into_float32(name):
 
 def _recommended(net, name):
     sampler, steps, options = resolve_sampler(name, None, None, {})
-    assert (sampler, options) == ("ancestral", {"variance": "learned"})  # what `samplerkit sample` uses
+    # what `samplerkit sample` uses: ancestral with the learned variance for the ADMs, Heun 18 for the EDMs
+    expected = ("heun", 18, {}) if name in EDM_NAMES else ("ancestral", 50, {"variance": "learned"})
+    assert (sampler, steps, options) == expected
     return make_sampler(net, sampler, steps, **options)
 
 
-@pytest.mark.parametrize("key", [*NAMES, *(f"{n}/heun8" for n in NAMES)])
+@pytest.mark.parametrize("key", [*(f"{n}{v}" for n in NAMES + EDM_NAMES for v in ("", "/heun8"))])
 def test_shipped_model_reproduces_the_recorded_samples(key):
     """Seeds 0-3 with the recommended sampler and with Heun 8 steps, recorded when the weights
-    were embedded (benchmarks/embed_shapes32.py): within 1/255 per pixel."""
+    were embedded (benchmarks/embed_shapes32.py, embed_shapes32_edm.py): within 1/255 per pixel."""
     name, _, variant = key.partition("/")
     net = sk.load(name)
     prepared = make_sampler(net, "heun", 8) if variant else _recommended(net, name)
     ((_, x, _),) = generate(net, prepared, [0, 1, 2, 3], batch_size=4)
-    recorded = np.load(FIXTURE)[key]
+    recorded = np.load(EDM_FIXTURE if name in EDM_NAMES else FIXTURE)[key]
     assert np.abs(to_uint8(x).astype(int) - recorded.astype(int)).max() <= 1
 
 
@@ -118,7 +134,7 @@ def _samples(net, name: str) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + EDM_NAMES)
 def test_samples_have_the_structure_of_the_data(name, data_stats):
     assert _unlike_the_data(_samples(sk.load(name), name), data_stats) == []
     fresh = to_model_space(shapes(np.arange(10_000, 10_000 + SAMPLES))[0])
@@ -183,3 +199,41 @@ def test_recipe_reproduces_the_recorded_loss_curve(run, tmp_path):
         row = next(csv.DictReader(f))
     for key in ("loss", "mse", "vb", "grad_norm"):
         assert float(row[key]) == pytest.approx(float(recorded[key]), rel=0.02), key
+
+
+FIRST_STEPS = Path(__file__).parent / "fixtures" / "shapes32_edm_first_steps.json"
+
+
+@pytest.mark.parametrize("run", ["edm", "edm-ip"])
+def test_edm_recipe_reproduces_the_recorded_first_steps(run, tmp_path):
+    """The EDM recipe's first steps (its recorded settings, benchmarks/results) give the recorded losses.
+
+    The fixture holds the per-step loss, mse and gradient norm of the recipe's first 100 steps,
+    made by rerunning its recorded settings with log_interval 1 (train(TrainConfig(**settings)) with
+    iterations 100, in a scratch folder); its step-100 row is checked here against the recipe's own
+    log, and the first 10 steps are rerun: the same on the same CPU, within 2 % where float32
+    kernels differ."""
+    import csv
+    import json
+
+    from samplerkit.train import TrainConfig, train
+
+    settings = json.loads((RESULTS / f"shapes32-{run}-settings.json").read_text())
+    recorded = json.loads(FIRST_STEPS.read_text())["none" if run == "edm" else "ip"]
+    with open(RESULTS / f"shapes32-{run}-log.csv") as f:
+        logged = next(csv.DictReader(f))
+    assert logged["step"] == "100" and len(recorded["loss"]) == 100
+    for key in ("loss", "mse", "grad_norm"):  # the fixture is the recipe's run
+        assert recorded[key][99] == pytest.approx(float(logged[key]), rel=1e-5), key
+    steps = 10
+    settings.update(out=str(tmp_path), iterations=steps, save_interval=steps, log_interval=1,
+                    ema_rates=tuple(settings["ema_rates"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = train(TrainConfig(**settings), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("loss", "mse", "grad_norm"):
+        rerun = [float(r[key]) for r in trainer.log_rows]
+        assert rerun == pytest.approx(recorded[key][:steps], rel=0.02), key

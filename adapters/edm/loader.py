@@ -6,6 +6,11 @@ whose objects carry the source of their defining module (``torch_utils.persisten
 every persistent object into a neutral record, then builds *our* class of the same name
 (:mod:`~samplerkit.adapters.edm.precond`, :mod:`~samplerkit.adapters.edm.networks`) from the
 pickled constructor arguments and assigns the pickled parameters and buffers by name (strict).
+
+:func:`load_state_dict` reads the other form of the same networks: a plain tensor state dict
+(``torch.load(weights_only=True)``, as ``samplerkit retrain --precond edm|vp|ve`` writes them) plus
+the class name and constructor arguments that a pickle would have recorded (the run's
+``flags.json``); the network is built and assigned exactly as from a pickle.
 """
 
 from __future__ import annotations
@@ -37,6 +42,41 @@ def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoise
     except OSError as err:
         raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
     net = build_network(_network_record(data, path.name))
+    return net.to(device).eval().requires_grad_(False)
+
+
+def load_state_dict(path: str | Path, class_name: str, device: str | torch.device = "cpu",
+                    **init_kwargs) -> Denoiser:
+    """A preconditioner ``class_name`` (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond) built from
+    ``init_kwargs`` with the tensors of the state-dict file ``path`` assigned by name (strict)."""
+    path = Path(path)
+    cls = PRECONDITIONERS.get(class_name)
+    if cls is None:
+        raise SamplerkitError(f"unsupported network class {class_name}; samplerkit loads {', '.join(PRECONDITIONERS)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 -- torch raises many types for a file that is not a state dict
+        raise SamplerkitError(f"{path.name} is not a tensor state dict: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SamplerkitError(f"{path.name} is not a tensor state dict")
+    try:
+        with skip_weight_init():
+            net = cls(**init_kwargs)
+    except (TypeError, ValueError) as err:
+        raise SamplerkitError(f"cannot build {class_name} from the recorded arguments: {err}") from None
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SamplerkitError(f"{path.name} does not match the {class_name} its flags describe: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as err:
+        raise SamplerkitError(f"{path.name} does not match the {class_name} its flags describe: "
+                              f"{' '.join(str(err).split())}") from None
     return net.to(device).eval().requires_grad_(False)
 
 

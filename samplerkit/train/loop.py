@@ -1,5 +1,12 @@
 """The training loop: ADM(-IP) on any image source, resumable, single- or multi-process.
 
+With ``precond`` edm | vp | ve the same loop trains an EDM-preconditioned denoiser instead
+(:mod:`.edm`: Karras et al. 2022, Table 1): the per-sample uniform that picks an ADM timestep
+picks sigma through the column's distribution, the loss is :class:`.edm.EDMObjective`'s, the EMA
+may be EDM's half-life in images (``ema_halflife_kimg``, files ``ema_{N}kimg_{step}.pt``), and
+flags.json records ``family: edm``, the preconditioner's class and its constructor arguments, so
+``samplerkit.load`` builds the same network the way it builds one from an EDM pickle.
+
 Recipe (Ning et al. 2023, App. A.7): AdamW, EMA 0.9999, mixed precision with fp32 master
 weights, EMA and optimizer state. EMA warm-up (``ema_warmup``, on in the ``tiny`` preset): at step
 s the EMA rate is min(rate, (1 + s) / (10 + s)), the warm-up of Song et al. 2021 (score_sde's
@@ -45,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import distributed, output
+from .. import distributed, output, speed
 from ..data import open_source, to_model_space
 from ..diffusion import Chain, alpha_bar_from_betas, betas_for
 from ..errors import SamplerkitError
@@ -62,7 +69,8 @@ LOG_COLUMNS = ("step", "loss", "mse", "vb", "gp", "loss_q0", "loss_q1", "loss_q2
 class TrainConfig:
     data: str
     out: str
-    flags: dict = field(default_factory=dict)  # guided-diffusion architecture + diffusion flags
+    flags: dict = field(default_factory=dict)  # guided-diffusion flags (adm); preconditioner arguments (edm, vp, ve)
+    precond: str = "adm"  # adm: the eps-network of a discrete chain; edm | vp | ve: EDM Table 1 (see .edm)
     loss: str = "hybrid"
     regularizer: str = "ip"
     gamma: float = 0.1
@@ -78,10 +86,13 @@ class TrainConfig:
     warmup: int = 0
     ema_rates: tuple = (0.9999,)
     ema_warmup: bool = False  # EMA rate min(rate, (1 + s) / (10 + s)) at step s
+    ema_halflife_kimg: float | None = None  # EDM's EMA: half-life in thousands of images (replaces ema_rates)
+    ema_rampup_ratio: float | None = 0.05  # ... capped at this fraction of the images seen so far (None: no cap)
     schedule_sampler: str = "auto"  # uniform | loss-second-moment | auto (importance sampling for vlb only)
     save_interval: int = 1000
     log_interval: int = 10
     precision: str = "fp32"
+    speed: str = "exact"  # network execution (samplerkit.speed): exact | fast | explicit settings; not autocast
     seed: int = 0
     flip: bool = True
     device: str = "cpu"
@@ -105,6 +116,27 @@ class TrainConfig:
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise SamplerkitError(f"unknown schedule sampler {self.schedule_sampler!r}; "
                                   f"use one of {', '.join(SCHEDULE_SAMPLERS)}")
+        if self.ema_halflife_kimg is not None and not self.ema_halflife_kimg > 0:
+            raise SamplerkitError("--ema-halflife-kimg must be > 0")
+        if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
+            raise SamplerkitError("the EMA ramp-up ratio must be > 0 (or None for none)")
+        if self.precond != "adm":
+            from .edm import PRECONDS
+
+            if self.precond not in PRECONDS:
+                raise SamplerkitError(f"unknown preconditioning {self.precond!r}; use adm, {', '.join(PRECONDS)}")
+            if self.loss != "simple":
+                raise SamplerkitError(f"--loss {self.loss} is ADM-only (learned variance, L_vlb); --precond "
+                                      f"{self.precond} trains EDM's weighted denoising loss (omit --loss)")
+            if self.schedule_sampler == "loss-second-moment":
+                raise SamplerkitError(f"the loss-second-moment timestep sampler is ADM-only; --precond {self.precond} "
+                                      "draws sigma from EDM's training distribution")
+
+    def ema_names(self) -> tuple:
+        """The EMA keys of the checkpoint files ``ema_{key}_{step}.pt``: the rates, or ``{halflife}kimg``."""
+        if self.ema_halflife_kimg is not None:
+            return (f"{self.ema_halflife_kimg:g}kimg",)
+        return tuple(self.ema_rates)
 
     def importance_sampling(self) -> bool:
         """Timesteps from Nichol & Dhariwal 2021, Eq. 18 (guided-diffusion's loss-second-moment) or uniform."""
@@ -169,8 +201,6 @@ class Trainer:
     """One training run; ``run()`` trains from the latest checkpoint (if resuming) to ``iterations``."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        from samplerkit.adapters.adm import create_unet
-
         cfg.check()
         self.cfg, self.run_dir = cfg, Path(cfg.out)
         self.device = torch.device(cfg.device)
@@ -184,6 +214,48 @@ class Trainer:
                 f"per-process batch {self.local_batch} is not divisible by --microbatch {self.micro}")
 
         self.source = open_source(cfg.data)
+        if cfg.precond != "adm":
+            self._init_edm()
+        else:
+            self._init_adm()
+        decay = cfg.weight_decay + self.objective.optimizer_weight_decay()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=decay)
+        self.emas = {rate: [p.detach().clone() for p in self.model.parameters()] for rate in cfg.ema_names()}
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.step = 0
+        self.log_rows: list[dict] = []
+        self.log_path = self.run_dir / "log.csv"
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            output.sweep_temporaries(self.run_dir)
+        distributed.barrier()
+        self._settings(resume)
+        if resume:
+            self._resume()
+        if self.rank == 0:  # the log restarts at the checkpoint, as if the run had never stopped
+            output.atomic_write(self.log_path, _log_text(self.log_rows, header=True).encode())
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        self.ddp, self.speed = speed.for_training(self.model, self.ddp, cfg.speed, self._speed_example, self.device)
+        if self.rank == 0:
+            output.atomic_json(self.run_dir / "speed.json", self.speed)
+
+    def _speed_example(self) -> tuple:
+        """Synthetic inputs of one microbatch for the speed autotune: (x, t, y) for ADM's eps-network,
+        (x, sigma, labels) for an EDM-preconditioned one."""
+        g = torch.Generator().manual_seed(0)
+        n, res = self.micro, self.source.resolution
+        x = torch.randn(n, 3, res, res, generator=g).to(self.device)
+        classes = self.source.num_classes if (self.arch.get("class_cond") or self.arch.get("label_dim")) else 0
+        labels = torch.randint(0, classes, (n,), generator=g).to(self.device) if classes else None
+        if self.cfg.precond == "adm":
+            return x, torch.randint(0, self.chain.alpha_bar.numel(), (n,), generator=g).to(self.device), labels
+        sigma = torch.randn(n, generator=g).exp().to(self.device)
+        return x, sigma, (torch.nn.functional.one_hot(labels, classes).float() if classes else None)
+
+    def _init_adm(self) -> None:
+        from samplerkit.adapters.adm import create_unet
+
+        cfg = self.cfg
         arch, schedule, T = split_flags(cfg.flags)
         if int(arch.get("image_size", 64)) != self.source.resolution:
             raise SamplerkitError(f"the data is {self.source.resolution}px but image_size is "
@@ -202,30 +274,33 @@ class Trainer:
         self.objective = Objective(self.chain, cfg.loss, cfg.regularizer, cfg.gamma, cfg.lambda_gp, cfg.lambda_wd,
                                    learn_sigma=bool(arch.get("learn_sigma", False)), wd_form=cfg.wd_form)
         self.sampler = ImportanceSampler(T) if cfg.importance_sampling() else None
-        decay = cfg.weight_decay + self.objective.optimizer_weight_decay()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=decay)
-        self.emas = {rate: [p.detach().clone() for p in self.model.parameters()] for rate in cfg.ema_rates}
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.step = 0
-        self.log_rows: list[dict] = []
-        self.log_path = self.run_dir / "log.csv"
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            output.sweep_temporaries(self.run_dir)
-        distributed.barrier()
-        self._settings(resume)
-        if resume:
-            self._resume()
-        if self.rank == 0:  # the log restarts at the checkpoint, as if the run had never stopped
-            output.atomic_write(self.log_path, _log_text(self.log_rows, header=True).encode())
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+
+    def _init_edm(self) -> None:
+        """An EDM-preconditioned network (adapters' EDMPrecond / VPPrecond / VEPrecond) and its loss."""
+        from .edm import EDMObjective, build_network, network_kwargs
+
+        cfg = self.cfg
+        flags = {"img_channels": 3, **cfg.flags}
+        res = int(flags.get("img_resolution", self.source.resolution))
+        if res != self.source.resolution:
+            raise SamplerkitError(f"the data is {self.source.resolution}px but img_resolution is {res}; "
+                                  f"pass --flag img_resolution={self.source.resolution}")
+        flags["img_resolution"] = res
+        if int(flags.get("label_dim", 0)) and not self.source.num_classes:
+            raise SamplerkitError("label_dim > 0 needs class labels in the data (dataset.json or class folders)")
+        torch.manual_seed(cfg.seed)
+        self.model = build_network(cfg.precond, flags).to(self.device)
+        self.arch = {"family": "edm", "class_name": type(self.model).__name__, **network_kwargs(flags)}
+        self.objective = EDMObjective(cfg.precond, cfg.regularizer, cfg.gamma,
+                                      sigma_data=float(getattr(self.model, "sigma_data", 0.5)))
+        self.sampler = None
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _settings(self, resume: bool) -> None:
         settings = {**asdict(self.cfg), "ema_rates": list(self.cfg.ema_rates)}
         path = self.run_dir / "settings.json"
-        keep = ("iterations", "save_interval", "log_interval", "device", "out")
+        keep = ("iterations", "save_interval", "log_interval", "device", "out", "speed")
         old = json.loads(path.read_text()) if path.is_file() else None
         distributed.barrier()  # every rank has looked before rank 0 writes
         if old is not None:
@@ -244,13 +319,16 @@ class Trainer:
                                       f"{settings[key]!r}); use the original settings or another --out")
         if self.rank == 0:
             output.atomic_json(path, settings)
-            _, schedule, T = split_flags(self.cfg.flags)
-            load_flags = {**self.arch, "diffusion_steps": T, "noise_schedule": schedule}
+            if self.cfg.precond == "adm":
+                _, schedule, T = split_flags(self.cfg.flags)
+                load_flags = {**self.arch, "diffusion_steps": T, "noise_schedule": schedule}
+            else:  # family edm: the preconditioner's class and constructor arguments, as an EDM pickle records them
+                load_flags = dict(self.arch)
             output.atomic_json(self.run_dir / "flags.json", load_flags)
             output.atomic_json(self.run_dir / RECOMMENDED_FILE, recommended_sampler(load_flags))
 
     def _resume(self) -> None:
-        step = latest_checkpoint(self.run_dir, self.cfg.ema_rates)
+        step = latest_checkpoint(self.run_dir, self.cfg.ema_names())
         if step is None:
             return
         load = lambda name: torch.load(self.run_dir / name, map_location=self.device, weights_only=True)  # noqa: E731
@@ -274,7 +352,10 @@ class Trainer:
         _save_tensor_dict(self.run_dir / f"model{s:06d}.pt", self.model.state_dict())
         for rate, params in self.emas.items():
             names = [n for n, _ in self.model.named_parameters()]
-            _save_tensor_dict(self.run_dir / f"ema_{rate}_{s:06d}.pt", dict(zip(names, params, strict=True)))
+            ema = dict(zip(names, params, strict=True))
+            if self.cfg.precond != "adm":  # a complete state dict (buffers too), which sk.load assigns strictly
+                ema = {k: ema.get(k, v) for k, v in self.model.state_dict().items()}
+            _save_tensor_dict(self.run_dir / f"ema_{rate}_{s:06d}.pt", ema)
         _save_tensor_dict(self.run_dir / f"opt{s:06d}.pt", self.opt.state_dict())
         state = {"step": s, "sampler": self.sampler.state_dict() if self.sampler else None,
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
@@ -316,14 +397,17 @@ class Trainer:
             eps.append(torch.randn(shape, generator=g))
             xi.append(torch.randn(shape, generator=g))
             probe.append(torch.randn(shape, generator=g))
-        if self.sampler is not None:
+        if self.cfg.precond != "adm":  # the uniforms themselves: EDMObjective maps them to sigma
+            t, w = np.array(u, dtype=np.float64), np.ones(len(u))
+        elif self.sampler is not None:
             t, w = self.sampler.sample(np.array(u))
         else:
             t, w = np.minimum((np.array(u) * self.objective.T).astype(np.int64), self.objective.T - 1), np.ones(len(u))
         if self.cfg.flip:
             x0 = torch.where(torch.tensor(flips, device=self.device).reshape(-1, 1, 1, 1), x0.flip(3), x0)
         dev = self.device
-        y = torch.as_tensor(labels, device=dev) if labels is not None and self.arch.get("class_cond") else None
+        conditional = self.arch.get("class_cond") or int(self.arch.get("label_dim", 0) or 0)
+        y = torch.as_tensor(labels, device=dev) if labels is not None and conditional else None
         return (x0, torch.as_tensor(t, device=dev), torch.as_tensor(w, dtype=torch.float32, device=dev),
                 torch.stack(eps).to(dev), torch.stack(xi).to(dev), torch.stack(probe).to(dev), y)
 
@@ -354,7 +438,8 @@ class Trainer:
                 if m0 == start:
                     loss = loss + self.objective.weight_decay(self.model.parameters()).to(loss.device)
                 self.scaler.scale(loss).backward()
-            parts = [t.float(), *(terms[k].detach().float() for k in ("loss", "mse", "vb", "gp"))]
+            position = terms["position"] if "position" in terms else t  # EDM: the rank of sigma in [0, 1)
+            parts = [position.float(), *(terms[k].detach().float() for k in ("loss", "mse", "vb", "gp"))]
             records.append(torch.stack(parts, 1))
         self.scaler.unscale_(self.opt)
         grad_norm = torch.linalg.vector_norm(
@@ -412,13 +497,19 @@ class Trainer:
             bar.close()
         return self.log_rows
 
-    def ema_rate(self, rate: float, step: int) -> float:
-        """The EMA rate used at ``step`` (1-based): ``rate``, or min(rate, (1 + s) / (10 + s)) with warm-up."""
-        return min(rate, (1 + step) / (10 + step)) if self.cfg.ema_warmup else rate
+    def ema_rate(self, rate: float | str, step: int) -> float:
+        """The EMA rate used at ``step`` (1-based): ``rate``, or min(rate, (1 + s) / (10 + s)) with warm-up,
+        or EDM's half-life rate (:func:`.edm.ema_beta`) with ``ema_halflife_kimg``."""
+        cfg = self.cfg
+        if cfg.ema_halflife_kimg is not None:
+            from .edm import ema_beta
+
+            return ema_beta(step, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
+        return min(rate, (1 + step) / (10 + step)) if cfg.ema_warmup else rate
 
     def ema_model(self, rate: float | None = None) -> torch.nn.Module:
         """A copy of the network holding the EMA parameters of ``rate`` (default: the first)."""
-        rate = self.cfg.ema_rates[0] if rate is None else rate
+        rate = self.cfg.ema_names()[0] if rate is None else rate
         model = copy.deepcopy(self.model)
         with torch.no_grad():
             for p, e in zip(model.parameters(), self.emas[rate], strict=True):

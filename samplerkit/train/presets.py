@@ -14,6 +14,14 @@ warm-up (rate min(0.999, (1 + s) / (10 + s)) at step s, see :mod:`.loop`) so tha
 shorter than the recipe's 12,000 steps still gets a usable EMA. The built-in models were
 trained without EMA warm-up (their recipe passes ``--no-ema-warmup``); sample a tiny run's
 ``ema_0.999_<last step>.pt``.
+
+``tiny-edm`` is ``tiny``'s counterpart for ``--precond edm`` (and the recipe of shapes32-edm /
+shapes32-edm-ip, ``benchmarks/shapes32_edm_recipe.sh``): EDM's DDPM++ (SongUNet with positional
+embedding, standard encoder/decoder, resample filter [1, 1]; Karras et al. 2022 (EDM), App. F.2)
+shrunk as ``tiny`` shrinks ADM -- 32 base channels, multipliers 1, 2, 2, one block per resolution,
+attention at 8x8, no dropout: 1.26 M parameters against ``tiny``'s 1.37 M -- behind EDM's
+preconditioning, with ``tiny``'s optimiser settings and EDM's EMA (half-life 10 kimg, ramp-up 0.05).
+Its flags are the preconditioner's constructor arguments, as an EDM pickle records them.
 """
 
 from __future__ import annotations
@@ -50,7 +58,19 @@ PRESETS: dict[str, dict] = {
                            num_head_channels=16, attention_resolutions="8", dropout=0.0),
              "batch_size": 16, "iterations": 2000, "lr": 5e-4, "warmup": 500, "grad_clip": 1.0,
              "ema_rates": (0.999,), "ema_warmup": True},
+    "tiny-edm": {"precond": "edm",
+                 "flags": dict(model_type="SongUNet", img_resolution=32, model_channels=32, channel_mult="1,2,2",
+                               num_blocks=1, attn_resolutions="8", dropout=0.0, embedding_type="positional",
+                               encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
+                               resample_filter="1,1"),
+                 "batch_size": 16, "iterations": 2000, "lr": 5e-4, "warmup": 500, "grad_clip": 1.0,
+                 "loss": "simple", "schedule_sampler": "uniform", "ema_halflife_kimg": 10.0, "ema_rampup_ratio": 0.05},
 }
+
+
+def family(name: str) -> str:
+    """The preconditioning a preset trains: ``adm`` or EDM's ``edm`` / ``vp`` / ``ve``."""
+    return preset(name).get("precond", "adm")
 
 
 def preset(name: str) -> dict:

@@ -4,7 +4,10 @@ A network with learned variance (``learn_sigma``, trained with L_hybrid or L_vlb
 respaced ancestral steps and its own variance: Nichol & Dhariwal 2021, Sec. 4, reach near-optimal
 FID with 50-100 such steps. A fixed-variance network samples with DDIM (eta = 0), which beats
 ancestral sampling at 50 steps and fewer for such models (ibid., Sec. 4). Both use 50 steps, as
-samplerkit's built-in models do.
+samplerkit's ADM built-in models do. An EDM-preconditioned network (family ``edm``, ``retrain
+--precond edm|vp|ve``) samples with Heun's 2nd-order method on EDM's sigma grid (Eq. 5, rho = 7),
+18 steps = 35 network evaluations: Karras et al. 2022 (EDM), Sec. 3 and Table 2, use it for their
+32x32 models.
 
 A training run writes the result to ``recommended.json`` next to its checkpoints (keys of
 ``samplerkit sample``: ``sampler``, ``steps`` and that sampler's options); :func:`read_recommended`
@@ -18,6 +21,7 @@ from pathlib import Path
 
 RECOMMENDED_FILE = "recommended.json"
 STEPS = 50
+EDM_RECOMMENDED = {"sampler": "heun", "steps": 18}
 
 
 def _true(value) -> bool:
@@ -25,7 +29,10 @@ def _true(value) -> bool:
 
 
 def recommended_sampler(flags: dict) -> dict:
-    """Sampler settings for a network trained with guided-diffusion ``flags``."""
+    """Sampler settings for a network trained with guided-diffusion ``flags`` (or an EDM network's flags,
+    ``family: edm``)."""
+    if flags.get("family") == "edm":
+        return dict(EDM_RECOMMENDED)
     if _true(flags.get("learn_sigma", False)):
         return {"sampler": "ancestral", "steps": STEPS, "variance": "learned"}
     return {"sampler": "ddim", "steps": STEPS, "eta": 0.0}
