@@ -29,5 +29,5 @@ for reg in none ip; do
 done
 wait
 if [ "${EMBED:-1}" = 1 ]; then
-    python "$(dirname "$0")/embed_shapes32_edm.py" "$runs/shapes32-edm-none" "$runs/shapes32-edm-ip" "$iterations"
+    python "$(dirname "$0")/embed_shapes32.py" "$runs/shapes32-edm-none" "$runs/shapes32-edm-ip" "$iterations"
 fi

@@ -62,7 +62,7 @@ def _recommended(net, name):
 @pytest.mark.parametrize("key", [*(f"{n}{v}" for n in NAMES + EDM_NAMES for v in ("", "/heun8"))])
 def test_shipped_model_reproduces_the_recorded_samples(key):
     """Seeds 0-3 with the recommended sampler and with Heun 8 steps, recorded when the weights
-    were embedded (benchmarks/embed_shapes32.py, embed_shapes32_edm.py): within 1/255 per pixel."""
+    were embedded (benchmarks/embed_shapes32.py): within 1/255 per pixel."""
     name, _, variant = key.partition("/")
     net = sk.load(name)
     prepared = make_sampler(net, "heun", 8) if variant else _recommended(net, name)
