@@ -39,3 +39,15 @@ def inception_path(tmp_path_factory) -> Path:
     from samplerkit.metrics import prepare_inception_from_fid_helper
 
     return prepare_inception_from_fid_helper(tmp_path_factory.mktemp("inception"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    shared 2-core machine, more threads spin against each other."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,12 +25,7 @@ NET = dict(model_type="SongUNet", model_channels=8, channel_mult="1,2", num_bloc
            dropout=0.0, channel_mult_emb=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2
              resblock_updown=True, use_new_attention_order=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, more threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
