@@ -36,7 +36,7 @@ from .results import ResultsCSV
 # and the feature mode follow these, sorted, in the rows that have them.
 CSV_COLUMNS = (
     "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "kid", "kid_std", "is",
-    "is_std", "n_images", "seeds", "seconds", "images_per_s", "eval_seconds", "ref", "settings",
+    "is_std", "n_images", "seeds", "seconds", "images_per_s", "eval_seconds", "ref", "settings", "evaluation",
 )
 KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
 _METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall"), "kid": ("kid", "kid_std"),
@@ -111,7 +111,21 @@ def read_csv(path: str | Path) -> list[dict]:
     return results_csv(path).read()
 
 
-def _complete(row: dict, metrics: Sequence[str], bootstrap: int = 0) -> bool:
+def evaluation_id(metrics: Sequence[str], evaluation: dict, bootstrap: int = 0) -> str:
+    """The evaluation settings a row's random metric columns depend on (the "evaluation" column): KID's
+    subset count, size and seed, and the bootstrap's seed; "" when no such column is asked for. Not
+    part of a cell's identity (the images are the same), but a finished row counts as finished only
+    when they match, so a rerun with other KID or bootstrap settings re-evaluates instead of keeping
+    numbers of other settings."""
+    if "kid" not in metrics and not bootstrap:
+        return ""
+    keys = ("kid_subsets", "kid_subset_size", "seed") if "kid" in metrics else ("seed",)
+    return json.dumps({k: evaluation.get(k) for k in keys}, sort_keys=True)
+
+
+def _complete(row: dict, metrics: Sequence[str], bootstrap: int = 0, evaluation: str = "") -> bool:
+    if evaluation and str(row.get("evaluation") or "") != evaluation:
+        return False
     cols = [col for m in metrics for col in _METRIC_COLUMNS[m]]
     if bootstrap:
         cols += [f"{m}_{end}" for m in metrics if m in ("fid", "kid") for end in ("lo", "hi")]
@@ -191,6 +205,7 @@ def run(
     ref_id = reference.fingerprint()
     evaluation = dict(evaluation or {})
     seed = evaluation.get("seed", 0)
+    eval_id = evaluation_id(metrics, evaluation, bootstrap)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     cells = []
     for name in samplers:
@@ -201,7 +216,7 @@ def run(
                 settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
                 row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps),
                        "nfe": prepared.nfe, "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
-                       "settings": json.dumps(settings, sort_keys=True),
+                       "settings": json.dumps(settings, sort_keys=True), "evaluation": eval_id,
                        "eps_scaler": settings.get("eps_scaler", ""),
                        "time_shift": int(bool(settings.get("time_shift")))}
                 cells.append((prepared, row))
@@ -210,7 +225,8 @@ def run(
     rows = table.read()
     finished = {table.key(r): r for r in rows}
     todo = [c for c in cells
-            if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap))]
+            if not (table.key(c[1]) in finished
+                    and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
     baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
     for _, row in cells:
         baseline_of.setdefault((row["steps"], row["eps_scaler"], row["time_shift"]), table.key(row))

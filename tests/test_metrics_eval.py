@@ -505,3 +505,30 @@ def test_sweep_rows_carry_intervals_and_the_paired_difference_to_the_first_sampl
     again = PooledPixels()
     resumed = run(again)[1]  # read back from the CSV: nothing recomputed
     assert float(resumed["fid_diff_lo"]) == float(euler["fid_diff_lo"]) and again.images == 0
+
+
+def test_a_sweep_rerun_with_other_kid_settings_re_evaluates_instead_of_keeping_old_numbers(tmp_path):
+    from test_sweep import PooledPixels
+
+    import samplerkit as sk
+    from samplerkit import sweep
+
+    net = sk.load("shapes32-ideal")
+    reference = metrics.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "kid"))
+
+    def run(features, size):
+        return sweep.run(net, ("euler",), (2,), list(range(8)), reference, features, csv_path=tmp_path / "s.csv",
+                         model="shapes32-ideal", metrics=("fid", "kid"),
+                         evaluation={"seed": 0, "kid_subset_size": size})
+
+    (first,) = run(PooledPixels(), 8)
+    same = PooledPixels()
+    run(same, 8)
+    assert same.images == 0  # same settings: read back
+    other = PooledPixels()
+    (second,) = run(other, 4)
+    assert other.images == 8  # other KID subsets: evaluated again, the row replaced, not duplicated
+    assert json.loads(first["evaluation"])["kid_subset_size"] == 8
+    assert json.loads(second["evaluation"])["kid_subset_size"] == 4
+    assert float(second["fid"]) == pytest.approx(float(first["fid"]), rel=1e-12)
+    assert len(sweep.results_csv(tmp_path / "s.csv").read()) == 1
