@@ -36,7 +36,7 @@ from .results import ResultsCSV
 # and the feature mode follow these, sorted, in the rows that have them.
 CSV_COLUMNS = (
     "model", "sha256", "sampler", "steps", "nfe", "fid", "sfid", "precision", "recall", "kid", "kid_std", "is",
-    "is_std", "n_images", "seeds", "seconds", "images_per_s", "eval_seconds", "ref", "settings", "evaluation",
+    "is_std", "n_images", "seeds", "seconds", "images_per_s", "eval_seconds", "ref", "settings", "evaluation", "speed",
 )
 KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
 _METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall"), "kid": ("kid", "kid_std"),
@@ -175,6 +175,7 @@ def run(
     device="cpu",
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
+    speed: str = "",
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -187,6 +188,9 @@ def run(
     :func:`samplerkit.generate.make_sampler` (the time shift goes to ddim/ancestral only).
     ``evaluation``: keyword arguments of :func:`samplerkit.metrics.evaluate` (``kid_subsets``,
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
+    ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
+    the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
+    by a level).
     """
     from tqdm import tqdm
 
@@ -259,7 +263,7 @@ def run(
             eval_seconds += time.perf_counter() - t1
             done = dict(row, **values, seconds=round(sample_seconds, 3),
                         images_per_s=round(len(mine) / sample_seconds, 3) if sample_seconds > 0 else "",
-                        eval_seconds=round(eval_seconds, 3), mode=sample.mode)
+                        eval_seconds=round(eval_seconds, 3), mode=sample.mode, speed=speed)
             table.put(rows, done)
             if main:
                 table.write(rows)

@@ -179,6 +179,7 @@ def test_sweep_command_end_to_end_with_inception_resumes_without_recomputing(tmp
     expected = [("heun", "5", "4", model_sha256(DEFAULT_MODEL))]  # the shipped weights' digest
     assert [(r["sampler"], r["nfe"], r["n_images"], r["sha256"]) for r in rows] == expected
     assert math.isfinite(float(rows[0]["fid"])) and float(rows[0]["fid"]) > 0
+    assert rows[0]["speed"] == "exact"  # the network-execution policy the row was computed under (conftest)
     assert (tmp_path / "s.png").is_file() and "heun" in out
     assert len(list(tmp_path.glob("s.ref-*.npz"))) == 1
     code, _, err = run_cli(*args)

@@ -218,7 +218,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
                               bootstrap=bootstrap_rounds, options=options, eps_scalers=eps_scalers,
                               remedies=remedies, batch_size=batch, device=device,
                               class_labels="random" if cell_net.label_dim else None,
-                              log=log, show_progress=not quiet)
+                              log=log, show_progress=not quiet, speed=speed_record["policy"])
         rows += found if scale is None else [{**r, "sampler": f"{r['sampler']} s={scale:g}"} for r in found]
     if not distributed.is_main():
         return
