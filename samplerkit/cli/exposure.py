@@ -23,14 +23,16 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def _load_models(names, family, flags, preset, device, speed="exact", batch: int = 64) -> list[exposure.ModelSpec]:
-    """The models, each under the run's speed policy (:mod:`samplerkit.speed`)."""
+def _load_models(names, family, flags, preset, device, speed="exact", batch: int = 64,
+                 log=lambda s: None) -> list[exposure.ModelSpec]:
+    """The models, each under the run's speed policy (:mod:`samplerkit.speed`), which is logged."""
     from .. import speed as speed_lib
 
     specs = []
     for name in names:
         net = load_model(name, family, flags, preset, device=device)
-        net, _ = speed_lib.for_denoiser(net.eval(), speed, batch, device)
+        net, record = speed_lib.for_denoiser(net.eval(), speed, batch, device)
+        log(f"speed: {name}: {record['mode']} -> {record['policy']}")
         specs.append(exposure.ModelSpec(name, net, model_sha256(name)))
     return specs
 
@@ -208,7 +210,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     from .. import speed as speed_lib
 
     speed = speed or speed_lib.default_mode()
-    specs = _load_models(models, family, flags, preset, device, speed, batch)
+    specs = _load_models(models, family, flags, preset, device, speed, batch, log)
     try:
         specs = _with_remedies(specs, settings, remedies)
     except SamplerkitError as e:
