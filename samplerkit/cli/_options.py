@@ -36,14 +36,24 @@ def parse_flags(items: tuple[str, ...] | list[str]) -> dict:
     return flags
 
 
-def model_options(default_model: str | None) -> Callable:
-    """``--model``, ``--family``, ``--flag`` and ``--preset``, added to a click command."""
+SAMPLING_FAMILIES = ("adm", "iddpm", "edm", "adm-superres", "iddpm-superres")
+
+
+def model_options(default_model: str | None, several: str | None = None,
+                  families: tuple[str, ...] = SAMPLING_FAMILIES) -> Callable:
+    """``--model``, ``--family``, ``--flag`` and ``--preset``, added to a click command. With ``several``
+    (its help text), ``--model`` repeats and arrives as the tuple ``models`` (commands that compare
+    models on the same images)."""
+    if several:
+        model = click.option("--model", "models", multiple=True, default=(default_model,), show_default=True,
+                             help=several)
+    else:
+        model = click.option("--model", "model", default=default_model, show_default=True,
+                             help="Zoo name (see `samplerkit models list`) or path to a checkpoint file.")
 
     def decorate(fn):
-        @click.option("--model", "model", default=default_model, show_default=True,
-                      help="Zoo name (see `samplerkit models list`) or path to a checkpoint file.")
-        @click.option("--family", type=click.Choice(["adm", "iddpm", "edm", "adm-superres", "iddpm-superres"]),
-                      default=None,
+        @model
+        @click.option("--family", type=click.Choice(list(families)), default=None,
                       help="Network family of a local checkpoint file (EDM .pkl files are detected).")
         @click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
                       help="Upstream architecture/diffusion flag for a local .pt file; repeatable.")

@@ -10,7 +10,7 @@ from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..runs import model_sha256
-from ._options import load_model, remedy_options, speed_option, with_flag_names
+from ._options import load_model, model_options, remedy_options, speed_option, with_flag_names
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -128,13 +128,8 @@ def _remedies(fn):
 
 @click.command(name="exposure-bias", context_settings={"max_content_width": 100},
                short_help="Exposure bias as Ning et al. 2023 measure it: delta_t, FID of x0_hat, nu_t, normality.")
-@click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
-              help="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and ADM-IP) in one table.")
-@click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
-              help="Network family of a local .pt.")
-@click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
-              help="Upstream architecture flag of a local .pt (repeatable).")
-@click.option("--preset", default=None, help="Zoo entry whose flags a local .pt uses (plus --flag overrides).")
+@model_options(DEFAULT_MODEL, several="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and "
+                                      "ADM-IP) in one table.", families=("adm", "iddpm", "edm"))
 @click.option("--data", default="builtin:shapes32", show_default=True,
               help="Real images: folder, .zip, .npz or builtin:shapes32.")
 @click.option("--t", "t_values", default="100,300,600,1000", show_default=True,

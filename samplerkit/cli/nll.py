@@ -13,7 +13,7 @@ from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..runs import model_sha256
-from ._options import load_model
+from ._options import load_model, model_options
 
 
 def _load_images(data: str, n: int, resolution: int, log):
@@ -37,13 +37,8 @@ def _load_images(data: str, n: int, resolution: int, log):
 
 
 @click.command(name="nll", context_settings={"max_content_width": 100})
-@click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
-              help="Zoo name or checkpoint path; repeat to compare models on the same images (paired).")
-@click.option("--family", type=click.Choice(["adm", "iddpm", "edm"]), default=None,
-              help="Network family of a local checkpoint file (EDM .pkl files are detected).")
-@click.option("--flag", "flags", multiple=True, metavar="KEY=VALUE",
-              help="Upstream architecture/diffusion flag for a local .pt file; repeatable.")
-@click.option("--preset", default=None, help="Zoo entry whose flags a local .pt uses (plus --flag overrides).")
+@model_options(DEFAULT_MODEL, several="Zoo name or checkpoint path; repeat to compare models on the same images "
+                                      "(paired).", families=("adm", "iddpm", "edm"))
 @click.option("--data", default="builtin:shapes32", show_default=True,
               help="Images: a folder, .zip, .npz or builtin:shapes32 (8-bit RGB at the model's resolution).")
 @click.option("--num-images", type=int, default=64, show_default=True, help="Use the first N images of --data.")
