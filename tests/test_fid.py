@@ -235,22 +235,32 @@ def test_inception_path_from_the_environment_accepts_the_folder(monkeypatch, inc
     assert metrics.inception_path() == inception_path
 
 
-@pytest.fixture(scope="session")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fid-images")
+def image_folders(root: Path) -> dict[str, Path]:
+    """Two PNG folders of N_IMAGES shapes images each, from different data seeds: "a" and "b"."""
     return {"a": write_pngs(root / "a", shapes(range(N_IMAGES), seed=0)[0]),
             "b": write_pngs(root / "b", shapes(range(N_IMAGES), seed=1)[0])}
+
+
+def clean_fid_folder_features(folders: dict, network: Path, mode: str) -> dict[str, np.ndarray]:
+    """clean-fid's folder pipeline (what its compute_fid runs) in ``mode`` with the network file ``network``;
+    legacy_tensorflow lets the network resize, as clean-fid does in that mode."""
+    from cleanfid.fid import get_folder_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    model = InceptionV3W(str(network.parent), download=False, resize_inside=mode == "legacy_tensorflow").eval()
+    return {k: get_folder_features(str(p), model, num_workers=0, batch_size=8, device=torch.device("cpu"),
+                                   mode=mode, verbose=False) for k, p in folders.items()}
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return image_folders(tmp_path_factory.mktemp("fid-images"))
 
 
 @pytest.fixture(scope="session")
 def clean_fid_features(folders, inception_path) -> dict[str, np.ndarray]:
     """clean-fid's own folder pipeline (what compute_fid runs) with the same network file."""
-    from cleanfid.fid import get_folder_features
-    from cleanfid.inception_torchscript import InceptionV3W
-
-    model = InceptionV3W(str(inception_path.parent), download=False).eval()
-    return {k: get_folder_features(str(p), model, num_workers=0, batch_size=8, device=torch.device("cpu"),
-                                   mode="clean", verbose=False) for k, p in folders.items()}
+    return clean_fid_folder_features(folders, inception_path, "clean")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_fid import N_IMAGES, assert_one_line_error, clean_fid_distance, colour_moments, run_cli, write_pngs
+from test_fid import (
+    N_IMAGES,
+    assert_one_line_error,
+    clean_fid_distance,
+    clean_fid_folder_features,
+    colour_moments,
+    image_folders,
+    run_cli,
+    write_pngs,
+)
 
 from samplerkit import metrics
 from samplerkit.data import shapes
@@ -205,20 +214,13 @@ def test_samplerkit_reads_the_output_layer_and_matches_the_files_own_softmax(ori
 
 @pytest.fixture(scope="session")
 def legacy_folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("legacy-images")
-    return {"a": write_pngs(root / "a", shapes(range(N_IMAGES), seed=0)[0]),
-            "b": write_pngs(root / "b", shapes(range(N_IMAGES), seed=1)[0])}
+    return image_folders(tmp_path_factory.mktemp("legacy-images"))
 
 
 @pytest.fixture(scope="session")
 def clean_fid_legacy_features(legacy_folders, original_network) -> dict[str, np.ndarray]:
     """clean-fid's folder pipeline in mode legacy_tensorflow (what compute_fid runs) with the same network file."""
-    from cleanfid.fid import get_folder_features
-    from cleanfid.inception_torchscript import InceptionV3W
-
-    model = InceptionV3W(str(original_network.parent), download=False, resize_inside=True).eval()
-    return {k: get_folder_features(str(p), model, num_workers=0, batch_size=8, device=torch.device("cpu"),
-                                   mode="legacy_tensorflow", verbose=False) for k, p in legacy_folders.items()}
+    return clean_fid_folder_features(legacy_folders, original_network, "legacy_tensorflow")
 
 
 @pytest.fixture(scope="session")
