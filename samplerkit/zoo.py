@@ -38,7 +38,7 @@ from typing import Any
 from . import download
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres")
+FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "vae")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
@@ -70,13 +70,16 @@ class ZooEntry:
     source: str = ""
     notes: str = ""
     loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    subdir: str = ""  # a multi-file entry (a diffusers folder) is cached in this sub-folder of the cache
+    extra_files: tuple[tuple[str, str], ...] = ()  # (filename, url): fetched into the same folder first
 
     def local_path(self, cache_dir: str | Path | None = None) -> Path | None:
         """Where the checkpoint is (or will be) cached; a shipped model's file in the package; None
         for an analytic built-in model."""
         if self.family == "builtin":
             return Path(self.filename) if self.filename else None
-        return (Path(cache_dir).expanduser() if cache_dir else download.default_cache_dir()) / self.filename
+        base = Path(cache_dir).expanduser() if cache_dir else download.default_cache_dir()
+        return (base / self.subdir if self.subdir else base) / self.filename
 
     def is_cached(self, cache_dir: str | Path | None = None) -> bool:
         """True when the file is in the cache (always for a built-in model)."""
@@ -97,6 +100,10 @@ class ZooEntry:
         """Fetch the checkpoint into the cache (trying each URL in turn) and return its path."""
         if self.family == "builtin":
             raise SamplerkitError(f"{self.name} is a built-in model; there is nothing to download")
+        if self.subdir:
+            cache_dir = self.local_path(cache_dir).parent
+        for extra, url in self.extra_files:
+            download.fetch(url, cache_dir=cache_dir, progress=progress, filename=extra, label=self.name)
         errors = []
         for url in self.urls:
             try:
@@ -446,3 +453,26 @@ for _name, _b, _rec, _src in (
 ):
     register(dataclasses.replace(_REGISTRY[_name], eps_scaler={"b": _b, **_rec, "source": _src}), replace=True)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the Stable Diffusion VAEs that latent models decode through (samplerkit.autoencoders.load_vae):
+# diffusers folders (config.json + safetensors weights) from huggingface.co/stabilityai, MIT license.
+# Each is cached in its own sub-folder; EDM2's latent models use sd-vae-ft-mse, DiT sd-vae-ft-ema or -mse.
+
+_HF = "https://huggingface.co/stabilityai/{}/resolve/main/{}"
+
+
+def _vae(name, notes):
+    register(ZooEntry(
+        name=name, family="vae", urls=(_HF.format(name, "diffusion_pytorch_model.safetensors"),),
+        filename="diffusion_pytorch_model.safetensors", subdir=name,
+        extra_files=(("config.json", _HF.format(name, "config.json")),), license="MIT", resolution=0,
+        dataset="LAION (fine-tuned decoder)", source=f"https://huggingface.co/stabilityai/{name}", notes=notes,
+    ))
+
+
+_vae("sd-vae-ft-mse", "Stable Diffusion's KL-f8 autoencoder, decoder fine-tuned with MSE + LPIPS (4 latent "
+     "channels, 8x downsampling); EDM2's latent models (Karras et al. 2024) decode through it")
+_vae("sd-vae-ft-ema", "Stable Diffusion's KL-f8 autoencoder, decoder fine-tuned with EMA weights (4 latent "
+     "channels, 8x downsampling); DiT (Peebles & Xie 2023) samples with it by default")
