@@ -8,7 +8,8 @@ checks its arguments before building plain data:
 * tensors and parameters (``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter``) over
   storages from ``torch.storage._load_from_bytes``, whose payload (a legacy ``torch.save``
   stream) is parsed here: its small header pickles may name storage types and nothing else;
-* containers (``collections.OrderedDict``, ``set``, ``frozenset``), numeric numpy scalars;
+* containers (``collections.OrderedDict``, ``set``, ``frozenset``), numeric numpy scalars and
+  numeric numpy arrays (a :class:`NumpyArray` record holding a copy of the data);
 * the EDM persistence layer: ``torch_utils.persistence._reconstruct_persistent_obj(meta)``
   becomes a :class:`PersistentRecord` (the embedded ``module_src`` is hashed, never executed),
   ``torch.nn.ModuleDict`` a :class:`ModuleRecord`, ``dnnlib.util.EasyDict`` an :class:`EasyDict`.
@@ -92,6 +93,31 @@ class _NumpyDType:
 
     def numpy(self) -> np.dtype:
         return np.dtype(self.spec).newbyteorder(self.byteorder) if self.byteorder in "<>" else np.dtype(self.spec)
+
+
+class NumpyArray:
+    """A numeric numpy array as pickled (EDM2's ``StabilityVAEEncoder`` keeps its scale and bias so):
+    ``numpy.core.multiarray._reconstruct`` makes an empty record, ``BUILD`` passes
+    ``(version, shape, dtype, is_fortran, raw bytes)``; ``array`` is then a fresh copy of the data."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:
+        if self.array is not None or not (isinstance(state, tuple) and len(state) == 5):
+            raise SamplerkitError("refusing a pickled numpy array with an unexpected state")
+        version, shape, dtype, fortran, raw = state
+        if version != 1 or not isinstance(dtype, _NumpyDType) or not isinstance(fortran, bool):
+            raise SamplerkitError("refusing a pickled numpy array with an unexpected state")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise SamplerkitError("refusing a pickled numpy array with a malformed shape")
+        dt = dtype.numpy()
+        if not isinstance(raw, bytes) or len(raw) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+            raise SamplerkitError("refusing a pickled numpy array whose data does not match its shape")
+        self.array = np.frombuffer(raw, dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
+
+
+_NDARRAY = object()  # what ``numpy.ndarray`` resolves to: only ever an argument of _numpy_reconstruct
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +262,13 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dt)[0].item()
 
 
+def _numpy_reconstruct(cls, shape, typecode) -> NumpyArray:
+    """``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')``: an empty :class:`NumpyArray`."""
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise _refuse("a numpy array that is not a plain ndarray")
+    return NumpyArray()
+
+
 def _codecs_encode(text, encoding="utf-8"):
     """``_codecs.encode``: how protocol-2 pickles store bytes (latin-1 text)."""
     if not isinstance(text, str) or encoding != "latin1":
@@ -254,6 +287,9 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # numpy 1.x
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # numpy 2.x
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 1.x
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 2.x
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("torch.nn.modules.container", "ModuleDict"): ModuleRecord,
     ("dnnlib.util", "EasyDict"): EasyDict,

@@ -10,7 +10,7 @@ import torch
 from .denoisers import Denoiser
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres")
+FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres", "edm2")
 
 
 def load(name_or_path: str | Path, family: str | None = None, device: str | torch.device = "cpu", **flags) -> Denoiser:
@@ -109,6 +109,13 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
         if flags:
             raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
         return edm.load_pickle(path, device=device)
+    if family == "edm2":  # EDM2 pickles (also detected under family "edm"); variant="fast" / dtype=torch.float32
+        from samplerkit.adapters import edm2
+
+        unknown = sorted(set(flags) - {"variant", "dtype"})
+        if unknown:
+            raise SamplerkitError(f"EDM2 pickles carry their own architecture; unexpected flags {unknown}")
+        return edm2.load_pickle(path, device=device, **flags)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from samplerkit.denoisers import Denoiser
 from samplerkit.errors import SamplerkitError
 
-from .. import safe_pickle
+from .. import edm2, safe_pickle
 from .networks import skip_weight_init
 from .precond import PRECONDITIONERS, _Preconditioned
 
@@ -33,7 +33,8 @@ def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoise
     """Load an EDM network pickle as a denoiser, without running code from the file.
 
     Accepts the released pickles and training snapshots (a dict whose ``'ema'`` entry is the
-    network, as EDM's ``generate.py`` reads them) and pickles of a bare network object.
+    network, as EDM's ``generate.py`` reads them) and pickles of a bare network object; an EDM2
+    pickle goes to :func:`samplerkit.adapters.edm2.from_pickle_data`.
     """
     path = Path(path)
     try:
@@ -41,6 +42,8 @@ def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoise
             data = safe_pickle.load(f, name=path.name)
     except OSError as err:
         raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+    if edm2.is_edm2_pickle(data):  # an EDM2 release pickle (Karras et al. 2024): same persistence layer
+        return edm2.from_pickle_data(data, path.name, device=device)
     net = build_network(_network_record(data, path.name))
     return net.to(device).eval().requires_grad_(False)
 
