@@ -297,3 +297,34 @@ def test_numpy_arrays_unpickle_as_copies_and_object_arrays_are_refused():
     assert isinstance(record, safe_pickle.NumpyArray) and np.array_equal(record.array, arr)
     with pytest.raises(SamplerkitError, match="numpy dtype"):
         safe_pickle.loads(pickle.dumps(np.array([{"a": 1}], dtype=object), protocol=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# guided sampling = EDM2's edm_sampler(net, noise, labels, gnet, guidance=w)
+
+
+@pytest.fixture(scope="module")
+def networks(upstream, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("edm2-nets")
+    return {case: sk.load(write_case(upstream, case, tmp)) for case in ("cond", "uncond", "small")}
+
+
+@pytest.mark.parametrize("tag, gnet, weight", [("autog", "small", 2.0), ("cfg", "uncond", 1.7)])
+def test_heun_on_guided_equals_edm2_edm_sampler(upstream, networks, tag, gnet, weight):
+    ref = upstream["sampling"]
+    g = sk.guidance.guided(networks["cond"], networks[gnet], weight)
+    x = sk.samplers.heun(g, ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
+    assert g.evaluations == {"net": 11, "gnet": 11}  # 2N - 1 each
+    # edm_sampler(dtype=float64) runs samplerkit's arithmetic; float32 kernels may differ between CPUs
+    assert close(x, ref[f"{tag}_float64"]) <= 1e-6  # bit-equal on the machine that made the fixture
+    # its default float32 arithmetic (grid and state in float32) differs by float32 rounding only
+    assert close(x, ref[f"{tag}_float32"]) <= 2e-5
+
+
+def test_weight_one_is_the_unguided_sampler_bit_for_bit(upstream, networks):
+    ref = upstream["sampling"]
+    g = sk.guidance.guided(networks["cond"], networks["small"], 1.0)
+    x = sk.samplers.heun(g, ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
+    plain = sk.samplers.heun(networks["cond"], ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
+    assert torch.equal(x, plain) and g.evaluations["gnet"] == 0
+    assert close(x, ref["w1_float64"]) <= 1e-6
