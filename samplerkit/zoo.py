@@ -72,6 +72,7 @@ class ZooEntry:
     loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
     subdir: str = ""  # a multi-file entry (a diffusers folder) is cached in this sub-folder of the cache
     extra_files: tuple[tuple[str, str], ...] = ()  # (filename, url): fetched into the same folder first
+    guidance: dict[str, Any] = field(default_factory=dict)  # a guided preset: {"gnet": zoo name, "weight": w}
 
     def local_path(self, cache_dir: str | Path | None = None) -> Path | None:
         """Where the checkpoint is (or will be) cached; a shipped model's file in the package; None
@@ -135,6 +136,13 @@ class ZooEntry:
                 f"and run again to download it, or put a good copy there)") from None
         if not self.sha256:
             download.trust(path, self.urls[0])
+        if self.family == "edm2":  # EDM2 presets name both networks of a guided run: record which file this is
+            net.name, net.sha256 = Path(self.filename).stem, self.expected_sha256()
+        if self.guidance and self.guidance["weight"] != 1:
+            from .guidance import guided
+
+            gnet = get(self.guidance["gnet"]).load(device=device)
+            return guided(net, gnet, self.guidance["weight"])
         return net
 
 
@@ -476,3 +484,115 @@ _vae("sd-vae-ft-mse", "Stable Diffusion's KL-f8 autoencoder, decoder fine-tuned 
      "channels, 8x downsampling); EDM2's latent models (Karras et al. 2024) decode through it")
 _vae("sd-vae-ft-ema", "Stable Diffusion's KL-f8 autoencoder, decoder fine-tuned with EMA weights (4 latent "
      "channels, 8x downsampling); DiT (Peebles & Xie 2023) samples with it by default")
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM2 (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models") and
+# autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself"):
+# github.com/NVlabs/edm2, generate_images.py `config_presets`, CC BY-NC-SA 4.0. Post-hoc EMA
+# reconstructions named <model>-<training images in thousands>-<EMA length sigma_rel>.pkl.
+# ImageNet 512 models are latent (4x64x64, decoded by sd-vae-ft-mse); ImageNet 64 ones pixel-space.
+# Every preset samples with Heun, 32 steps (NFE 63), on EDM's grid sigma 0.002-80, rho 7; its figure is
+# the one config_presets states (FID or FD_DINOv2 over 50,000 images), for the EMA length chosen for it.
+
+_EDM2 = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"
+_EDM2_SOURCE = "https://github.com/NVlabs/edm2#pre-trained-models"
+_EDM2_SAMPLER = {"sampler": "heun", "steps": 32, "disc": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+
+# preset: (net file stem, gnet file stem or None, guidance weight, metric, published figure)
+EDM2_PRESETS: dict[str, tuple[str, str | None, float, str, float]] = {
+    "edm2-img512-xs-fid": ("edm2-img512-xs-2147483-0.135", None, 1.0, "FID", 3.53),
+    "edm2-img512-xs-dino": ("edm2-img512-xs-2147483-0.200", None, 1.0, "FD_DINOv2", 103.39),
+    "edm2-img512-s-fid": ("edm2-img512-s-2147483-0.130", None, 1.0, "FID", 2.56),
+    "edm2-img512-s-dino": ("edm2-img512-s-2147483-0.190", None, 1.0, "FD_DINOv2", 68.64),
+    "edm2-img512-m-fid": ("edm2-img512-m-2147483-0.100", None, 1.0, "FID", 2.25),
+    "edm2-img512-m-dino": ("edm2-img512-m-2147483-0.155", None, 1.0, "FD_DINOv2", 58.44),
+    "edm2-img512-l-fid": ("edm2-img512-l-1879048-0.085", None, 1.0, "FID", 2.06),
+    "edm2-img512-l-dino": ("edm2-img512-l-1879048-0.155", None, 1.0, "FD_DINOv2", 52.25),
+    "edm2-img512-xl-fid": ("edm2-img512-xl-1342177-0.085", None, 1.0, "FID", 1.96),
+    "edm2-img512-xl-dino": ("edm2-img512-xl-1342177-0.155", None, 1.0, "FD_DINOv2", 45.96),
+    "edm2-img512-xxl-fid": ("edm2-img512-xxl-0939524-0.070", None, 1.0, "FID", 1.91),
+    "edm2-img512-xxl-dino": ("edm2-img512-xxl-0939524-0.150", None, 1.0, "FD_DINOv2", 42.84),
+    "edm2-img64-s-fid": ("edm2-img64-s-1073741-0.075", None, 1.0, "FID", 1.58),
+    "edm2-img64-m-fid": ("edm2-img64-m-2147483-0.060", None, 1.0, "FID", 1.43),
+    "edm2-img64-l-fid": ("edm2-img64-l-1073741-0.040", None, 1.0, "FID", 1.33),
+    "edm2-img64-xl-fid": ("edm2-img64-xl-0671088-0.040", None, 1.0, "FID", 1.33),
+    "edm2-img512-xs-guid-fid": ("edm2-img512-xs-2147483-0.045", "edm2-img512-xs-uncond-2147483-0.045", 1.40, "FID",
+                                2.91),
+    "edm2-img512-xs-guid-dino": ("edm2-img512-xs-2147483-0.150", "edm2-img512-xs-uncond-2147483-0.150", 1.70,
+                                 "FD_DINOv2", 79.94),
+    "edm2-img512-s-guid-fid": ("edm2-img512-s-2147483-0.025", "edm2-img512-xs-uncond-2147483-0.025", 1.40, "FID", 2.23),
+    "edm2-img512-s-guid-dino": ("edm2-img512-s-2147483-0.085", "edm2-img512-xs-uncond-2147483-0.085", 1.90,
+                                "FD_DINOv2", 52.32),
+    "edm2-img512-m-guid-fid": ("edm2-img512-m-2147483-0.030", "edm2-img512-xs-uncond-2147483-0.030", 1.20, "FID", 2.01),
+    "edm2-img512-m-guid-dino": ("edm2-img512-m-2147483-0.015", "edm2-img512-xs-uncond-2147483-0.015", 2.00,
+                                "FD_DINOv2", 41.98),
+    "edm2-img512-l-guid-fid": ("edm2-img512-l-1879048-0.015", "edm2-img512-xs-uncond-2147483-0.015", 1.20, "FID", 1.88),
+    "edm2-img512-l-guid-dino": ("edm2-img512-l-1879048-0.035", "edm2-img512-xs-uncond-2147483-0.035", 1.70,
+                                "FD_DINOv2", 38.20),
+    "edm2-img512-xl-guid-fid": ("edm2-img512-xl-1342177-0.020", "edm2-img512-xs-uncond-2147483-0.020", 1.20, "FID",
+                                1.85),
+    "edm2-img512-xl-guid-dino": ("edm2-img512-xl-1342177-0.030", "edm2-img512-xs-uncond-2147483-0.030", 1.70,
+                                 "FD_DINOv2", 35.67),
+    "edm2-img512-xxl-guid-fid": ("edm2-img512-xxl-0939524-0.015", "edm2-img512-xs-uncond-2147483-0.015", 1.20, "FID",
+                                 1.81),
+    "edm2-img512-xxl-guid-dino": ("edm2-img512-xxl-0939524-0.015", "edm2-img512-xs-uncond-2147483-0.015", 1.70,
+                                  "FD_DINOv2", 33.09),
+    "edm2-img512-s-autog-fid": ("edm2-img512-s-2147483-0.070", "edm2-img512-xs-0134217-0.125", 2.10, "FID", 1.34),
+    "edm2-img512-s-autog-dino": ("edm2-img512-s-2147483-0.120", "edm2-img512-xs-0134217-0.165", 2.45, "FD_DINOv2",
+                                 36.67),
+    "edm2-img512-xxl-autog-fid": ("edm2-img512-xxl-0939524-0.075", "edm2-img512-m-0268435-0.155", 2.05, "FID", 1.25),
+    "edm2-img512-xxl-autog-dino": ("edm2-img512-xxl-0939524-0.130", "edm2-img512-m-0268435-0.205", 2.30, "FD_DINOv2",
+                                   24.18),
+    "edm2-img512-s-uncond-autog-fid": ("edm2-img512-s-uncond-2147483-0.070", "edm2-img512-xs-uncond-0134217-0.110",
+                                       2.85, "FID", 3.86),
+    "edm2-img512-s-uncond-autog-dino": ("edm2-img512-s-uncond-2147483-0.090", "edm2-img512-xs-uncond-0134217-0.125",
+                                        2.90, "FD_DINOv2", 90.39),
+    "edm2-img64-s-autog-fid": ("edm2-img64-s-1073741-0.045", "edm2-img64-xs-0134217-0.110", 1.70, "FID", 1.01),
+    "edm2-img64-s-autog-dino": ("edm2-img64-s-1073741-0.105", "edm2-img64-xs-0134217-0.175", 2.20, "FD_DINOv2", 31.85),
+}
+
+
+def _edm2_meta(stem: str) -> dict:
+    """Resolution, conditioning and dataset of an EDM2 file from its name."""
+    resolution = 512 if stem.startswith("edm2-img512") else 64
+    cond = "-uncond-" not in stem
+    return dict(resolution=resolution, conditional=cond, num_classes=1000 if cond else 0,
+                dataset=f"ImageNet {resolution}x{resolution}" + ("" if cond else " (trained without labels)"))
+
+
+def _edm2_file(stem: str, notes: str) -> None:
+    register(ZooEntry(
+        name=stem, family="edm2", urls=(_EDM2 + stem + ".pkl",), filename=stem + ".pkl", license=_EDM_LICENSE,
+        recommended=dict(_EDM2_SAMPLER), source=_EDM2_SOURCE, notes=notes, **_edm2_meta(stem)))
+
+
+def _edm2_presets() -> None:
+    uses: dict[str, list[str]] = {}
+    for preset, (net, gnet, _w, _metric, _figure) in EDM2_PRESETS.items():
+        uses.setdefault(net, []).append(f"net of {preset}")
+        if gnet:
+            uses.setdefault(gnet, []).append(f"gnet of {preset}")
+    for stem, roles in uses.items():
+        _edm2_file(stem, "EDM2 post-hoc EMA reconstruction; " + "; ".join(roles))
+    for preset, (net, gnet, weight, metric, figure) in EDM2_PRESETS.items():
+        how = ("unguided" if gnet is None else
+               f"{'autoguidance' if 'autog' in preset else 'classifier-free guidance'} by {gnet}, weight {weight}")
+        register(dataclasses.replace(
+            _REGISTRY[net], name=preset, guidance={"gnet": gnet, "weight": weight} if gnet else {},
+            notes=f"EDM2 preset {preset}: {net} {how}; {metric} {figure} with Heun 32 steps (NFE 63 per network), "
+                  "sigma 0.002-80, rho 7 (NVlabs/edm2 generate_images.py config_presets; Karras et al. 2024)"))
+
+
+_edm2_presets()
+# the sizes by name, as the unguided FID presets pick them (edm2-img64-xs: the shorter-trained XS that
+# guides S in edm2-img64-s-autog-fid; no unguided img64-xs is published)
+for _size in ("xs", "s", "m", "l", "xl", "xxl"):
+    register(dataclasses.replace(_REGISTRY[f"edm2-img512-{_size}-fid"], name=f"edm2-img512-{_size}", guidance={},
+                                 notes=f"= edm2-img512-{_size}-fid: " + _REGISTRY[f"edm2-img512-{_size}-fid"].notes))
+for _size in ("s", "m", "l", "xl"):
+    register(dataclasses.replace(_REGISTRY[f"edm2-img64-{_size}-fid"], name=f"edm2-img64-{_size}", guidance={},
+                                 notes=f"= edm2-img64-{_size}-fid: " + _REGISTRY[f"edm2-img64-{_size}-fid"].notes))
+register(dataclasses.replace(_REGISTRY["edm2-img64-xs-0134217-0.110"], name="edm2-img64-xs",
+                             notes="= edm2-img64-xs-0134217-0.110, the guiding network of edm2-img64-s-autog-fid "
+                                   "(XS trained on 134M images, EMA length 0.110)"))

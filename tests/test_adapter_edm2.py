@@ -29,10 +29,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _http_server import FileServer
 from samplerkit.adapters import edm2, safe_pickle
 from torch import nn
 
 import samplerkit as sk
+from samplerkit import zoo
 from samplerkit.autoencoders import RGBIdentity, StabilityVAE
 from samplerkit.errors import SamplerkitError
 
@@ -328,3 +330,56 @@ def test_weight_one_is_the_unguided_sampler_bit_for_bit(upstream, networks):
     plain = sk.samplers.heun(networks["cond"], ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
     assert torch.equal(x, plain) and g.evaluations["gnet"] == 0
     assert close(x, ref["w1_float64"]) <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo: the files and presets of EDM2's generate_images.py
+
+
+def test_zoo_presets_name_net_gnet_weight_and_figure_as_config_presets():
+    root = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"
+    assert len(zoo.EDM2_PRESETS) == 36
+    e = zoo.get("edm2-img512-xxl-autog-fid")
+    assert e.urls == (root + "edm2-img512-xxl-0939524-0.075.pkl",)
+    assert e.guidance == {"gnet": "edm2-img512-m-0268435-0.155", "weight": 2.05}
+    assert zoo.get(e.guidance["gnet"]).urls == (root + "edm2-img512-m-0268435-0.155.pkl",)
+    assert "FID 1.25" in e.notes
+    e = zoo.get("edm2-img64-s-autog-fid")
+    assert e.guidance == {"gnet": "edm2-img64-xs-0134217-0.110", "weight": 1.70} and "FID 1.01" in e.notes
+    assert zoo.get("edm2-img512-xs-guid-fid").guidance["gnet"] == "edm2-img512-xs-uncond-2147483-0.045"
+    assert zoo.get("edm2-img512-xs-uncond-2147483-0.045").conditional is False
+    assert zoo.get("edm2-img512-xxl-fid").guidance == {} and "FID 1.91" in zoo.get("edm2-img512-xxl-fid").notes
+
+
+def test_zoo_edm2_entries_are_heun_32_on_edms_grid_under_cc_by_nc_sa():
+    entries = [e for e in zoo.entries() if e.family == "edm2"]
+    files = {e.urls[0] for e in entries}
+    assert len(files) == 51  # every net and gnet file config_presets names
+    for e in entries:
+        assert e.license == "CC BY-NC-SA 4.0" and e.urls[0].endswith("/" + e.filename)
+        assert e.recommended == {"sampler": "heun", "steps": 32, "disc": "edm", "sigma_min": 0.002,
+                                 "sigma_max": 80.0, "rho": 7.0}
+        assert e.resolution == (512 if "img512" in e.name else 64)
+        if e.guidance:
+            assert zoo.get(e.guidance["gnet"]).family == "edm2" and e.guidance["weight"] > 1
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+
+
+def test_a_guided_preset_loads_as_net_guided_by_gnet(upstream, tmp_path, registry):
+    cond, small = (write_case(upstream, c, tmp_path).read_bytes() for c in ("cond", "small"))
+    with FileServer() as srv:
+        zoo.register(zoo.ZooEntry(name="x-edm2-small", family="edm2", urls=(srv.add("/small.pkl", small),),
+                                  filename="x-edm2-small.pkl", resolution=8))
+        zoo.register(zoo.ZooEntry(name="x-edm2-autog", family="edm2", urls=(srv.add("/cond.pkl", cond),),
+                                  filename="x-edm2-cond.pkl", resolution=8,
+                                  guidance={"gnet": "x-edm2-small", "weight": 2.0}))
+        g = sk.load("x-edm2-autog")
+    assert isinstance(g, sk.guidance.Guided) and g.weight == 2.0
+    assert g.describe()["gnet"]["name"] == "x-edm2-small" and len(g.describe()["gnet"]["sha256"]) == 64
+    ref = upstream["sampling"]
+    x = sk.samplers.heun(g, ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
+    assert close(x, ref["autog_float64"]) <= 1e-6
