@@ -335,12 +335,15 @@ def is_edm2_pickle(data) -> bool:
     return isinstance(record, safe_pickle.PersistentRecord) and record.class_name == "Precond"
 
 
-def load_pickle(path: str | Path, device="cpu", dtype: torch.dtype | None = None, variant: str = "exact") -> Precond:
+def load_pickle(path: str | Path, device="cpu", dtype: torch.dtype | None = None, variant: str = "exact",
+                autoencoder: str | Path | None = None) -> Precond:
     """An EDM2 network pickle (release or training snapshot) as a denoiser with ``net.autoencoder``.
 
     ``dtype=None`` keeps the parameters as stored (float16 in the releases; what upstream's
     ``generate_images.py`` runs), ``torch.float32`` converts them first (``reconstruct_phema.py``).
-    ``variant``: ``"exact"`` or ``"fast"`` (module docstring). No code from the file runs.
+    ``variant``: ``"exact"`` or ``"fast"`` (module docstring). ``autoencoder``: the VAE a latent
+    model decodes through instead of the one its pickle names (a zoo name or a diffusers folder;
+    the pickle's scale and bias stay). No code from the file runs.
     """
     path = Path(path)
     try:
@@ -348,7 +351,13 @@ def load_pickle(path: str | Path, device="cpu", dtype: torch.dtype | None = None
             data = safe_pickle.load(f, name=path.name)
     except OSError as err:
         raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
-    return from_pickle_data(data, path.name, device=device, dtype=dtype, variant=variant)
+    net = from_pickle_data(data, path.name, device=device, dtype=dtype, variant=variant)
+    if autoencoder is not None:
+        if not isinstance(net.autoencoder, StabilityVAE):
+            raise SamplerkitError(f"{path.name} is a pixel-space model; it takes no autoencoder")
+        ae = net.autoencoder
+        net.autoencoder = StabilityVAE.from_scale_bias(str(autoencoder), ae.scale, ae.bias, batch_size=ae.batch_size)
+    return net
 
 
 def from_pickle_data(data, name: str = "the pickle", device="cpu", dtype: torch.dtype | None = None,

@@ -109,10 +109,10 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
         if flags:
             raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
         return edm.load_pickle(path, device=device)
-    if family == "edm2":  # EDM2 pickles (also detected under family "edm"); variant="fast" / dtype=torch.float32
+    if family == "edm2":  # EDM2 pickles (also detected under family "edm"); variant=, dtype=, autoencoder=
         from samplerkit.adapters import edm2
 
-        unknown = sorted(set(flags) - {"variant", "dtype"})
+        unknown = sorted(set(flags) - {"variant", "dtype", "autoencoder"})
         if unknown:
             raise SamplerkitError(f"EDM2 pickles carry their own architecture; unexpected flags {unknown}")
         return edm2.load_pickle(path, device=device, **flags)

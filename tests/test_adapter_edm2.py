@@ -383,3 +383,12 @@ def test_a_guided_preset_loads_as_net_guided_by_gnet(upstream, tmp_path, registr
     ref = upstream["sampling"]
     x = sk.samplers.heun(g, ref["noise"], sk.schedules.edm(6), class_labels=ref["labels"])
     assert close(x, ref["autog_float64"]) <= 1e-6
+
+
+def test_autoencoder_argument_replaces_the_vae_and_keeps_the_scaling(upstream, tmp_path):
+    path = write_case(upstream, "latent", tmp_path)
+    net = sk.load(path, family="edm2", autoencoder="sd-vae-ft-ema")
+    assert net.autoencoder.vae_name == "sd-vae-ft-ema"
+    assert np.array_equal(net.autoencoder.scale, sk.load(path).autoencoder.scale)
+    with pytest.raises(SamplerkitError, match="pixel-space model; it takes no autoencoder"):
+        sk.load(write_case(upstream, "cond", tmp_path), family="edm2", autoencoder="sd-vae-ft-ema")
