@@ -293,7 +293,7 @@ class Precond(Denoiser):
     def fast(self) -> Precond:
         """Normalise every weight once per device/dtype and attend with SDPA (module docstring); returns self."""
         for m in self.modules():
-            if isinstance(m, MPConv):
+            if isinstance(m, MPConv) and m.cache is None:
                 m.cache = {}
             elif isinstance(m, Block):
                 m.sdpa = True
