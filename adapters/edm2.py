@@ -352,6 +352,7 @@ def load_pickle(path: str | Path, device="cpu", dtype: torch.dtype | None = None
     except OSError as err:
         raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
     net = from_pickle_data(data, path.name, device=device, dtype=dtype, variant=variant)
+    net.path = str(path)
     if autoencoder is not None:
         if not isinstance(net.autoencoder, StabilityVAE):
             raise SamplerkitError(f"{path.name} is a pixel-space model; it takes no autoencoder")
@@ -373,6 +374,7 @@ def from_pickle_data(data, name: str = "the pickle", device="cpu", dtype: torch.
     if dtype is not None:
         net = net.to(dtype)
     net.autoencoder = build_autoencoder(data.get("encoder") if isinstance(data, Mapping) else None, name)
+    net.name = Path(name).stem  # named in manifests (a zoo entry adds its sha256)
     net = net.to(device).eval().requires_grad_(False)
     return net.fast() if variant == "fast" else net
 

@@ -160,6 +160,7 @@ def test_loaded_pickle_matches_upstream_precond(upstream, case, tmp_path):
     ref = upstream[case]
     net = sk.load(write_case(upstream, case, tmp_path))
     assert isinstance(net, edm2.Precond) and net.unet.out_gain.dtype == torch.float16  # kept as stored
+    assert net.name == f"edm2-{case}"
     D = net(ref["x"], ref["sigma"], ref["labels"])
     assert D.dtype == torch.float32 and D.shape == ref["x"].shape
     assert close(D, ref["D"]) <= 1e-5
