@@ -123,6 +123,9 @@ class ZooEntry:
             if family is not None or overrides:
                 raise SamplerkitError(f"{self.name} is a built-in model; it takes no family or flags")
             return self.loader().to(device)
+        if self.family == "vae":
+            raise SamplerkitError(f"{self.name} is an autoencoder, not a denoiser: pass it as autoencoder= to a "
+                                  "latent model, or load it with samplerkit.autoencoders.load_vae")
         from .loading import load_file
 
         path = self.download()
@@ -462,7 +465,6 @@ for _name, _b, _rec, _src in (
     register(dataclasses.replace(_REGISTRY[_name], eps_scaler={"b": _b, **_rec, "source": _src}), replace=True)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # the Stable Diffusion VAEs that latent models decode through (samplerkit.autoencoders.load_vae):
 # diffusers folders (config.json + safetensors weights) from huggingface.co/stabilityai, MIT license.
@@ -476,7 +478,7 @@ def _vae(name, notes):
         name=name, family="vae", urls=(_HF.format(name, "diffusion_pytorch_model.safetensors"),),
         filename="diffusion_pytorch_model.safetensors", subdir=name,
         extra_files=(("config.json", _HF.format(name, "config.json")),), license="MIT", resolution=0,
-        dataset="LAION (fine-tuned decoder)", source=f"https://huggingface.co/stabilityai/{name}", notes=notes,
+        dataset="LAION subsets (decoder fine-tuning)", source=f"https://huggingface.co/stabilityai/{name}", notes=notes,
     ))
 
 

@@ -128,6 +128,11 @@ def test_zoo_names_the_stability_vaes_with_their_huggingface_files():
         assert entry.extra_files == (("config.json", base + "config.json"),)
 
 
+def test_a_vae_zoo_name_is_no_denoiser():
+    with pytest.raises(SamplerkitError, match="sd-vae-ft-mse is an autoencoder, not a denoiser"):
+        sk.load("sd-vae-ft-mse")
+
+
 def test_without_diffusers_a_latent_model_says_what_to_install(monkeypatch):
     real = importlib.import_module
 
