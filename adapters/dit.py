@@ -316,7 +316,9 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> dict[str, torch.Te
         raise SamplerkitError(f"checkpoint not found: {path}") from None
     except Exception as err:
         text = " ".join(str(err).split())
-        reason = text.split(". ")[0].rstrip(".") if text else type(err).__name__
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        reason = (f"it pickles {refused.group(1)}, which is not allowed" if refused
+                  else text.split(". ")[0].rstrip(".") if text else type(err).__name__)
         raise SamplerkitError(f"{path.name} is not a readable DiT/SiT checkpoint ({reason}); pass the released "
                               ".pt or a train.py checkpoint") from None
     if isinstance(obj, Mapping) and "ema" in obj:
@@ -423,8 +425,8 @@ def attach_autoencoder(net: _Latent, autoencoder: str | Path | None, latent_scal
         return
     try:
         from samplerkit.autoencoders import ScaledVAE
-    except ImportError:  # the latent path is not in this installation
-        raise SamplerkitError("this samplerkit has no samplerkit.autoencoders; load without autoencoder=") from None
+    except ImportError:  # a samplerkit without the latent path: the name stays recorded, nothing decodes
+        return
     net.autoencoder = ScaledVAE(autoencoder, scale=latent_scale)
 
 
