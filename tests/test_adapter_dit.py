@@ -337,3 +337,17 @@ def test_decode_equals_sample_ddp_decode(ckpt, tmp_path):
         want = torch.clamp(127.5 * vae.decode(z / 0.18215).sample + 128.0, 0, 255).to(torch.uint8)
         got = autoencoders.decode(net, z)
     assert got.dtype == torch.uint8 and torch.equal(got, want)
+
+
+def test_speed_policy_switches_dit_attention_to_sdpa_within_tolerance(up, ckpt):
+    from samplerkit import speed
+
+    net = sk.load(ckpt, family="dit", num_heads=4)
+    x, sigma = up["z"].double() * 5, torch.tensor([4.0, 4.0], dtype=torch.float64)
+    with torch.no_grad():
+        exact = net(x, sigma, up["labels"])
+        fast = speed.apply(net, speed.Policy(attention="sdpa"))
+        assert {m.backend for m in speed._attention_modules(fast)} == {"sdpa"}
+        assert_close(fast(x, sigma, up["labels"]), exact, 1e-6)
+        speed.apply(net, speed.EXACT)
+        assert torch.equal(net(x, sigma, up["labels"]), exact)
