@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from _common import machine_line, print_machine, random_weights
-
 from samplerkit.adapters import dit
 
 VARIANTS = ("exact", "sdpa")
@@ -88,8 +87,9 @@ def main() -> None:
     exact = calls["exact"]().double()
     errors = {v: float((calls[v]().double() - exact).abs().max()) for v in VARIANTS}
     seconds = time_interleaved(calls, args.repeats)
-    print(f"\n{args.arch} forward at {args.image_size}x{args.image_size} ({net.input_size}x{net.input_size}x4 latents), "
-          f"batch {args.batch}, best of {args.repeats}")
+    latent = f"{net.input_size}x{net.input_size}x4 latents"
+    print(f"\n{args.arch} forward at {args.image_size}x{args.image_size} ({latent}), batch {args.batch}, "
+          f"best of {args.repeats}")
     print(machine_line(info))
     print(f"{'variant':<10}{'seconds':>10}{'images/s':>10}{'vs exact':>10}{'max error':>11}")
     for v in VARIANTS:

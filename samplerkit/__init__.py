@@ -4,7 +4,8 @@ Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.
 samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
 """
 
-from . import diffusion, guidance, likelihood, remedies, samplers, schedules
+from . import autoencoders, diffusion, guidance, likelihood, remedies, samplers, schedules
+from .autoencoders import decode
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError
 from .loading import load
@@ -16,6 +17,8 @@ __all__ = [
     "Denoiser",
     "DiscreteEpsDenoiser",
     "SamplerkitError",
+    "autoencoders",
+    "decode",
     "diffusion",
     "guidance",
     "likelihood",

@@ -324,7 +324,6 @@ def test_zoo_entries_name_their_settings():
 
 
 def test_decode_equals_sample_ddp_decode(ckpt, tmp_path):
-    autoencoders = pytest.importorskip("samplerkit.autoencoders")
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
@@ -335,8 +334,8 @@ def test_decode_equals_sample_ddp_decode(ckpt, tmp_path):
     z = torch.randn(2, 4, 8, 8) * 0.2
     with torch.no_grad():
         want = torch.clamp(127.5 * vae.decode(z / 0.18215).sample + 128.0, 0, 255).to(torch.uint8)
-        got = autoencoders.decode(net, z)
-    assert got.dtype == torch.uint8 and torch.equal(got, want)
+        got = sk.decode(sk.guidance.cfg(net, 1.5), z)  # through the guidance wrapper to the model's autoencoder
+    assert net.autoencoder.scale == 0.18215 and got.dtype == torch.uint8 and torch.equal(got, want)
 
 
 def test_speed_policy_switches_dit_attention_to_sdpa_within_tolerance(up, ckpt):
