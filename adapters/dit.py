@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samplerkit.autoencoders import ScaledVAE
 from samplerkit.denoisers import Denoiser, DiscreteEpsDenoiser, _per_sample
 from samplerkit.diffusion import alpha_bar_from_betas, betas_for
 from samplerkit.errors import SamplerkitError
@@ -67,6 +68,7 @@ FAMILIES = ("dit", "sit")
 SIZES: dict[str, tuple[int, int, int]] = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12),
                                           "S": (12, 384, 6)}
 ARCHS = tuple(f"{fam}-{size}/{p}" for fam in ("DiT", "SiT") for size in SIZES for p in (2, 4, 8))
+DEFAULT_AUTOENCODER = "sd-vae-ft-ema"  # DiT's and SiT's sample_ddp.py: --vae ema
 LATENT_SCALE = 0.18215  # SD VAE latents are multiplied by this before training (DiT sample.py: z / 0.18215)
 VAE_DOWNSAMPLE = 8  # latent_size = image_size // 8 in DiT's and SiT's scripts
 ATTENTION_BACKENDS = ("einsum", "sdpa")
@@ -419,15 +421,13 @@ class SiTDenoiser(_Latent, Denoiser):
 def attach_autoencoder(net: _Latent, autoencoder: str | Path | None, latent_scale: float) -> None:
     """``net.autoencoder``: the VAE named by ``autoencoder`` (zoo name or diffusers folder, loaded at
     first decode) scaled by ``latent_scale`` (:class:`samplerkit.autoencoders.ScaledVAE`)."""
-    net.latent_scale = float(latent_scale)
-    net.autoencoder_name = None if autoencoder is None else str(autoencoder)
-    if autoencoder is None:
-        return
     try:
-        from samplerkit.autoencoders import ScaledVAE
-    except ImportError:  # a samplerkit without the latent path: the name stays recorded, nothing decodes
-        return
-    net.autoencoder = ScaledVAE(autoencoder, scale=latent_scale)
+        net.latent_scale = float(latent_scale)
+    except (TypeError, ValueError):
+        raise SamplerkitError(f"latent_scale must be a positive number, got {latent_scale!r}") from None
+    net.autoencoder_name = None if autoencoder is None else str(autoencoder)
+    if autoencoder is not None:
+        net.autoencoder = ScaledVAE(autoencoder, scale=net.latent_scale)
 
 
 def _int_flag(name: str, value) -> int | None:
@@ -456,7 +456,7 @@ def _check_sizes(shapes: Mapping[str, int], image_size, num_classes) -> tuple[in
 
 def load_checkpoint(path: str | Path, family: str = "dit", device: Any = "cpu", arch: str | None = None,
                     image_size: int | None = None, num_classes: int | None = None, num_heads: int | None = None,
-                    autoencoder: str | Path | None = None, latent_scale: float = LATENT_SCALE,
+                    autoencoder: str | Path | None = DEFAULT_AUTOENCODER, latent_scale: float = LATENT_SCALE,
                     learn_sigma=None, **flags) -> DiTDenoiser | SiTDenoiser:
     """A DiT (``family="dit"``) or SiT (``"sit"``) checkpoint -> D(x; sigma).
 
@@ -464,7 +464,8 @@ def load_checkpoint(path: str | Path, family: str = "dit", device: Any = "cpu", 
     ``num_classes`` are checked against the weights and default to what they imply; ``num_heads``
     only for a size outside the model tables. The head width (learned Sigma or not) is read from the
     weights (``learn_sigma`` is accepted for upstream's flag and must agree). ``autoencoder``: the
-    VAE ``net.autoencoder`` decodes with; ``latent_scale``: how the model's latents were scaled.
+    VAE ``net.autoencoder`` decodes with (default sd-vae-ft-ema, ``sample_ddp.py``'s default for both
+    DiT and SiT; None for no autoencoder); ``latent_scale``: how the model's latents were scaled.
     """
     if family not in FAMILIES:
         raise SamplerkitError(f"unknown family {family!r}; use dit or sit")

@@ -308,6 +308,14 @@ def test_missing_or_unexpected_keys_are_refused(up, tmp_path):
         sk.load(tmp_path / "partial.pt", family="dit", num_heads=4)
 
 
+def test_autoencoder_defaults_to_sample_ddp_vae_and_can_be_none(ckpt):
+    net = sk.load(ckpt, family="sit", num_heads=4)
+    assert net.autoencoder.vae_name == "sd-vae-ft-ema" and net.autoencoder.scale == 0.18215
+    assert sk.load(ckpt, family="dit", num_heads=4, autoencoder=None).autoencoder is None
+    with pytest.raises(SamplerkitError, match="latent scale|latent_scale"):
+        sk.load(ckpt, family="dit", num_heads=4, latent_scale=-1)
+
+
 def test_zoo_entries_name_their_settings():
     from samplerkit import zoo
 
