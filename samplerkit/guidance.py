@@ -180,6 +180,17 @@ def check_interval(interval) -> tuple[float, float] | None:
     return lo, hi
 
 
+def null_label(net) -> int | None:
+    """The label that runs ``net`` unconditionally (DiT/SiT: ``num_classes``), looked up through its
+    wrappers (remedies, precision); None when the model has none."""
+    while net is not None:
+        label = getattr(net, "null_label", None)
+        if label is not None:
+            return int(label)
+        net = net.inner if isinstance(net, DenoiserWrapper) else None
+    return None
+
+
 class ClassifierFree(DenoiserWrapper):
     """D_w(x; sigma) = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null)) (Ho & Salimans 2022,
     Eq. 6 in eps; the same in D, since D = c_skip x + c_out F is affine in the network output with the
@@ -205,11 +216,12 @@ class ClassifierFree(DenoiserWrapper):
             raise SamplerkitError(f"the guidance weight must be >= 0, got {weight}")
         if not int(getattr(net, "label_dim", 0)):
             raise SamplerkitError("classifier-free guidance needs a class-conditional model; this one is unconditional")
-        if getattr(net, "null_label", None) is None:
+        null = null_label(net)
+        if null is None:
             raise SamplerkitError("this model has no null label (it was not trained with label dropout), so "
                                   "classifier-free guidance cannot run it unconditionally")
         self.weight, self.form, self.interval = weight, form, check_interval(interval)
-        self.null_label = int(net.null_label)
+        self.null_label = null
 
     def denoise_with_variance(self, x, sigma, class_labels=None):
         inner = self.inner

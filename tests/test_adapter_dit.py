@@ -215,6 +215,16 @@ def test_interval_guides_only_sigmas_inside_it(up, sit_net):
         assert torch.equal(outside, sit_net(x, sigma, labels))
 
 
+def test_cfg_reaches_the_null_label_through_other_wrappers(up, dit_net):
+    x, sigma, labels = up["z"].double() * 3, torch.tensor([2.0, 2.0], dtype=torch.float64), up["labels"]
+    scaled = sk.remedies.eps_scaling(dit_net, b=1.5)
+    with torch.no_grad():
+        cond = scaled(x, sigma, labels)
+        uncond = scaled(x, sigma, torch.full_like(labels, 10))
+        D = sk.guidance.cfg(scaled, 2.0)(x, sigma, labels)
+    assert_close(D, uncond + 2.0 * (cond - uncond), 1e-6)
+
+
 def test_cfg_bad_input_is_one_line(dit_net, ckpt):
     unconditional = sk.DiscreteEpsDenoiser(lambda x, t, y: torch.zeros_like(x), torch.linspace(0.99, 0.01, 10))
     with pytest.raises(SamplerkitError, match="unconditional") as err:
