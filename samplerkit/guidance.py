@@ -189,11 +189,7 @@ class Guided(DenoiserWrapper):
 
     def guides(self, sigma, x: torch.Tensor) -> torch.Tensor:
         """bool [B] (or [1]): which evaluations at ``sigma`` are guided."""
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).flatten()
-        if self.interval is None:
-            return torch.ones_like(s, dtype=torch.bool)
-        lo, hi = self.interval
-        return (s > lo) & (s <= hi)
+        return in_interval(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).flatten(), self.interval)
 
     def denoise_with_variance(self, x, sigma, class_labels=None):
         D, v = super().denoise_with_variance(x, sigma, class_labels)
@@ -245,16 +241,24 @@ def _guidance_weight(weight) -> float:
 
 
 def _guidance_interval(interval) -> tuple[float, float] | None:
+    """``interval`` as (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, or None (guide everywhere)."""
     if interval is None:
         return None
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
-        raise SamplerkitError(f"the guidance interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
-    if not (lo >= 0 and hi > lo):
-        raise SamplerkitError(f"the guidance interval (sigma_lo, sigma_hi] must have 0 <= sigma_lo < sigma_hi, "
-                              f"got ({lo}, {hi}]")
+        raise SamplerkitError(f"interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
+    if not (0 <= lo < hi):
+        raise SamplerkitError(f"interval (sigma_lo, sigma_hi] needs 0 <= sigma_lo < sigma_hi, got ({lo}, {hi})")
     return lo, hi
+
+
+def in_interval(sigma: torch.Tensor, interval) -> torch.Tensor:
+    """Which sigmas lie in (sigma_lo, sigma_hi] (Kynkäänniemi et al. 2024); all when ``interval`` is None."""
+    if interval is None:
+        return torch.ones_like(sigma, dtype=torch.bool)
+    lo, hi = interval
+    return (sigma > lo) & (sigma <= hi)
 
 
 def _check_guiding_network(net, gnet) -> None:
@@ -267,3 +271,75 @@ def _check_guiding_network(net, gnet) -> None:
     if b not in (0, a):
         raise SamplerkitError(f"the guiding network has label_dim {b} but the model has {a}; "
                               "guide with a network of the same classes or an unconditional one")
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier-free guidance (Ho & Salimans 2022) with an optional guidance interval
+
+
+CFG_FORMS = ("score", "upstream")
+UPSTREAM_CFG_CHANNELS = 3  # DiT's / SiT's forward_with_cfg guide channels 0-2 only ("for exact reproducibility")
+
+
+def null_label(net) -> int | None:
+    """The label that runs ``net`` unconditionally (DiT/SiT: ``num_classes``), looked up through its
+    wrappers (remedies, precision); None when the model has none."""
+    while net is not None:
+        label = getattr(net, "null_label", None)
+        if label is not None:
+            return int(label)
+        net = net.inner if isinstance(net, DenoiserWrapper) else None
+    return None
+
+
+class ClassifierFree(DenoiserWrapper):
+    """D_w(x; sigma) = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null)) (Ho & Salimans 2022,
+    Eq. 6 in eps; the same in D, since D = c_skip x + c_out F is affine in the network output with the
+    same x in both passes). Both passes run as one doubled batch [x, x] with labels [y, null], as DiT does.
+
+    ``form="score"`` guides every channel; ``form="upstream"`` only channels 0-2, the rest taken from
+    the conditional pass (DiT's / SiT's ``forward_with_cfg``, on eps / velocity, which is the same rule
+    on D). A learned variance v (Nichol & Dhariwal 2021, Eq. 15) always comes from the conditional pass
+    (DiT's forward_with_cfg keeps the conditional half's variance channels). Only evaluations whose sigma
+    lies in ``interval`` = (sigma_lo, sigma_hi] are guided (Kynkäänniemi et al. 2024); the others, and
+    every evaluation when w = 1, are one conditional pass, bit for bit the unguided model.
+    """
+
+    def __init__(self, net, weight: float, form: str = "score", interval=None):
+        super().__init__(net)
+        if form not in CFG_FORMS:
+            raise SamplerkitError(f"unknown guidance form {form!r}; use score or upstream")
+        weight = _guidance_weight(weight)
+        if not int(getattr(net, "label_dim", 0)):
+            raise SamplerkitError("classifier-free guidance needs a class-conditional model; this one is unconditional")
+        null = null_label(net)
+        if null is None:
+            raise SamplerkitError("this model has no null label (it was not trained with label dropout), so "
+                                  "classifier-free guidance cannot run it unconditionally")
+        self.weight, self.form, self.interval = weight, form, _guidance_interval(interval)
+        self.null_label = null
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        inner = self.inner
+        sigma = _per_sample(sigma, x).flatten()
+        guide = in_interval(sigma, self.interval)
+        if self.weight == 1 or not bool(guide.any()):
+            return inner.denoise_with_variance(x, sigma, class_labels)
+        B = x.shape[0]
+        y = self.prepare_labels(class_labels, B, x.device).argmax(dim=1)  # [0, num_classes): never the null label
+        both, v = inner.denoise_with_variance(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                              torch.cat([y, torch.full_like(y, self.null_label)]))
+        cond, uncond = both[:B].to(torch.float64), both[B:].to(torch.float64)
+        channels = UPSTREAM_CFG_CHANNELS if self.form == "upstream" else cond.shape[1]
+        guided = cond.clone()
+        guided[:, :channels] = uncond[:, :channels] + self.weight * (cond[:, :channels] - uncond[:, :channels])
+        mask = guide.reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.where(mask, guided, cond), (v[:B] if v is not None else None)
+
+
+def cfg(net, weight: float, form: str = "score", interval=None) -> ClassifierFree:
+    """Classifier-free guidance of ``net`` (a model with a null label: DiT, SiT) at weight w >= 0:
+    a denoiser for every sampler (see :class:`ClassifierFree`); w = 1 is the conditional model.
+    ``form``: "score" (every channel) or "upstream" (DiT's / SiT's forward_with_cfg: channels 0-2);
+    ``interval``: (sigma_lo, sigma_hi], guide only there (Kynkäänniemi et al. 2024)."""
+    return ClassifierFree(net, weight, form, interval)

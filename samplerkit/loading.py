@@ -10,7 +10,7 @@ import torch
 from .denoisers import Denoiser
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres", "edm2")
+FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "dit", "sit")
 
 
 def load(name_or_path: str | Path, family: str | None = None, device: str | torch.device = "cpu", **flags) -> Denoiser:
@@ -116,6 +116,10 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
         if unknown:
             raise SamplerkitError(f"EDM2 pickles carry their own architecture; unexpected flags {unknown}")
         return edm2.load_pickle(path, device=device, **flags)
+    if family in ("dit", "sit"):  # DiT / SiT latent transformers (arch, image_size, num_classes, autoencoder)
+        from samplerkit.adapters import dit
+
+        return dit.load_checkpoint(path, family=family, device=device, **flags)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 

@@ -127,17 +127,20 @@ def parse(text: str | None) -> str | Policy:
 def _attention_modules(net: nn.Module) -> list[nn.Module]:
     """The attention blocks of ADM/iDDPM and EDM networks inside ``net``."""
     from .adapters._unet_blocks import AttentionBlock
+    from .adapters.dit import Attention as DiTAttention
     from .adapters.edm.networks import UNetBlock
 
-    return [m for m in net.modules() if isinstance(m, AttentionBlock) or (isinstance(m, UNetBlock) and m.num_heads)]
+    return [m for m in net.modules() if isinstance(m, (AttentionBlock, DiTAttention))
+            or (isinstance(m, UNetBlock) and m.num_heads)]
 
 
 def _networks(net: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute, network) for each UNet inside ``net`` (the units ``torch.compile`` wraps)."""
     from .adapters._unet_blocks import UNetModel
+    from .adapters.dit import DiT
     from .adapters.edm.networks import DhariwalUNet, SongUNet
 
-    kinds = (UNetModel, SongUNet, DhariwalUNet)
+    kinds = (UNetModel, SongUNet, DhariwalUNet, DiT)
     for parent in net.modules():
         for name, child in parent.named_children():
             inner = getattr(child, "_orig_mod", child)

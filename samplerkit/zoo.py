@@ -38,7 +38,8 @@ from typing import Any
 from . import download
 from .errors import SamplerkitError
 
-FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "vae")
+FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "vae", "dit",
+            "sit")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
@@ -66,13 +67,15 @@ class ZooEntry:
     schedule: str = ""
     recommended: dict[str, Any] = field(default_factory=dict)
     eps_scaler: dict[str, Any] = field(default_factory=dict)  # Epsilon Scaling's lambda where its authors state one
+    # guidance: a guided preset {"gnet": zoo name, "weight": w} (loads as net guided by gnet), or the
+    # classifier-free guidance a release samples with {"weight": w, "form": ...} (recorded, not applied)
+    guidance: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     source: str = ""
     notes: str = ""
     loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
     subdir: str = ""  # a multi-file entry (a diffusers folder) is cached in this sub-folder of the cache
     extra_files: tuple[tuple[str, str], ...] = ()  # (filename, url): fetched into the same folder first
-    guidance: dict[str, Any] = field(default_factory=dict)  # a guided preset: {"gnet": zoo name, "weight": w}
 
     def local_path(self, cache_dir: str | Path | None = None) -> Path | None:
         """Where the checkpoint is (or will be) cached; a shipped model's file in the package; None
@@ -141,7 +144,7 @@ class ZooEntry:
             download.trust(path, self.urls[0])
         if self.family == "edm2":  # EDM2 presets name both networks of a guided run: record which file this is
             net.name, net.sha256 = Path(self.filename).stem, self.expected_sha256()
-        if self.guidance and self.guidance["weight"] != 1:
+        if self.guidance.get("gnet") and self.guidance["weight"] != 1:
             from .guidance import guided
 
             gnet = get(self.guidance["gnet"]).load(device=device)
@@ -433,6 +436,51 @@ _ip("adm-lsun-tower", "1_7gLg44qP4v5bgJNvSo65MtXDZ3xXW39", "LSUN tower 64x64", _
 _ip("adm-ip-celeba", "1Us9zKaIMh8dDlAZVXt3hR2FQYwhxEPYk", "CelebA 64x64", _IP_64, 1000, 1.31)
 _ip("adm-ip-ffhq128", "1cadXgH2YYVGGi5os-h6oQAp_8XCTURc7", "FFHQ 128x128", _IP_128, 1000, 2.98)
 _ip("adm-ffhq128", "1P5Kgyyqp4Zv1RiW116MgBmeX299bGcDw", "FFHQ 128x128", _IP_128, 300, 9.55)
+
+
+# ---------------------------------------------------------------------------------------------
+# latent transformers: DiT (facebookresearch/DiT download.py, CC BY-NC 4.0) and SiT (willisma/SiT
+# download.py, MIT). Both sample in the latents of Stable Diffusion's VAE scaled by 0.18215, with
+# sample_ddp.py's default VAE sd-vae-ft-ema; labels go with the null label 1000 for guidance.
+
+_DIT_SOURCE = "https://github.com/facebookresearch/DiT#sampling"
+_SIT_SOURCE = "https://github.com/willisma/SiT#sampling"
+# DiT's sample_ddp.py: create_diffusion("250") (ancestral, learned Sigma), clip_denoised=False, cfg 1.5
+_DIT_SAMPLER = {"sampler": "ancestral", "steps": 250, "variance": "learned", "clip_denoised": False}
+_DIT_CFG = {"weight": 1.5, "form": "upstream"}
+
+
+def _latent_flags(arch: str, resolution: int) -> dict[str, Any]:
+    return {"arch": arch, "image_size": resolution, "num_classes": 1000, "autoencoder": "sd-vae-ft-ema",
+            "latent_scale": 0.18215}
+
+
+for _res, _fid in ((256, "2.27 (Peebles & Xie 2023, Tab. 4; 2.21 for the released FP32 PyTorch weights, DiT "
+                         "README)"), (512, "3.04 (Peebles & Xie 2023, Tab. 5)")):
+    register(ZooEntry(
+        name=f"dit-xl-2-{_res}", family="dit", urls=(f"https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{_res}x{_res}.pt",),
+        filename=f"DiT-XL-2-{_res}x{_res}.pt", license="CC BY-NC 4.0", resolution=_res, conditional=True,
+        num_classes=1000, flags=_latent_flags("DiT-XL/2", _res), T=1000, schedule="linear",
+        recommended=dict(_DIT_SAMPLER), guidance=dict(_DIT_CFG), dataset=f"ImageNet {_res}x{_res}",
+        source=_DIT_SOURCE,
+        notes=f"DiT-XL/2 in SD-VAE latents ({_res // 8}x{_res // 8}x4, scale 0.18215), learned Sigma: FID-50K {_fid} "
+              "with classifier-free guidance 1.5 (channels 0-2, forward_with_cfg), 250 ancestral steps, no clipping, "
+              "sd-vae-ft-ema (sample_ddp.py's settings)",
+    ))
+register(ZooEntry(
+    name="sit-xl-2-256", family="sit",
+    urls=("https://www.dl.dropboxusercontent.com/scl/fi/as9oeomcbub47de5g4be0/SiT-XL-2-256.pt"
+          "?rlkey=uxzxmpicu46coq3msb17b9ofa&dl=0",),
+    filename="SiT-XL-2-256x256.pt", license="MIT", resolution=256, conditional=True, num_classes=1000,
+    flags=_latent_flags("SiT-XL/2", 256), T=None, schedule="flow", recommended={"sampler": "heun", "steps": 125},
+    guidance=dict(_DIT_CFG), dataset="ImageNet 256x256", source=_SIT_SOURCE,
+    notes="SiT-XL/2, linear interpolant, velocity prediction, same latents as DiT: FID-50K 2.06 with guidance 1.5 "
+          "and the SDE sampler (Euler-Maruyama, diffusion coefficient w_t = sigma_t, 250 steps, last step 'Mean' "
+          "0.04: sample_ddp.py SDE's defaults; Ma et al. 2024), which samplerkit does not implement. sample_ddp.py's "
+          "ODE mode defaults to dopri5 (atol 1e-6, rtol 1e-3); its fixed-step Euler ODE is samplerkit's euler on "
+          "schedules.flow(N). The recommended Heun 125 (NFE 249) is samplerkit's deterministic choice at SDE's "
+          "NFE, not a published setting",
+))
 
 
 # ---------------------------------------------------------------------------------------------
