@@ -4,7 +4,7 @@ Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.
 samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
 """
 
-from . import diffusion, guidance, likelihood, remedies, samplers, schedules
+from . import diffusion, guidance, likelihood, metrics, remedies, samplers, schedules
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError
 from .loading import load
@@ -20,6 +20,7 @@ __all__ = [
     "guidance",
     "likelihood",
     "load",
+    "metrics",
     "remedies",
     "samplers",
     "save_images",

@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .. import download
 from ..errors import SamplerkitError
+from .inception import Features, as_uint8
 
 ENV_DINOV2 = "SAMPLERKIT_DINOV2"
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
@@ -251,8 +253,6 @@ def dinov2_path(path: str | Path | None = None) -> Path:
         if not p.is_file():
             raise SamplerkitError(f"DINOv2 weights not found at {p}; {_HOW_TO_PROVIDE}")
         return p
-    from .. import download
-
     cache = download.default_cache_dir()
     if (cache / DINOV2_FILE).is_file():
         return cache / DINOV2_FILE
@@ -314,8 +314,6 @@ def load_dinov2(path: str | Path | None = None, device: str | torch.device = "cp
         model = vit_from_state_dict(state, where=str(file)).to(device)
         _MODELS[key] = (model, digest)
         if path is None and not os.environ.get(ENV_DINOV2):
-            from .. import download
-
             download.trust(file, DINOV2_URL)  # the downloaded file loaded: its digest becomes the trusted one
     return _MODELS[key]
 
@@ -336,8 +334,6 @@ def as_nchw_uint8(images) -> torch.Tensor:
     (an array or tensor, as samplerkit's data sources give), or float [-1, 1] [N, 3, H, W] rounded as
     saved to PNG -> a uint8 [N, 3, H, W] tensor. Where both readings fit (3 x 3 images) a tensor is
     taken as NCHW and an array as NHWC."""
-    from .inception import as_uint8
-
     is_uint8 = (isinstance(images, np.ndarray) and images.dtype == np.uint8) or (
         isinstance(images, torch.Tensor) and images.dtype == torch.uint8)
     if not is_uint8:
@@ -380,8 +376,9 @@ def check_speed(speed: str) -> str:
 
 class DINOv2:
     """DINOv2 features of images, EDM2's preprocessing in ``resize_mode``; ``speed`` 'exact' | 'fast' (see
-    the module docstring). ``extract(images)`` -> float32 [N, 1024] numpy array; calling the object does the
-    same, so it serves wherever a feature callable is taken (:class:`samplerkit.metrics.StatsBuilder`).
+    the module docstring). Calling the object gives a float32 [N, 1024] numpy array; ``extract`` the same as
+    :class:`~samplerkit.metrics.Features` (as Inception's), so it serves wherever samplerkit takes a feature
+    extractor (:class:`samplerkit.metrics.StatsBuilder`).
     ``mode`` ('dinov2-torch' / 'dinov2-pil') and ``sha256`` (of the weights) name the pipeline in statistics."""
 
     detector = "dinov2-vitl14"
@@ -407,17 +404,22 @@ class DINOv2:
         with torch.inference_mode():
             return self.model(x, attention="sdpa" if fast else "einsum", channels_last=fast)
 
-    def extract(self, images) -> np.ndarray:
+    def extract(self, images, spatial: bool = False, logits: bool = False) -> Features:
+        """:class:`~samplerkit.metrics.Features` with the DINOv2 features as ``pool`` (the interface of
+        :meth:`samplerkit.metrics.Inception.extract`); DINOv2 has no spatial features or logits."""
+        if spatial or logits:
+            raise SamplerkitError(f"DINOv2 features have no {'spatial features (sFID)' if spatial else 'logits (IS)'}; "
+                                  "those metrics use Inception")
         x = as_nchw_uint8(images)
         parts = [self.forward(x[i : i + self.batch_size]).float().cpu().numpy()
                  for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+        return Features(np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32))
 
     def __call__(self, images) -> np.ndarray:
-        return self.extract(images)
+        return self.extract(images).pool
 
 
-def dinov2(path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32,
+def extractor(path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32,
            resize_mode: str = "torch", speed: str = "exact") -> DINOv2:
     """The FD_DINOv2 feature extractor: ViT-L/14 weights from :func:`dinov2_path` (loaded once per file and device)."""
     resize_mode, speed = check_resize_mode(resize_mode), check_speed(speed)
@@ -431,4 +433,4 @@ def dinov2_features(images, resize_mode: str = "torch", *, path: str | Path | No
     does for FD_DINOv2: ``resize_mode`` 'torch' (EDM2's default) or 'pil' (dgm-eval's exact resize).
     Images: uint8 [N, 3, H, W] or [N, H, W, 3] (see :func:`as_nchw_uint8`); weights: ``path``, else
     ``$SAMPLERKIT_DINOV2``, else downloaded into the samplerkit cache."""
-    return dinov2(path, device, batch_size, resize_mode, speed).extract(images)
+    return extractor(path, device, batch_size, resize_mode, speed)(images)
