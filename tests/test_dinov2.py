@@ -12,7 +12,6 @@ detector) and its ``calculate_metrics_from_stats`` between them.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
@@ -83,7 +82,8 @@ def test_position_embedding_follows_upstreams_scale_factor_not_the_output_size(m
     pos = model.position_embedding(224, 224)
     assert pos.shape == (1, 16 * 16 + 1, 16)
     grid = model.pos_embed[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
-    by_size = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic").permute(0, 2, 3, 1).reshape(1, 256, -1)
+    by_size = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic")
+    by_size = by_size.permute(0, 2, 3, 1).reshape(1, 256, -1)
     assert float((pos[:, 1:] - by_size).abs().max()) > 1e-3  # the (16 + 0.1) / 37 scale moves the samples
     torch.testing.assert_close(pos[:, :1], model.pos_embed[:, :1], rtol=0, atol=0)
     assert model.position_embedding(518, 518) is model.pos_embed
