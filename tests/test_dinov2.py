@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from _http_server import FileServer
 from PIL import Image
 
 import samplerkit as sk
+from samplerkit import download
 from samplerkit.errors import SamplerkitError
 from samplerkit.metrics import Statistics, StatsBuilder, refs_edm2
 from samplerkit.metrics import dinov2 as dino
@@ -154,6 +156,44 @@ def test_a_weights_file_that_is_not_a_state_dict_is_refused_without_running_it(t
     assert one_line(err) and not marker.exists()
     with pytest.raises(SamplerkitError, match="not found"):
         dino.extractor(tmp_path / "missing.pth")
+
+
+def test_missing_weights_download_into_the_cache_and_become_trusted_once_they_load(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAMPLERKIT_DINOV2", raising=False)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path / "cache"))
+    payload = layout_file(tmp_path / "served.pth").read_bytes()
+    with FileServer() as srv:
+        srv.add("/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth", payload)
+        monkeypatch.setattr(dino, "DINOV2_URL", srv.url("/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"))
+        path = dino.dinov2_path()
+        assert path == tmp_path / "cache" / dino.DINOV2_FILE and path.read_bytes() == payload
+        assert download.trusted_sha256(path) is None  # not trusted before it loads as a ViT-L/14
+        dino.load_dinov2()
+        assert download.trusted_sha256(path) == download.sha256_file(path)
+        assert dino.dinov2_path() == path and len(srv.log) == 1  # cached: no second request
+
+
+def test_offline_without_weights_says_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAMPLERKIT_DINOV2", raising=False)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("SAMPLERKIT_OFFLINE", "1")
+    with pytest.raises(SamplerkitError, match="SAMPLERKIT_DINOV2") as err:
+        dino.dinov2_path()
+    assert one_line(err) and dino.DINOV2_URL in str(err.value)
+
+
+def test_edm2_references_are_named_and_fetched_from_the_cdn(tmp_path, monkeypatch, fx):
+    assert refs_edm2.EDM2_REFS_URL == "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/"
+    assert {k: v[0] for k, v in refs_edm2.EDM2_REFERENCES.items()} == {"edm2-img512": "img512.pkl",
+                                                                       "edm2-img64": "img64.pkl"}
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    with FileServer() as srv:
+        srv.add("/edm2/dataset-refs/img64.pkl", fx["edm2_stats_pkl"]["a"].numpy().tobytes())
+        monkeypatch.setattr(refs_edm2, "EDM2_REFS_URL", srv.url("/edm2/dataset-refs/"))
+        path = refs_edm2.edm2_reference("edm2-img64", progress=False)
+    assert set(refs_edm2.read_reference(path)) == {"fid", "fd_dinov2"}
+    with pytest.raises(SamplerkitError, match="edm2-img512"):
+        refs_edm2.edm2_reference("edm2-img256")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""DINOv2 ViT-L/14 feature throughput (FD_DINOv2's detector): samplerkit ``exact`` vs ``fast``.
+
+A ViT-L/14 with random weights in the released layout (``_common.random_weights``, seed 0: no download),
+uint8 64x64 images (seed 0) through EDM2's preprocessing (``resize_mode="torch"``: bicubic antialiased
+resize to 224, ImageNet normalization) and the network, at one batch size:
+
+* ``exact``: the released backbone's arithmetic of 2023 (scaled q k^T, softmax, times v);
+* ``fast``: ``scaled_dot_product_attention`` and a channels-last patch embedding.
+
+Each variant is warmed up once, then timed once per round, rounds interleaved; the figure is the best
+round (features/s) and the ratio fast/exact per round (median). The max |fast - exact| relative to the
+feature scale is printed too. The upstream hub model cannot be imported from here; time it on the same
+weights and images outside the repository (see benchmarks/README.md, *FD_DINOv2*).
+
+Run: ``python benchmarks/bench_dinov2.py [--images 8] [--batch 8] [--rounds 2] [--json FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import print_machine, random_weights  # noqa: E402
+
+from samplerkit.metrics import dinov2 as dino  # noqa: E402
+
+
+def vit_l14(seed: int = 0) -> dino.VisionTransformer:
+    """ViT-L/14 in dinov2_vitl14's layout (1024-d, 24 blocks, 16 heads, 518 px position grid), random weights."""
+    return random_weights(dino.VisionTransformer(), seed).eval().requires_grad_(False)
+
+
+def test_images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def run(images: int, batch: int, rounds: int) -> dict:
+    torch.set_num_threads(1)
+    info = print_machine("cpu")
+    model, x = vit_l14(), test_images(images)
+    variants = {speed: dino.DINOv2(model, batch_size=batch, speed=speed) for speed in dino.SPEEDS}
+    feats = {speed: ex(x) for speed, ex in variants.items()}  # warm-up pass, and the outputs compared
+    error = float(np.abs(feats["fast"] - feats["exact"]).max() / np.abs(feats["exact"]).max())
+    times: dict[str, list[float]] = {speed: [] for speed in variants}
+    for _ in range(rounds):
+        for speed, ex in variants.items():
+            t0 = time.perf_counter()
+            ex(x)
+            times[speed].append(time.perf_counter() - t0)
+    ratios = [e / f for e, f in zip(times["exact"], times["fast"], strict=True)]
+    out = {"machine": info, "images": images, "batch": batch, "rounds": rounds, "resolution_in": 64,
+           "features_per_s": {s: images / min(t) for s, t in times.items()}, "seconds": times,
+           "fast_over_exact_median": statistics.median(ratios), "fast_max_rel_error": error}
+    for s, v in out["features_per_s"].items():
+        print(f"{s:5s}: {v:.3f} features/s (best of {rounds} rounds of {images} images, batch {batch})")
+    print(f"fast / exact: {out['fast_over_exact_median']:.3f}x (median per round); "
+          f"max |fast - exact| / max |exact| = {error:.1e}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+    out = run(args.images, args.batch, args.rounds)
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
