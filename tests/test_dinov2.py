@@ -448,3 +448,13 @@ def test_split_metrics():
     assert sk.metrics.split_metrics(["fd_dinov2"]) == ((), True)
     with pytest.raises(SamplerkitError):
         sk.metrics.split_metrics("fd_inception")
+
+
+def test_fd_dinov2_takes_fids_bootstrap_intervals(fx, model):
+    builder = MultiStatsBuilder.for_metrics("fd_dinov2", dinov2=dino.DINOv2(model), keep_feats=True)
+    builder.add(fx["set_b"])
+    sample = builder.result()["fd_dinov2"]
+    ref = dino_statistics(model, fx["set_a"])
+    ci = sk.metrics.intervals(sample, ref, ["fid"], rounds=50, seed=0)
+    fd = refs_edm2.frechet("fd_dinov2", sample, ref)
+    assert ci["fid_lo"] < fd < ci["fid_hi"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SamplerkitError
-from .inception import as_uint8
+from .dinov2 import as_nchw_uint8
 from .stats import Statistics, StatsBuilder, block, open_images, parse_metrics
 
 DINOV2_METRIC = "fd_dinov2"
@@ -64,8 +64,9 @@ class MultiStatsBuilder:
         return cls(builders)
 
     def add(self, images) -> None:
-        """Add uint8 NHWC images or [-1, 1] NCHW float images (converted to uint8 once)."""
-        images = as_uint8(images)
+        """Add uint8 images ([N, H, W, 3], or an [N, 3, H, W] tensor as ``sk.decode`` returns) or [-1, 1] NCHW
+        float images, converted once to the uint8 NHWC array both extractors take."""
+        images = as_nchw_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         for builder in self.builders.values():
             builder.add(images)
 
