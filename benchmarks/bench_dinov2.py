@@ -4,8 +4,8 @@ A ViT-L/14 with random weights in the released layout (``_common.random_weights`
 uint8 64x64 images (seed 0) through EDM2's preprocessing (``resize_mode="torch"``: bicubic antialiased
 resize to 224, ImageNet normalization) and the network, at one batch size:
 
-* ``exact``: the released backbone's arithmetic of 2023 (scaled q k^T, softmax, times v);
-* ``fast``: ``scaled_dot_product_attention`` and a channels-last patch embedding.
+* ``exact``: attention by ``scaled_dot_product_attention``, as the released backbone computes it today;
+* ``fast``: the same with a channels-last patch embedding.
 
 Each variant is warmed up once, then timed once per round, rounds interleaved; the figure is the best
 round (features/s) and the ratio fast/exact per round (median), in wall time and in CPU time of the

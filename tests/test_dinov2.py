@@ -4,7 +4,8 @@ statistics, FD and ``.pkl`` reference files, the restricted unpickler, and one p
 The fixture ``dinov2_upstream_outputs.pt`` holds random weights in the ``dinov2_vitl14`` state-dict layout
 (same keys, the 518 px position grid of 37 x 37 + class token; embed dim 16, depth 2, 2 heads to keep it
 small), uint8 images, and what upstream code gave on them: facebookresearch/dinov2 at b8931f7 (attention by
-``scaled_dot_product_attention``) and at 81b2b64 (explicit softmax attention, the code of 2023), each called
+``scaled_dot_product_attention``, what torch.hub loads today) and at 81b2b64 (explicit softmax attention, the
+code of 2023), each called
 through NVlabs/edm2's ``DINOv2Detector`` (4bf8162) in both resize modes; EDM2's
 ``calculate_stats_for_iterable`` + ``save_stats`` on two image sets (the ``fid`` entry from an 8-d stand-in
 detector) and its ``calculate_metrics_from_stats`` between them.
@@ -64,9 +65,20 @@ def test_features_equal_upstream_dinov2_under_edm2_preprocessing(fx, model, size
         scale = float(ref.abs().max())
         assert ours.shape == ref.shape and scale > 0.5
         assert float((ours - ref).abs().max()) <= 1e-4 * scale
-    # exact is upstream's 2023 arithmetic, fast its current sdpa call: each agrees with its own to float rounding
-    own = fx["upstream_features_81b2b64" if speed == "exact" else "upstream_features"][f"{resize_mode}{size}"]
+    # both speeds call sdpa as the current backbone does: its features to float rounding
+    own = fx["upstream_features"][f"{resize_mode}{size}"]
     assert float((ours - own).abs().max()) <= 1e-6 * float(own.abs().max())
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("resize_mode", ["torch", "pil"])
+def test_the_2023_attention_arithmetic_equals_upstream_of_2023(fx, model, size, resize_mode):
+    x = dino.preprocess(fx[f"images{size}"], resize_mode)
+    with torch.inference_mode():
+        ours = model(x, attention="einsum")
+    own = fx["upstream_features_81b2b64"][f"{resize_mode}{size}"]
+    assert float((ours - own).abs().max()) <= 1e-6 * float(own.abs().max())
+    assert float((ours - fx["upstream_features"][f"{resize_mode}{size}"]).abs().max()) <= 1e-4 * float(own.abs().max())
 
 
 def test_the_two_resize_modes_differ_and_image_layouts_agree(fx, model):
