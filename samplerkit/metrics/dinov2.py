@@ -401,7 +401,7 @@ class DINOv2:
 
     def forward(self, images) -> torch.Tensor:
         """Features as a float32 tensor on the device, one batch (no batching)."""
-        x = preprocess(as_nchw_uint8(images).to(self.device), self.resize_mode)
+        x = preprocess(as_nchw_uint8(images).to(self.device).contiguous(), self.resize_mode)  # NCHW as upstream
         fast = self.speed == "fast"
         with torch.inference_mode():
             return self.model(x, attention="sdpa", channels_last=fast)
