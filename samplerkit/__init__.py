@@ -4,7 +4,7 @@ Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.
 samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
 """
 
-from . import autoencoders, diffusion, guidance, likelihood, remedies, samplers, schedules
+from . import autoencoders, diffusion, guidance, likelihood, metrics, remedies, samplers, schedules
 from .autoencoders import decode
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError
@@ -23,6 +23,7 @@ __all__ = [
     "guidance",
     "likelihood",
     "load",
+    "metrics",
     "remedies",
     "samplers",
     "save_images",

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import SamplerkitError
+from . import dinov2, multi, refs_edm2  # FD_DINOv2: DINOv2 features, EDM2 reference files, one pass
 from .bootstrap import BOOTSTRAP_ALPHA, Interval, bootstrap, paired_bootstrap, resampler
+from .dinov2 import ENV_DINOV2, DINOv2, dinov2_features, dinov2_path
 from .fid import SMALL_SAMPLE, frechet_distance, frechet_distance_sqrtm, small_sample_warning, trace_sqrt_product
 from .inception import (
     ENV_INCEPTION,
@@ -35,7 +37,9 @@ from .inception import (
 )
 from .is_ import IS_SPLITS, inception_score
 from .kid import KID_SUBSET_SIZE, KID_SUBSETS, check_subset_size, kernel_inception_distance, polynomial_kernel
+from .multi import MultiStatsBuilder, split_metrics, statistics_of_images_multi, statistics_of_source_multi
 from .pr import PR_K, knn_radii, precision_recall
+from .refs_edm2 import EDM2_REFERENCES, edm2_reference, read_reference, save_reference
 from .stats import (
     ADM_REFERENCE,
     METRICS,
@@ -68,6 +72,9 @@ __all__ = [
     "precision_recall", "prepare_inception_from_fid_helper", "reference", "reference_metrics", "require_logits",
     "resampler", "small_sample_warning", "statistics_of_images", "statistics_of_source", "statistics_of_source_block",
     "stored_reference", "trace_sqrt_product",
+    "DINOv2", "EDM2_REFERENCES", "ENV_DINOV2", "MultiStatsBuilder", "dinov2", "dinov2_features", "dinov2_path", "multi",
+    "edm2_reference", "read_reference", "refs_edm2", "save_reference", "split_metrics",
+    "statistics_of_images_multi", "statistics_of_source_multi",
 ]
 
 BOOTSTRAP_METRICS = ("fid", "kid")
