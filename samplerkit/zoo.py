@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import download
-from .errors import SamplerkitError
+from .errors import DamagedFileError, SamplerkitError
 
 FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -121,6 +121,8 @@ class ZooEntry:
         try:
             net = load_file(path, family=family or self.family, device=device, **{**self.flags, **overrides})
         except SamplerkitError as err:
+            if isinstance(err, DamagedFileError):  # it already says how to download it again
+                raise
             if self.sha256 or download.trusted_sha256(path):
                 raise
             raise SamplerkitError(
