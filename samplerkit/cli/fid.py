@@ -14,6 +14,7 @@ from .. import distributed
 from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from ..errors import SamplerkitError
+from ..metrics.checks import check_new_statistics_file
 from ._options import speed_option
 
 
@@ -305,7 +306,8 @@ def _report(results, sets, n, reference, ref, mode, network, rounds, seed, note,
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (refused otherwise).")
+def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet, overwrite):
     """Reference statistics of a data set, written as an npz with mu and sigma (the form clean-fid
     and EDM's fid-refs use) plus n, the feature mode and the network's sha256, and mu_s/sigma_s and
     feats when asked.
@@ -319,6 +321,7 @@ def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, 
     wanted = metrics_lib.reference_metrics(metrics)
     if not str(out).endswith(".npz"):
         raise SamplerkitError(f"--out must end in .npz, got {out}")
+    check_new_statistics_file(out, overwrite)
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     source, n = metrics_lib.open_images(data, num_images)

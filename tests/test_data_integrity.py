@@ -1,0 +1,45 @@
+"""A result is never silently replaced or mixed: fid-ref refuses to overwrite statistics. Each check
+names how to go on in one line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from test_fid import assert_one_line_error, counting_features, run_cli, write_pngs  # noqa: F401 (fixture)
+
+from samplerkit.metrics import load_statistics
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _ends_in_one_error_line(code: int, err: str, *words: str) -> None:
+    """A refusal after the sweep's small-sample warning: the last line is the one error line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and lines[-1].startswith("error:") and not lines[-1].startswith("error: Traceback"), err
+    for word in words:
+        assert word in lines[-1], err
+
+
+# ---------------------------------------------------------------------------------------------
+# item 1: fid-ref --out
+
+
+def test_fid_ref_refuses_to_overwrite_statistics_unless_asked(tmp_path, counting_features):  # noqa: F811
+    out = tmp_path / "ref.npz"
+    code, _, err = run_cli("fid-ref", "--data", "builtin:shapes32?n=16", "--out", out, "--quiet")
+    assert code == 0, err
+    before = out.read_bytes()
+    code, _, err = run_cli("fid-ref", "--data", "builtin:shapes32?n=8", "--out", out, "--quiet")
+    assert_one_line_error(code, err, f"{out} already holds statistics of 16 images", "--overwrite")
+    assert out.read_bytes() == before and counting_features.seen == 16  # refused before any feature
+    code, _, err = run_cli("fid-ref", "--data", "builtin:shapes32?n=8", "--out", out, "--quiet", "--overwrite")
+    assert code == 0, err
+    assert load_statistics(out).n == 8
