@@ -14,7 +14,7 @@ from .. import distributed
 from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from ..errors import SamplerkitError
-from ..metrics.checks import check_new_statistics_file
+from ..metrics.checks import check_new_statistics_file, check_same_resolution, reference_resolution
 from ._options import speed_option
 
 
@@ -173,8 +173,11 @@ def _format(values: dict, key: str) -> str:
 @speed_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--allow-resolution-mismatch", is_flag=True,
+              help="Compare images whose resolution differs from the reference's (refused otherwise).")
 def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline,
-        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet):
+        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet,
+        allow_resolution_mismatch):
     """FID (and sFID, precision/recall, KID, Inception Score) of a set of images against a reference.
 
     Features are clean-fid's "clean" mode by default (PIL bicubic resize to 299x299) or, with
@@ -215,6 +218,8 @@ def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_siz
     check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, n)
     checked = check_reference(ref, wanted, ref_images, recompute_ref, fid_mode)
     check_stored_mode(checked, fid_mode, force_pipeline)
+    for name, src in [(images, source)] + ([(paired_with, other)] if other is not None else []):
+        check_same_resolution(name, src.resolution, ref, reference_resolution(checked), allow_resolution_mismatch)
     if "kid" in wanted and kid_subset_size is not None:
         n_ref = len(checked.feats) if isinstance(checked, metrics_lib.Statistics) else checked[1]
         metrics_lib.check_subset_size(n, n_ref, kid_subset_size)
