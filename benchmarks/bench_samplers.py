@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from _common import SmallConvNet, print_machine
+from _common import SmallConvNet, best_time, print_machine
 from samplerkit.adapters.analytic import GaussianDenoiser
 
 import samplerkit as sk
@@ -204,7 +204,32 @@ def kdiffusion_overhead(batch: int, repeats: int, steps: int = 10) -> dict:
             results[name] = (min(t_ours) / min(t_theirs), statistics.median(ratios))
             print(f"  {name:20s} best/best {results[name][0]:.3f}  median of paired ratios {results[name][1]:.3f}",
                   flush=True)
+    bookkeeping(kd, net, lat, sigmas, repeats=max(20, 4 * repeats))
     return results
+
+
+def bookkeeping(kd, net, lat, sigmas, repeats: int) -> None:
+    """The samplers' own cost, measured apart from the network: each pair on an analytic denoiser
+    that costs almost nothing (best of many repeats, so little disturbed by other jobs), and the
+    ratio it implies on the conv net: (NFE x one call + ours) / (NFE x one call + k-diffusion's)."""
+    free = GaussianDenoiser(0.1, 0.5, img_channels=3, img_resolution=32)
+    x = lat.double() * float(sigmas[0])
+    sigma = torch.full((len(lat),), float(sigmas[0]), dtype=torch.float64)
+    call = min(best_time(lambda: net(x, sigma), 3) for _ in range(3))
+    print(f"bookkeeping on a free denoiser (best of {repeats}); one conv-net call {call * 1e3:.2f} ms")
+    for name in KD_FAMILY:
+        ours, theirs = _kd_pair(kd, free, name, lat, sigmas)
+        counted = []
+        counting = lambda x, s, labels=None: counted.append(1) or free(x, s, labels)  # noqa: E731, B023
+        counting.round_sigma = free.round_sigma
+        getattr(samplers, name)(counting, lat, sigmas, **({"randn_like": torch.randn_like}
+                                                           if samplers.SAMPLERS[name].stochastic else {}))
+        nfe = len(counted)
+        t_ours, t_theirs = best_time(ours, repeats), best_time(theirs, repeats)
+        implied = (nfe * call + t_ours) / (nfe * call + t_theirs)
+        note = "  (its step sizes follow the denoiser: not the conv net's NFE)" if name == "dpm_adaptive" else ""
+        print(f"  {name:20s} NFE {nfe:3d}  ours {t_ours * 1e3:7.2f} ms  k-diffusion {t_theirs * 1e3:7.2f} ms  "
+              f"implied ratio on the conv net {implied:.4f}{note}", flush=True)
 
 
 if __name__ == "__main__":
