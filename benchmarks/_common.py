@@ -1,5 +1,5 @@
 """Pieces shared by the benchmark scripts: the machine a figure was measured on, a small stand-in
-network and a best-of-N timer."""
+network, a best-of-N timer, and random weights of realistic scale (samplerkit.testing)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import time
 
 import torch
+
+from samplerkit.testing import random_weights  # noqa: F401 -- one definition, shared with the tests
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict:
@@ -80,25 +82,3 @@ def best_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def random_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fill every parameter with weights of realistic scale (fan-in normal; biases 0.1 N(0,1), gains
-    1 + 0.1 N(0,1)), in sorted name order, so that the zero-initialized output layers of upstream
-    networks do not make a benchmark time a network that outputs zeros."""
-    import math
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        params = dict(module.named_parameters())
-        for name in sorted(params):
-            p = params[name]
-            v = torch.randn(p.shape, generator=g)
-            if name.endswith("bias"):
-                v = 0.1 * v
-            elif p.ndim == 1:
-                v = 1 + 0.1 * v
-            else:
-                v = v / math.sqrt(math.prod(p.shape[1:]))
-            p.copy_(v)
-    return module

@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from samplerkit import plots
 
 MODELS = ("shapes32-adm", "shapes32-adm-ip")
 SAMPLERS = ("euler", "heun", "ddim", "ancestral")
@@ -37,7 +35,7 @@ def markdown(df: pd.DataFrame, index: str | list[str], columns: str, values: str
 
 
 def sweep_plot(df: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plots.figure(figsize=(6, 4))
     for i, sampler in enumerate(SAMPLERS):
         for model, style in zip(MODELS, ("--", "-"), strict=True):
             d = df[(df.model == model) & (df.sampler == sampler)].sort_values("nfe")
@@ -48,7 +46,7 @@ def sweep_plot(df: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plots.save(fig, path)
 
 
 def grids(out: Path) -> None:
@@ -66,7 +64,7 @@ def grids(out: Path) -> None:
 def loss_curves(out: Path) -> str:
     """loss.png: the training loss of both runs (log.csv rows every 100 steps, rolling mean of 10);
     returns a markdown table of the last 1,000 steps."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plots.figure(figsize=(6, 3.5))
     rows = []
     for model, style in zip(MODELS, ("--", "-"), strict=True):
         log = pd.read_csv(out / f"{model}-log.csv")
@@ -78,7 +76,7 @@ def loss_curves(out: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
+    plots.save(fig, out / "loss.png")
     head = "| model | loss | L_simple (mse) | L_vlb term | images/s |\n|---|---|---|---|---|"
     return "\n".join([head, *rows])
 

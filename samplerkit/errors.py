@@ -13,3 +13,8 @@ class Interrupted(SamplerkitError):
 
     The command line prints it as one line and exits 130.
     """
+
+
+class DamagedFileError(SamplerkitError):
+    """A file that is evidently truncated or corrupted; the message gives its size and how to get
+    it again (so callers add no advice of their own)."""

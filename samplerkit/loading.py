@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_files import check_intact
 from .denoisers import Denoiser
 from .errors import SamplerkitError
 
@@ -84,6 +85,7 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
     """Load a local checkpoint file; the family comes from ``family``, the file type, or a run folder
     (see :func:`file_family_and_flags`)."""
     path = Path(path)
+    check_intact(path)  # a cut-short file says so, before any guess at its family
     family, flags = file_family_and_flags(path, family, flags)
     if family == "adm":
         from samplerkit.adapters import adm

@@ -128,12 +128,24 @@ class TimeShift:
     (defaults: TS-DPM-ADM's README example, ``--window 80 --cutoff 300``). Both modes leave x_T
     and every state at or below the cutoff alone.
 
-    ``mode="paper"`` (Alg. 1-2 as we read them): the state x at chain timestep t > t_c, made by
-    the previous step, is coupled with the timestep t_s = argmin |Var(x) - (1 - abar_tau)| over
-    tau in [t - w/2, t + w/2] (Var over the pixels of each image, x in x_t-space); the network is
-    called at t_s, x0 is predicted with abar_{t_s}, and the step lands on the chain's next level.
-    The window is cut to the training range and to timesteps above the chain's next one, so that
-    every step still goes down in noise. w = 0 is the plain sampler.
+    ``mode="paper"`` (Li et al. 2024, Alg. 3; their code cites it as "Alg. 1-2"): the state x at
+    chain timestep t > t_c, made by the previous step, is coupled with the timestep
+    t_s = argmin |Var(x) - (1 - abar_tau)| over tau in [t - w/2, t + w/2] -- a window on both sides
+    of t, cut only to the training range [0, T - 1] (Var over the pixels of each image, x in
+    x_t-space); the network is called at t_s, x0 is predicted with abar_{t_s}, and the step lands
+    on the chain's next level t'. w = 0 is the plain sampler. Where t_s falls at or below t' (on a
+    chain whose stride is under w/2: a 50-step chain with w = 80, or the full chain), the step goes
+    from abar_{t_s} to abar_{t'} at equal or higher noise:
+
+    * ``ddim`` with eta = 0 takes the DDIM step as it is, x' = sqrt(abar_{t'}) x0 +
+      sqrt(1 - abar_{t'}) eps, which is defined either way (t_s = t' gives x' = x);
+    * ``ddim`` with eta > 0 takes that same eta = 0 step for those images: the noise variance
+      eta^2 (1 - abar_{t'}) / (1 - abar_{t_s}) (1 - abar_{t_s} / abar_{t'}) is <= 0 there, so no
+      noise is added (it tends to 0 as t_s comes down to t');
+    * ``ancestral`` (samplerkit's reading: the paper gives no formula for a respaced DDPM chain)
+      steps from abar_{t_s} with the posterior q(x_{t'} | x_{t_s}, x0) of Nichol & Dhariwal 2021,
+      Eq. 19, while t_s > t', and takes the same eta = 0 DDIM step where t_s <= t' (the posterior's
+      beta = 1 - abar_{t_s} / abar_{t'} is <= 0 there; at t_s -> t' both are x' = x).
 
     ``mode="reference"``: tingyu215/TS-DPM-ADM's ``ddim_sample`` / ``get_next_time_window``. Where
     it differs from the above: the network and x0 keep the chain's own t; the candidates of the
@@ -195,15 +207,14 @@ class BoundTimeShift:
             return ab, ab_prev
         var = x.to(torch.float64).flatten(1).var(dim=1).cpu()  # unbiased, as torch.var in both codes
         if self.ts.mode == "paper":
-            return self._paper(k, cur, var, ab, ab_prev, x)
+            return self._paper(cur, var, ab, ab_prev, x)
         return self._reference(cur, var, ab, ab_prev, x)
 
-    def _paper(self, k, cur, var, ab, ab_prev, x):
+    def _paper(self, cur, var, ab, ab_prev, x):
         half = self.ts.window // 2
         if half == 0 or cur <= self.ts.cutoff:
             return ab, ab_prev
-        lo = max(cur - half, int(self.timesteps[k - 1]) + 1 if k > 0 else 0)
-        hi = min(cur + half, self.full.numel() - 1)
+        lo, hi = max(cur - half, 0), min(cur + half, self.full.numel() - 1)  # Alg. 3: both sides of t
         taus = torch.arange(lo, hi + 1)
         t_s = taus[((var.reshape(-1, 1) - (1 - self.full[taus]).reshape(1, -1)) ** 2).argmin(1)]
         if bool((t_s == cur).all()):

@@ -8,7 +8,7 @@ finished cells behind and a rerun skips them.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import SamplerkitError
@@ -69,3 +69,38 @@ class ResultsCSV:
                 rows[i] = row
                 return
         rows.append(row)
+
+
+def check_experiment(path: str | Path | None, what: str, expected: Mapping[str, Iterable],
+                     of_row: Mapping[str, Callable[[dict], object]] | None = None) -> None:
+    """Refuse to add rows to the CSV at ``path`` when the rows already there belong to another
+    experiment, so that a table and its plot never mix two.
+
+    ``expected`` maps each setting that defines the experiment (the model set, the reference
+    statistics and their pipeline, the number of images, the method, ...) to the values this run
+    writes; every row in the file must hold one of them. A row reads a setting from the column of
+    that name, or through ``of_row[name]``; a row without it (a file from before the column existed)
+    is not checked on that setting. No file, or ``path`` None: nothing to check.
+    """
+    if path is None or not Path(path).is_file():
+        return
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise SamplerkitError(f"{path}: unreadable CSV ({err}); move it away or pick another --csv") from None
+    of_row = dict(of_row or {})
+    for name, values in expected.items():
+        allowed = {cell_text(v) for v in values}
+        read = of_row.get(name, lambda row, name=name: row.get(name))
+        found = sorted({cell_text(v) for row in rows if (v := read(row)) not in (None, "")})
+        if any(v not in allowed for v in found):
+            raise SamplerkitError(
+                f"{path} holds {what} of another experiment ({name} {_listed(found)} there, "
+                f"{_listed(sorted(allowed))} now); start a new file with another csv path (CLI: --csv NEW.csv), "
+                f"or move {path} away")
+
+
+def _listed(values: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(values[:most])
+    return shown + (f" and {len(values) - most} more" if len(values) > most else "")

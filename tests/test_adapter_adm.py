@@ -23,28 +23,12 @@ from samplerkit.adapters import adm
 
 import samplerkit as sk
 from samplerkit.diffusion import alpha_bar_from_betas, betas_for, sigma_from_alpha_bar
+from samplerkit.testing import random_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # ---------------------------------------------------------------------------------------------
-# helpers shared with test_adapter_iddpm.py
-
-
-def random_state_dict(template: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weights of realistic scale for every key of ``template``, drawn in sorted key order."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key in sorted(template):
-        shape = tuple(template[key].shape)
-        v = torch.randn(shape, generator=g)
-        if key.endswith("bias"):
-            v = 0.1 * v
-        elif len(shape) == 1:  # group-norm gains
-            v = 1 + 0.1 * v
-        else:
-            v = v / math.sqrt(math.prod(shape[1:]))
-        out[key] = v
-    return out
+# helpers shared with test_adapter_iddpm.py (random_state_dict: samplerkit.testing, shared with the benchmarks)
 
 
 def template_of(create, **flags) -> dict[str, torch.Tensor]:
@@ -451,7 +435,7 @@ def test_missing_keys_are_listed(tmp_path):
 def test_corrupt_file_is_a_one_line_error(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
-    with pytest.raises(sk.SamplerkitError, match="not a readable PyTorch state dict") as err:
+    with pytest.raises(sk.SamplerkitError, match="truncated or corrupted") as err:
         sk.load(path, family="adm")
     assert "\n" not in str(err.value)
 

@@ -150,20 +150,21 @@ def ts_dpm_adm_ddim(net, x_T, timesteps, window, cutoff, *, clip, zs, eta=0.0):
     return x
 
 
-def paper_ts_ddim(net, x_T, timesteps, window, cutoff, *, clip):
-    """Li et al. 2024, Alg. 1-2 (DDIM, eta = 0) as samplerkit reads them: after the first step, a
-    state at chain timestep t > cutoff is coupled with t_s = argmin |Var(x) - (1 - abar_tau)|, tau in
-    [t - w/2, t + w/2] (kept above the chain's next timestep); eps and x0 at t_s, landing on the
-    chain's next level."""
+def paper_ts_ddim(net, x_T, timesteps, window, cutoff, *, clip, eta=0.0, zs=None):
+    """Li et al. 2024, Alg. 3 (DDIM): after the first step, a state at chain timestep t > cutoff is
+    coupled with t_s = argmin |Var(x) - (1 - abar_tau)| over every training timestep tau with
+    |tau - t| <= w/2 (both sides of t); eps and x0 at t_s, then the DDIM step to the chain's next
+    level, whatever side of it t_s is on. eta > 0: DDIM's noise where t_s is above the next level
+    and none elsewhere (samplerkit's rule there; Alg. 3 is deterministic)."""
     full = net.training_alpha_bar()
+    T = len(full)
     ab = full[timesteps]
     x = x_T.clone()
     for j, i in enumerate(reversed(range(len(ab)))):
         cur = int(timesteps[i])
         t_s = torch.full((x.shape[0],), cur)
-        if j > 0 and cur > cutoff and window // 2 > 0:
-            lo = max(cur - window // 2, int(timesteps[i - 1]) + 1 if i > 0 else 0)
-            taus = torch.arange(lo, min(cur + window // 2, len(full) - 1) + 1)
+        if j > 0 and cur > cutoff:
+            taus = torch.tensor([tau for tau in range(T) if abs(tau - cur) <= window / 2])
             var = x.flatten(1).var(dim=1)
             t_s = taus[(var[:, None] - (1 - full[taus])[None]).abs().argmin(1)]
         a = full[t_s].reshape(-1, 1, 1, 1)
@@ -174,7 +175,9 @@ def paper_ts_ddim(net, x_T, timesteps, window, cutoff, *, clip):
         if clip:
             x0 = x0.clamp(-1, 1)
         eps = (x / a.sqrt() - x0) / (1 / a - 1).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        above = (t_s > (int(timesteps[i - 1]) if i > 0 else -1)).to(torch.float64).reshape(-1, 1, 1, 1)
+        s = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev) * above).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - s**2).sqrt() * eps + (s * zs[j] if i > 0 and eta else 0)
     return x
 
 
@@ -300,6 +303,69 @@ def test_paper_mode_couples_each_state_with_the_level_its_variance_matches(adm, 
     ts = remedies.TimeShift(window=160, cutoff=100)
     got = samplers.ddim(adm, lat, DDIM5, clip_denoised=clip, time_shift=ts)
     _close(got, paper_ts_ddim(adm, lat, DDIM5, 160, 100, clip=clip))
+
+
+def _gaussian_eps_model(T=1000, mean=0.1, std=0.05):
+    """The exact denoiser of N(mean, std^2) pixels as a discrete eps-model on T linear-schedule levels."""
+    g = GaussianDenoiser(mean, std, img_channels=1, img_resolution=8)
+    ab = torch.tensor(diffusion.alpha_bar_from_betas(diffusion.linear_betas(T)))
+    return sk.DiscreteEpsDenoiser(lambda x_t, t, labels: g.eps(x_t.double(), ab[t]), ab, img_channels=1,
+                                  img_resolution=8, dtype=torch.float64)
+
+
+FINE = schedules.respace(1000, "50")  # stride ~20 < w/2 = 40: the window reaches below the next level
+
+
+def _shrunk_latents(seed):
+    """x_T of variance 0.64: the deterministic chain keeps each state's variance below 1 - abar_t
+    (an exposure-bias-like deficit), so Alg. 3's window matches levels below t."""
+    return 0.8 * _normal((3, 1, 8, 8), seed)
+
+
+def test_paper_mode_window_reaches_below_the_next_level_as_alg_3():
+    """On a 50-step chain with w = 80 the matched t_s lies below the chain's next timestep (the
+    earlier implementation cut the window to just above it); samplerkit equals the Alg. 3 loop."""
+    net = _gaussian_eps_model()
+    lat = _shrunk_latents(20)
+    seen = []
+    got = samplers.ddim(net, lat, FINE, clip_denoised=False, time_shift=remedies.TimeShift(80, 300),
+                        callback=seen.append)
+    _close(got, paper_ts_ddim(net, lat, FINE, 80, 300, clip=False), tol=1e-10)
+    t_s = [net.timestep(e["sigma"].flatten()) for e in seen]
+    chain = [int(t) for t in reversed(FINE)]
+    below = [k for k in range(1, len(chain) - 1) if chain[k] > 300 and bool((t_s[k] <= chain[k + 1]).any())]
+    assert len(below) > 10  # the case the earlier cut excluded is the common one here
+    assert all(bool((t_s[k] >= chain[k] - 40).all()) for k in range(1, len(chain)))  # never beyond w/2
+
+
+def test_paper_mode_ddim_with_eta_adds_no_noise_where_the_state_is_at_or_below_the_next_level():
+    net = _gaussian_eps_model()
+    lat, zs = _shrunk_latents(21), [_normal((3, 1, 8, 8), 300 + i) for i in range(len(FINE))]
+    got = samplers.ddim(net, lat, FINE, eta=0.6, clip_denoised=True, randn_like=_feeder(zs),
+                        time_shift=remedies.TimeShift(80, 300))
+    assert torch.isfinite(got).all()
+    _close(got, paper_ts_ddim(net, lat, FINE, 80, 300, clip=True, eta=0.6, zs=zs), tol=1e-10)
+
+
+def test_paper_mode_ancestral_takes_the_deterministic_ddim_step_at_or_below_the_next_level():
+    """samplerkit's reading for DDPM: where t_s <= t' there is no posterior from abar_{t_s} to
+    abar_{t'}; the image takes the eta = 0 DDIM step and no noise, even with huge noise draws."""
+    net = _gaussian_eps_model()
+    lat = _shrunk_latents(22)
+    ts = remedies.TimeShift(80, 300)
+    seen = []
+    huge = lambda x: torch.full_like(x, 1e6)  # noqa: E731 - any noise that lands would show
+    samplers.ancestral(net, lat, FINE, variance="fixedlarge", clip_denoised=False, randn_like=huge,
+                       time_shift=ts, callback=seen.append)
+    chain = [int(t) for t in reversed(FINE)]
+    t_s = [net.timestep(e["sigma"].flatten()) for e in seen]
+    k = next(k for k in range(1, len(chain) - 1) if bool((t_s[k] <= chain[k + 1]).all()))
+    a_s = 1 / (1 + seen[k]["sigma"].reshape(-1, 1, 1, 1) ** 2)
+    a_next = net.training_alpha_bar()[chain[k + 1]]
+    x, x0 = seen[k]["x"], seen[k]["denoised"]
+    eps = (x - a_s.sqrt() * x0) / (1 - a_s).sqrt()
+    ddim_step = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    torch.testing.assert_close(seen[k + 1]["x"], ddim_step, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])

@@ -17,6 +17,7 @@ from scipy.stats import norm
 
 import samplerkit as sk
 from samplerkit.errors import SamplerkitError
+from samplerkit.testing import random_weights
 from samplerkit.train import TrainConfig, train
 from samplerkit.train.edm import EDMObjective, ema_beta
 
@@ -178,6 +179,39 @@ def test_resume_mid_run_continues_bit_identically(toy_data, tmp_path):
         else:
             a, b = ([v for _, v in sorted(d.items())] for d in (a, b))
         assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True)), name
+
+
+@pytest.fixture(scope="module")
+def labelled_data(tmp_path_factory) -> Path:
+    """12 random 16x16 images in 3 classes (arr_0, arr_1)."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("labelled") / "toy.npz"
+    np.savez(path, arr_0=rng.integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8), arr_1=np.arange(12) % 3)
+    return path
+
+
+def test_class_conditional_edm_trains_on_the_labels_and_loads_conditional(labelled_data, tmp_path):
+    """label_dim = 3: every batch's loss is EDMObjective.terms of the network given the batch's own
+    labels (other labels give another loss), and the checkpoint loads as a 3-class EDMPrecond."""
+    from samplerkit.train.loop import Trainer
+
+    cfg = _cfg(labelled_data, tmp_path / "run", flags={**NET, "label_dim": 3}, iterations=2, save_interval=2)
+    trainer = Trainer(cfg)
+    assert trainer.model.label_dim == 3
+    random_weights(trainer.model)  # EDM zero-initializes the output layer: D would ignore every input
+    x0, u, _, n, xi, _, y = trainer._batch(1, range(4))
+    assert torch.equal(y.cpu(), torch.as_tensor(trainer._indices(1)[:4] % 3))  # arr_1 of the batch's images
+    with torch.no_grad():
+        expected = trainer.objective.terms(trainer.model, x0, u, n, xi, labels=y)["loss"].mean()
+        shuffled = trainer.objective.terms(trainer.model, x0, u, n, xi, labels=(y + 1) % 3)["loss"].mean()
+    assert float(shuffled) != pytest.approx(float(expected), rel=1e-6)
+    assert trainer.train_step()["loss"] == pytest.approx(float(expected), rel=1e-6)
+    trainer.run(progress=False)
+    net = sk.load(tmp_path / "run" / "ema_0.05kimg_000002.pt")
+    assert type(net) is EDMPrecond and net.label_dim == 3
+    x, sigma = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([1.0, 1.0])
+    with torch.no_grad():
+        assert not torch.equal(net(x, sigma, torch.tensor([0, 1])), net(x, sigma, torch.tensor([2, 2])))
 
 
 @pytest.mark.parametrize(("precond", "cls"), [("vp", VPPrecond), ("ve", VEPrecond)])

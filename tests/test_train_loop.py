@@ -334,3 +334,69 @@ def test_table_9_presets_use_the_appendix_a7_recipe():
         p = preset(name)
         assert p["precision"] == "fp16" and p["schedule_sampler"] == "loss-second-moment", name
     assert preset("tiny").get("precision", "fp32") == "fp32"  # CPU-sized runs stay in fp32
+
+
+def _stop_at(monkeypatch, step: int):
+    """Ctrl-C when the run is about to take step ``step + 1``."""
+    from samplerkit.train.loop import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+
+
+def _toy_cfg(toy_data, out, iterations=6):
+    return TrainConfig(data=str(toy_data), out=str(out), flags=FLAGS, iterations=iterations, batch_size=2,
+                       save_interval=2, log_interval=1)
+
+
+def test_ctrl_c_names_the_last_checkpoints_step_and_the_resume_call(toy_data, tmp_path, monkeypatch):
+    from samplerkit.errors import Interrupted
+
+    _stop_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as info:
+        train(_toy_cfg(toy_data, tmp_path / "run"), progress=False)
+    assert str(info.value) == (f"interrupted at step 3 of 6; the last checkpoint in {tmp_path / 'run'} holds step 2 "
+                               "(the steps after it are lost); resume with: train(cfg, resume=True)")
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_is_saved(toy_data, tmp_path, monkeypatch):
+    from samplerkit.errors import Interrupted
+
+    _stop_at(monkeypatch, 1)
+    with pytest.raises(Interrupted, match=r"interrupted at step 1 of 6, before the first checkpoint \(step 2\): "
+                                          r"nothing is saved in .*; start again with: train\(cfg, resume=True\)"):
+        train(_toy_cfg(toy_data, tmp_path / "run"), progress=False)
+
+
+def test_cli_ctrl_c_prints_the_command_that_resumes_and_it_resumes(toy_data, tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from test_fid import run_cli
+
+    out = tmp_path / "run"
+    args = ["retrain", "--data", str(toy_data), *_flag_args(), "--iterations", "6", "--batch-size", "2",
+            "--save-interval", "2", "--log-interval", "1", "--no-flip", "--out", str(out)]
+    _stop_at(monkeypatch, 3)
+    code, _, err = run_cli(*args)
+    lines = [line for line in err.splitlines() if line.strip() and "it/s" not in line and "|" not in line]
+    assert code == 130 and lines[-1].startswith("interrupted at step 3 of 6; the last checkpoint in "), err
+    assert "holds step 2" in lines[-1]
+    command = lines[-1].split("resume with: ", 1)[1]
+    assert command.startswith("samplerkit retrain ") and command.endswith(" --resume") and "--no-flip" in command
+    monkeypatch.undo()
+    code, _, err = run_cli(*shlex.split(command)[1:])
+    assert code == 0, err
+    assert f"resuming from step 2 (the latest complete checkpoint in {out})" in err
+    assert (out / "state000006.json").is_file()
+
+
+def test_resume_in_a_folder_without_a_checkpoint_says_it_starts_from_scratch(toy_data, tmp_path, capsys):
+    train(_toy_cfg(toy_data, tmp_path / "run", iterations=1), resume=True)
+    assert (f"resume: no complete checkpoint in {tmp_path / 'run'}; starting from scratch (step 0)"
+            in capsys.readouterr().err)

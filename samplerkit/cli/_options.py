@@ -141,6 +141,7 @@ KNOBS = {
     "variant": "variant", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
     "eps_scaler": "eps_scaler", "eps_scaler_slope": "eps_scaler_slope", "time_shift": "time_shift",
     "ts_window": "ts_window", "ts_cutoff": "ts_cutoff", "ts_mode": "ts_mode",
+    "rtol": "rtol", "atol": "atol",
 }
 
 # sampler option name -> the flag a user types; error messages name the flag. Plain words that
@@ -196,6 +197,8 @@ def sampler_options(fn):
         click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
         click.option("--clip/--no-clip", "clip", default=None,
                      help="Clamp the denoised estimate to [-1, 1] (default: on for ddim/ancestral, off otherwise)."),
+        click.option("--rtol", type=float, help="dpm_adaptive: relative error tolerance (default 0.05)."),
+        click.option("--atol", type=float, help="dpm_adaptive: absolute error tolerance (default 0.0078)."),
         *remedy_options(),
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 import numpy as np
 import torch
@@ -9,6 +11,7 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..results import check_experiment
 from ..runs import model_sha256
 from ._options import load_model, model_options, remedy_options, speed_option, with_flag_names
 
@@ -216,6 +219,9 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     if "fid" in settings.modes:
         features = _fid_features(device, speed)
         real = _fid_reference(fid_ref)
+    check_experiment(csv_path, "exposure-bias rows", {"model": [s.name for s in specs], "n": {len(x0)},
+                                                      "data": {settings.data}},
+                     of_row={"data": lambda row: _settings_part(row.get("settings", ""), "data")})
     report = exposure.run(specs, x0, labels, settings, csv_path=csv_path, features=features, real_features=real,
                           device=device, log=log, show_progress=not quiet)
     for mode in settings.modes:
@@ -239,3 +245,10 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
         log(f"wrote {len(written)} image-pair PNGs to {pairs_dir}")
     if csv_path:
         log(f"wrote {csv_path}")
+
+
+def _settings_part(text: str, name: str) -> str | None:
+    """The value of ``name=`` in an exposure-bias row's settings column (parts joined by ';' in the
+    order chain, data, clip, ...; a data source may itself hold ';noresize')."""
+    m = re.search(rf"(?:^|;){name}=(.*?)(?:;clip=|$)", text)
+    return m.group(1) if m else None

@@ -14,6 +14,7 @@ from .. import distributed
 from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from ..errors import SamplerkitError
+from ..metrics.checks import check_new_statistics_file, check_same_resolution, reference_resolution
 from ._options import speed_option
 
 
@@ -172,8 +173,11 @@ def _format(values: dict, key: str) -> str:
 @speed_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--allow-resolution-mismatch", is_flag=True,
+              help="Compare images whose resolution differs from the reference's (refused otherwise).")
 def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline,
-        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet):
+        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet,
+        allow_resolution_mismatch):
     """FID (and sFID, precision/recall, KID, Inception Score) of a set of images against a reference.
 
     Features are clean-fid's "clean" mode by default (PIL bicubic resize to 299x299) or, with
@@ -214,6 +218,8 @@ def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_siz
     check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, n)
     checked = check_reference(ref, wanted, ref_images, recompute_ref, fid_mode)
     check_stored_mode(checked, fid_mode, force_pipeline)
+    for name, src in [(images, source)] + ([(paired_with, other)] if other is not None else []):
+        check_same_resolution(name, src.resolution, ref, reference_resolution(checked), allow_resolution_mismatch)
     if "kid" in wanted and kid_subset_size is not None:
         n_ref = len(checked.feats) if isinstance(checked, metrics_lib.Statistics) else checked[1]
         metrics_lib.check_subset_size(n, n_ref, kid_subset_size)
@@ -305,7 +311,8 @@ def _report(results, sets, n, reference, ref, mode, network, rounds, seed, note,
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (refused otherwise).")
+def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet, overwrite):
     """Reference statistics of a data set, written as an npz with mu and sigma (the form clean-fid
     and EDM's fid-refs use) plus n, the feature mode and the network's sha256, and mu_s/sigma_s and
     feats when asked.
@@ -319,6 +326,7 @@ def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, 
     wanted = metrics_lib.reference_metrics(metrics)
     if not str(out).endswith(".npz"):
         raise SamplerkitError(f"--out must end in .npz, got {out}")
+    check_new_statistics_file(out, overwrite)
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     source, n = metrics_lib.open_images(data, num_images)

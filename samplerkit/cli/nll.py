@@ -12,6 +12,7 @@ import torch
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..likelihood import run as nll
+from ..results import check_experiment
 from ..runs import model_sha256
 from ._options import load_model, model_options
 
@@ -107,6 +108,8 @@ def command(models, family, flags, preset, data, num_images, method, csv_path, b
         net = load_model(name, family, flags, preset, device=device).eval()
         if images is None:
             images = _load_images(data, num_images, int(getattr(net, "img_resolution", 0) or 0), log)
+            check_experiment(csv_file, "likelihood rows", {"model": names, "method": {method}, "data": {data},
+                                                           "settings": {settings.for_csv()}, "image": images[2]})
         x0, labels, indices = images
         lab = None
         if getattr(net, "label_dim", 0):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
+from click.core import ParameterSource
 
 from ..errors import SamplerkitError
 from ._options import parse_flags, speed_option
@@ -126,7 +129,7 @@ def command(data, out, preset, precond, flags, regularizer, gamma, lambda_gp, la
         log_interval=log_interval, precision=pick(precision, "precision"), seed=seed, flip=flip, device=device,
         speed=speed or default_speed("exact"),
     )
-    trainer = train(cfg, resume=resume, progress=not quiet)
+    trainer = train(cfg, resume=resume, progress=not quiet, resume_command=resume_command(click.get_current_context()))
     if trainer.rank == 0 and not quiet:
         click.echo(f"trained to step {trainer.step}; checkpoints in {out}", err=True)
         click.echo(f"sample it: {sample_command(out, trainer.step, cfg)}", err=True)
@@ -139,3 +142,17 @@ def sample_command(out, step: int, cfg) -> str:
     from pathlib import Path
 
     return f"samplerkit sample --model {Path(out) / f'ema_{cfg.ema_names()[0]}_{step:06d}.pt'}"
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The options the user typed, plus --resume: the command that continues this run."""
+    words = ["samplerkit", "retrain"]
+    for p in ctx.command.params:
+        if p.name == "resume" or ctx.get_parameter_source(p.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[p.name]
+        if getattr(p, "is_flag", False):
+            words += [p.opts[0]] if value else p.secondary_opts[:1]
+        else:
+            words += [w for v in (value if p.multiple else (value,)) for w in (p.opts[0], str(v))]
+    return shlex.join([*words, "--resume"])

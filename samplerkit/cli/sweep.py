@@ -13,6 +13,7 @@ from .. import speed as speed_lib
 from .. import sweep as sweep_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..results import check_experiment
 from ..runs import load_classifier, model_sha256, resolve_sampler
 from ._options import (
     chosen_options,
@@ -193,6 +194,10 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if "is" in wanted:
         metrics_lib.require_logits(features)
     reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
+    experiment = {"model": {model}, "ref": {reference.fingerprint()}, "mode": {getattr(features, "mode", fid_mode)},
+                  "n_images": {len(seed_list)}}  # a guided cell's model column names the classifier after " + "
+    check_experiment(csv_file, "sweep rows", experiment,
+                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
     if "kid" in wanted and kid_subset_size is not None:
         metrics_lib.check_subset_size(len(seed_list), reference.n or len(seed_list), kid_subset_size)
     note = note_reference(reference, ref, fid_mode)

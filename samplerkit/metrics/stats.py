@@ -109,6 +109,7 @@ class Statistics:
     network: str = ""  # sha256 of the Inception weights (metrics.network_sha256); '' = not recorded
     logits: np.ndarray | None = None  # softmax/logits [n, 1008] (Inception Score; not saved)
     origin: str = ""  # where the numbers come from, when that is worth saying (not saved)
+    resolution: int = 0  # side of the (square) images the statistics are of; 0 = not recorded
 
     def metrics(self) -> tuple[str, ...]:
         have = {"fid": True, "sfid": self.mu_s is not None, "pr": self.feats is not None,
@@ -130,6 +131,8 @@ class Statistics:
             arrays["mode"] = np.array(self.mode)
         if self.network:
             arrays["network"] = np.array(self.network)
+        if self.resolution:
+            arrays["resolution"] = np.int64(self.resolution)
         if self.mu_s is not None:
             arrays.update(mu_s=self.mu_s, sigma_s=self.sigma_s)
         if self.feats is not None:
@@ -160,6 +163,8 @@ def load_statistics(path: str | Path) -> Statistics | None:
                                int(get("n")) if get("n") is not None else 0, get("mu_s"), get("sigma_s"), get("feats"),
                                str(get("mode")) if get("mode") is not None else "",
                                str(get("network")) if get("network") is not None else "")
+            if "resolution" in f.files:
+                stats.resolution = int(f["resolution"])
             if "arr_0" in f.files and not stats.mode:  # the guided-diffusion evaluator's layout: TensorFlow statistics
                 stats.mode, stats.origin = "legacy-tensorflow", ADM_REFERENCE
     except (OSError, ValueError) as err:
@@ -297,7 +302,9 @@ def statistics_of_source_block(source, n: int, features, metrics: Sequence[str] 
         if progress is not None:
             progress(len(images))
     builder.gather()
-    return builder.result()
+    stats = builder.result()
+    stats.resolution = int(getattr(source, "resolution", 0) or 0)
+    return stats
 
 
 def count_images(source, num_images: int | None) -> int:

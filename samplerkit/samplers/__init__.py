@@ -7,6 +7,9 @@
 * :mod:`.dpm` -- the k-diffusion family: ``euler_ancestral``, ``dpm_2``, ``dpm_2_ancestral``,
   ``dpmpp_2s_ancestral``, ``dpmpp_2m``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde`` (Lu et al. 2022,
   DPM-Solver and DPM-Solver++; crowsonkb/k-diffusion);
+* :mod:`.dpm_solver` -- ``dpm_fast``, ``dpm_adaptive`` (Lu et al. 2022, DPM-Solver with fixed and
+  adaptive steps; k-diffusion's ``sample_dpm_fast`` / ``sample_dpm_adaptive``: only the grid's end
+  points are used, and they stop at sigmas[-2] > 0);
 * :mod:`.multistep` -- ``lms``, ``unipc`` (Zhao et al. 2023), ``ipndm`` (Zhang & Chen 2023).
 
 Conventions: latents are standard normal; the sigma-space samplers start at
@@ -44,6 +47,7 @@ from .dpm import (
     dpmpp_3m_sde,
     euler_ancestral,
 )
+from .dpm_solver import check_adaptive, dpm_adaptive, dpm_fast
 from .multistep import UNIPC_VARIANTS, check_order, ipndm, lms, unipc
 from .ode import TimeSchedule, check_churn, euler, heun, stochastic
 
@@ -119,6 +123,13 @@ def _resolve_order(name: str, highest: int):
     return resolve
 
 
+def _resolve_dpm_solver(net, options: dict) -> dict:
+    check_noise(options["eta"], options["s_noise"])
+    if "rtol" in options:
+        check_adaptive(options["order"], options["rtol"], options["atol"], options["h_init"], options["accept_safety"])
+    return options
+
+
 _KD = "crowsonkb/k-diffusion"
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo(euler, "1", lambda n: n, "sigmas", "Karras et al. 2022 (EDM), Alg. 1 without lines 6-8"),
@@ -151,6 +162,12 @@ SAMPLERS: dict[str, SamplerInfo] = {
                          _resolve_order("unipc", 3)),
     "ipndm": SamplerInfo(ipndm, "= order knob (1-4) on equal steps; 2 on EDM's grid", lambda n: n, "sigmas",
                          "Zhang & Chen 2023 (DEIS), iPNDM", _resolve_order("ipndm", 4)),
+    # these two use only the grid's end points and stop at sigmas[-2] > 0 (see samplers.dpm_solver)
+    "dpm_fast": SamplerInfo(dpm_fast, "3 (last step 1 or 2)", lambda n: n, "sigmas",
+                            f"Lu et al. 2022 (DPM-Solver), Sec. 3.3; {_KD} sample_dpm_fast", _resolve_dpm_solver),
+    "dpm_adaptive": SamplerInfo(dpm_adaptive, "2 or 3 (order knob); adaptive steps: NFE set by rtol/atol, "
+                                "the N of the NFE column is nominal", lambda n: n, "sigmas",
+                                f"Lu et al. 2022 (DPM-Solver), App. C; {_KD} sample_dpm_adaptive", _resolve_dpm_solver),
 }
 
 
@@ -170,4 +187,5 @@ __all__ = [
     "SAMPLERS", "SamplerInfo", "TimeSchedule", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "info",
     "ipndm", "knobs", "lms", "nfe", "stochastic", "unipc",
+    "dpm_adaptive", "dpm_fast",
 ]

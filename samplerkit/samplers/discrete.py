@@ -109,7 +109,8 @@ def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
                 eps = eps - (1 - ab).sqrt() * guide.grad_log_prob(x, sigma, class_labels)
                 x0 = predict_x0_from_eps(x, ab, eps)
             report(callback, i, x, sigma, sigma, x0)
-            s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
+            # (clamped: 0 where a time shift put the state at or below the next level, see remedies.TimeShift)
+            s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).clamp(min=0).sqrt()
             z = randn_like(x)
             x = ab_prev.sqrt() * x0 + (1 - ab_prev - s**2).clamp(min=0).sqrt() * eps + (s * z if k > 0 else 0)
     return x
@@ -166,10 +167,17 @@ def _no_time_shift_with(guide, shift) -> None:
 
 def _shifted_posterior(ab_s: torch.Tensor, ab_prev, x0, x, variance: str, v):
     """Mean and log variance of q(x_prev | x_t, x0) when image b sits at level ``ab_s[b]`` and the
-    step lands on ``ab_prev`` (Nichol & Dhariwal 2021, Eqs. 11-12, 15, 19 via :class:`Chain`)."""
+    step lands on ``ab_prev`` (Nichol & Dhariwal 2021, Eqs. 11-12, 15, 19 via :class:`Chain`). An
+    image at or below the landing level (abar_s >= abar_prev) takes the deterministic DDIM step
+    there instead (samplerkit's reading, see :class:`samplerkit.remedies.TimeShift`)."""
     mean, log_var = torch.empty_like(x), torch.empty_like(x)
     for level in torch.unique(ab_s):
         rows = ab_s == level
+        if level >= ab_prev:  # no posterior from a level at or below the landing one: DDIM, eta = 0
+            eps = predict_eps_from_x0(x[rows], level, x0[rows])
+            mean[rows] = ab_prev.sqrt() * x0[rows] + (1 - ab_prev).sqrt() * eps
+            log_var[rows] = float("-inf")
+            continue
         pair = torch.stack([ab_prev, level]) if float(ab_prev) < 1 else level.reshape(1)
         step = Chain.from_alpha_bar(pair)
         j = len(step) - 1

@@ -45,6 +45,7 @@ import io
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,7 +56,7 @@ import torch
 from .. import distributed, output, speed
 from ..data import open_source, to_model_space
 from ..diffusion import Chain, alpha_bar_from_betas, betas_for
-from ..errors import SamplerkitError
+from ..errors import Interrupted, SamplerkitError
 from .objective import ImportanceSampler, Objective
 from .recommend import RECOMMENDED_FILE, recommended_sampler
 
@@ -200,9 +201,12 @@ def _log_text(rows: list[dict], header: bool) -> str:
 class Trainer:
     """One training run; ``run()`` trains from the latest checkpoint (if resuming) to ``iterations``."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, resume_command: str | None = None):
         cfg.check()
         self.cfg, self.run_dir = cfg, Path(cfg.out)
+        # how a user continues this run (the CLI passes its own command line); named on Ctrl-C
+        self.resume_command = resume_command or "train(cfg, resume=True)"
+        self.start_note = f"starting a new run in {self.run_dir}"  # what train() says before the first step
         self.device = torch.device(cfg.device)
         self.rank, self.world = distributed.init(self.device)
         if cfg.batch_size % self.world:
@@ -330,7 +334,9 @@ class Trainer:
     def _resume(self) -> None:
         step = latest_checkpoint(self.run_dir, self.cfg.ema_names())
         if step is None:
+            self.start_note = f"resume: no complete checkpoint in {self.run_dir}; starting from scratch (step 0)"
             return
+        self.start_note = f"resuming from step {step} (the latest complete checkpoint in {self.run_dir})"
         load = lambda name: torch.load(self.run_dir / name, map_location=self.device, weights_only=True)  # noqa: E731
         self.model.load_state_dict(load(f"model{step:06d}.pt"))
         self.opt.load_state_dict(load(f"opt{step:06d}.pt"))
@@ -493,9 +499,22 @@ class Trainer:
                     self.save()
                     distributed.barrier()
                 bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(self.interrupted_message()) from None
         finally:
             bar.close()
         return self.log_rows
+
+    def interrupted_message(self) -> str:
+        """What a stopped run has saved and how to continue it (one line)."""
+        cfg, saved = self.cfg, latest_checkpoint(self.run_dir, self.cfg.ema_names())
+        where = f"interrupted at step {self.step} of {cfg.iterations}"
+        if saved is None:
+            first = min(cfg.save_interval, cfg.iterations)
+            return (f"{where}, before the first checkpoint (step {first}): nothing is saved in {self.run_dir}; "
+                    f"start again with: {self.resume_command} (it starts from scratch)")
+        return (f"{where}; the last checkpoint in {self.run_dir} holds step {saved} (the steps after it are "
+                f"lost); resume with: {self.resume_command}")
 
     def ema_rate(self, rate: float | str, step: int) -> float:
         """The EMA rate used at ``step`` (1-based): ``rate``, or min(rate, (1 + s) / (10 + s)) with warm-up,
@@ -517,9 +536,14 @@ class Trainer:
         return model
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trainer:
-    """Train (or resume) a run; returns the finished :class:`Trainer`."""
-    trainer = Trainer(cfg, resume=resume)
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, resume_command: str | None = None) -> Trainer:
+    """Train (or resume) a run; returns the finished :class:`Trainer`. With ``progress`` it says on
+    stderr whether it resumes (from which step) or starts from scratch. Ctrl-C raises
+    :class:`~samplerkit.errors.Interrupted` naming the last checkpoint's step and ``resume_command``
+    (default: ``train(cfg, resume=True)``)."""
+    trainer = Trainer(cfg, resume=resume, resume_command=resume_command)
+    if progress and trainer.rank == 0:
+        print(trainer.start_note, file=sys.stderr, flush=True)
     try:
         trainer.run(progress=progress)
     finally:
