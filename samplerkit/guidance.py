@@ -247,9 +247,10 @@ def _guidance_interval(interval) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
-        raise SamplerkitError(f"interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
-    if not (0 <= lo < hi):
-        raise SamplerkitError(f"interval (sigma_lo, sigma_hi] needs 0 <= sigma_lo < sigma_hi, got ({lo}, {hi})")
+        raise SamplerkitError(f"the guidance interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
+    if not (lo >= 0 and hi > lo):
+        raise SamplerkitError(f"the guidance interval (sigma_lo, sigma_hi] must have 0 <= sigma_lo < sigma_hi, "
+                              f"got ({lo}, {hi}]")
     return lo, hi
 
 
