@@ -93,6 +93,12 @@ class Denoiser(torch.nn.Module):
         is None unless ``learned_variance``."""
         return self(x, sigma, class_labels), None
 
+    def split_guidance(self):
+        """(denoiser, cond_fn): a denoiser whose guidance the sampler applies itself (guided-diffusion's
+        ``cond_fn``, e.g. classifier guidance in its upstream form) returns its unguided model and that
+        function; every other one (self, None)."""
+        return self, None
+
     def prepare_labels(self, class_labels, batch: int, device) -> torch.Tensor | None:
         """Validate labels: int [B] (or one-hot [B, label_dim]) -> one-hot float32 [B, label_dim]."""
         if self.label_dim == 0:
@@ -190,6 +196,14 @@ class DiscreteEpsDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         return self.denoise_with_variance(x, sigma, class_labels)[0]
+
+
+def split_guidance(net, cond_fn=None):
+    """(denoiser, cond_fn) a discrete-chain sampler runs: ``cond_fn`` when given, else what ``net``
+    declares (:meth:`Denoiser.split_guidance`)."""
+    if cond_fn is not None or not isinstance(net, Denoiser):
+        return net, cond_fn
+    return net.split_guidance()
 
 
 def training_alpha_bar(net) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ from .data import to_uint8
 from .denoisers import DenoiserWrapper
 from .errors import Interrupted, SamplerkitError
 from .generate import draw, generate, make_sampler, resolve_labels, with_precision
+from .guidance import Guidance
 from .loading import file_family_and_flags, load
 from .seeds import parse_seeds
 
@@ -80,6 +81,13 @@ class SampleSettings:
     classifier_scale: float = 1.0
     guidance_form: str = "score"
     low_res: str | None = None
+
+    def guidance(self) -> Guidance | None:
+        """The run's classifier guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None."""
+        found = Guidance.from_options(self.classifier, self.classifier_flags,
+                                      None if self.classifier is None else self.classifier_scale,
+                                      None if self.classifier is None else self.guidance_form)
+        return found[0] if found else None
 
 
 def load_model(model: str, family: str | None, flags: dict, preset: str | None, device="cpu"):
@@ -199,12 +207,15 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         if low_res is not None:  # a super-resolution model: each batch's low-res images are bound to it
             net, labels_spec = low_res, low_res.labels_spec
         fast_net, speed_record = _speed(net, s, min(s.batch, len(seed_list)), dev, rank)
-        if s.classifier is not None:  # the classifier itself runs exact
-            net = fast_net = _guided(fast_net, s, dev)
-            conditioning.update(_classifier_record(s))
+        guidance = s.guidance()
+        if guidance is not None:  # the classifier itself runs exact
+            guidance = guidance.load(partial(load_classifier, device=dev))
+            conditioning.update(guidance.settings(model_sha256(s.classifier)))
         guard = _FiniteGuard(with_precision(fast_net, s.dtype, dev))
         sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
-        prepared = make_sampler(guard, sampler, steps, **options)
+        prepared = make_sampler(guard, sampler, steps, guidance=guidance, **options)
+        if guidance is not None:
+            net = prepared.net  # labels go to the classifier
         if rank == 0 and not s.quiet:
             _notes(prepared, s.dtype, dev)
         labels = resolve_labels(net, labels_spec, len(seed_list))
@@ -230,8 +241,9 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         made = 0
         try:
             with output.FileWriter(max_pending=max(2 * s.batch, 64)) as writer:
-                batches = (generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed) if low_res is None
-                           else low_res.generate(guard, prepared, todo, s.batch, labels, dev, label_of_seed))
+                batches = (generate(prepared.net, prepared, todo, s.batch, labels, dev, label_of_seed)
+                           if low_res is None
+                           else low_res.generate(prepared.net, prepared, todo, s.batch, labels, dev, label_of_seed))
                 for chunk, x, _ in batches:
                     for seed, image in zip(chunk, to_uint8(x), strict=True):
                         if s.fmt == "npz":
@@ -487,20 +499,6 @@ def load_classifier(name: str, flags: dict, device="cpu"):
             names = ", ".join(e.name for e in zoo.entries() if e.family == "adm-classifier")
             raise SamplerkitError(f"{name} is not a classifier (family {entry.family}); use one of {names}")
     return load(name, family="adm-classifier", device=device, **flags)
-
-
-def _guided(net, s: SampleSettings, device):
-    """``net`` guided by the run's noisy-image classifier (:mod:`samplerkit.guidance`)."""
-    from .guidance import classifier_guided
-
-    clf = load_classifier(s.classifier, s.classifier_flags, device)
-    return classifier_guided(net, clf, s.classifier_scale, s.guidance_form)
-
-
-def _classifier_record(s: SampleSettings) -> dict:
-    return {"classifier": s.classifier, "classifier_sha256": model_sha256(s.classifier) or None,
-            "classifier_flags": dict(s.classifier_flags), "classifier_scale": float(s.classifier_scale),
-            "guidance_form": s.guidance_form}
 
 
 def two_stage(settings: SampleSettings, upsampler: str, sampler: str | None = None,

@@ -28,8 +28,10 @@ from . import plots
 from . import samplers as samplers_table
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
+from .guidance import Guidance
 from .metrics import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
 from .metrics import block as metrics_block
+from .remedies import Remedies
 from .results import ResultsCSV
 
 # Interval columns (fid_lo, fid_hi, kid_lo, kid_hi; baseline, fid_diff, fid_diff_lo, ...; bootstrap_rounds)
@@ -66,39 +68,20 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
         samplers_table.info(name)  # an unknown name is an error that lists the choices
     for key, value in (options or {}).items():
         if value is not None and not any(key in sampler_options(s) for s in samplers):
-            flag = "--" + key.replace("_", "-")
+            flag = "--" + key.replace("_", "-")  # an existing test pins the flag in this library message
             raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
-REMEDY_OPTIONS = ("eps_scaler_slope", "time_shift", "ts_window", "ts_cutoff", "ts_mode")
-_TS_OPTIONS = ("time_shift", "ts_window", "ts_cutoff", "ts_mode")
-
-
-def parse_eps_scalers(text) -> list[float] | None:
-    """'1.0,1.002,1.005' -> [1.0, 1.002, 1.005], the sweep's Epsilon Scaling axis (None: no ES)."""
-    if text is None:
-        return None
-    values = text if isinstance(text, list | tuple) else str(text).split(",")
-    try:
-        out = list(dict.fromkeys(float(v) for v in values if str(v).strip()))
-    except ValueError:
-        raise SamplerkitError(f"bad eps_scaler list {text!r}; use numbers like 1.0,1.002,1.005") from None
-    if not out:
-        raise SamplerkitError("the eps_scaler list is empty; use numbers like 1.0,1.002,1.005")
-    return out
-
-
-def remedies_for(sampler: str, eps_scaler: float | None, remedies: dict | None) -> dict:
-    """The remedy options of one cell: Epsilon Scaling for every sampler, the time shift for the
-    samplers on a discrete chain only (ddim, ancestral)."""
-    remedies = {k: v for k, v in (remedies or {}).items() if v is not None and v is not False}
-    chain = samplers_table.info(sampler).grid == "chain"
-    out = {k: v for k, v in remedies.items() if k not in _TS_OPTIONS or chain}
-    if eps_scaler is not None:
-        out["eps_scaler"] = eps_scaler
-    elif "eps_scaler_slope" in out:
-        out["eps_scaler"] = 1.0
-    return out
+def remedy_axis(remedies: Sequence[Remedies] | dict | None = None,
+                eps_scalers: Sequence[float] | None = None) -> list[Remedies]:
+    """The sweep's remedies axis: a list of :class:`~samplerkit.remedies.Remedies` as given, or made from
+    option names (``remedies`` a dict of ``eps_scaler_slope`` and the time-shift options, one cell set
+    per Epsilon Scaling value of ``eps_scalers``). [Remedies()] when there are none."""
+    if remedies is None or isinstance(remedies, dict):
+        return Remedies.axis(list(eps_scalers) if eps_scalers else None, **(remedies or {}))
+    if eps_scalers:
+        raise SamplerkitError("give the eps_scaler values inside the remedies axis, not beside it")
+    return list(remedies) or [Remedies()]
 
 
 def results_csv(path: str | Path) -> ResultsCSV:
@@ -169,7 +152,8 @@ def run(
     bootstrap: int = 0,
     options: dict | None = None,
     eps_scalers: Sequence[float] | None = None,
-    remedies: dict | None = None,
+    remedies: Sequence[Remedies] | dict | None = None,
+    guidance: Guidance | None = None,
     batch_size: int = 64,
     class_labels=None,
     device="cpu",
@@ -182,10 +166,10 @@ def run(
     ``features``: an :class:`samplerkit.metrics.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
     compare against. ``options``: sampler knobs the user set (each goes to the samplers that
-    take it, see :func:`samplerkit.generate.sampler_options`). ``eps_scalers``: Epsilon Scaling
-    values b (Ning et al. 2024 (ES)), one more axis of cells (each row records its b);
-    ``remedies``: ``eps_scaler_slope`` and the time-shift options of
-    :func:`samplerkit.generate.make_sampler` (the time shift goes to ddim/ancestral only).
+    take it, see :func:`samplerkit.generate.sampler_options`). ``remedies``: a list of
+    :class:`~samplerkit.remedies.Remedies`, one more axis of cells (each row records them; the time
+    shift goes to ddim/ancestral only), or their options as :func:`remedy_axis` takes them with
+    ``eps_scalers``. ``guidance``: a loaded :class:`~samplerkit.guidance.Guidance` every cell runs under.
     ``evaluation``: keyword arguments of :func:`samplerkit.metrics.evaluate` (``kid_subsets``,
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
@@ -198,9 +182,10 @@ def run(
 
     metrics = parse_metrics(metrics)
     check_options(samplers, options)
-    if any(v not in (None, False) for k, v in (remedies or {}).items() if k in _TS_OPTIONS) and not any(
-            samplers_table.info(s).grid == "chain" for s in samplers):
-        raise SamplerkitError("--time-shift applies to ddim and ancestral; none of the chosen samplers is one")
+    axis = remedy_axis(remedies, eps_scalers)
+    chain = {name: samplers_table.info(name).grid == "chain" for name in samplers}
+    if any(r.time_shift is not None for r in axis) and not any(chain.values()):
+        raise SamplerkitError("time_shift applies to ddim and ancestral; none of the chosen samplers is one")
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2:
         raise SamplerkitError(f"a sweep needs at least 2 images per cell, got {len(seeds)}")
@@ -213,10 +198,10 @@ def run(
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     cells = []
     for name in samplers:
-        for b in eps_scalers or [None]:
+        for remedy in axis:
             for n_steps in steps:
-                prepared = make_sampler(net, name, int(n_steps), **options_for(name, options),
-                                        **remedies_for(name, b, remedies))
+                prepared = make_sampler(net, name, int(n_steps), remedies=remedy.for_sampler(chain[name]),
+                                        guidance=guidance, **options_for(name, options))
                 settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
                 row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps),
                        "nfe": prepared.nfe, "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
@@ -244,7 +229,7 @@ def run(
             builder = StatsBuilder(features, metrics, keep_feats=bool(bootstrap))
             sample_seconds = eval_seconds = 0.0
             t0 = time.perf_counter()
-            for _, x, _ in generate(net, prepared, mine, batch_size, class_labels, device):
+            for _, x, _ in generate(prepared.net, prepared, mine, batch_size, class_labels, device):
                 t1 = time.perf_counter()
                 builder.add(x)
                 t2 = time.perf_counter()

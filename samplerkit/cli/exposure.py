@@ -9,8 +9,9 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..remedies import Remedies
 from ..runs import model_sha256
-from ._options import load_model, model_options, remedy_options, speed_option, with_flag_names
+from ._options import SamplerCommand, load_model, model_options, speed_option
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -72,28 +73,22 @@ def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
     return x0, torch.as_tensor(lab, dtype=torch.int64)
 
 
-def _with_remedies(specs, settings, remedies: dict) -> list[exposure.ModelSpec]:
+def _with_remedies(specs, settings, remedies: Remedies) -> list[exposure.ModelSpec]:
     """Every model as given, each followed by its remedied variants: '<name>+ES<b>' (Epsilon
     Scaling, Ning et al. 2024) and '<name>+TS<w>/<c>' (time shift, Li et al. 2024), so that the
     delta table pairs them with the first model on the same images and noise."""
-    from ..generate import _eps_scaler, _time_shift
-    from ..remedies import eps_scaling
-
-    es = remedies.get("eps_scaler") is not None or remedies.get("eps_scaler_slope") is not None
-    b, k = _eps_scaler(remedies.get("eps_scaler")), float(remedies.get("eps_scaler_slope") or 0.0)
-    ts = _time_shift(remedies.get("time_shift"), remedies.get("ts_window"), remedies.get("ts_cutoff"),
-                     remedies.get("ts_mode"))
     out = []
+    es = Remedies(remedies.eps_scaler, remedies.slope) if remedies.eps_scaler is not None else None
+    ts = Remedies(time_shift=remedies.time_shift) if remedies.time_shift is not None else None
     for spec in specs:
         out.append(spec)
         chain = settings.chain(spec.net)
-        if es:
-            net = eps_scaling(spec.net, b, k, steps=exposure.chain_sigmas(chain.alpha_bar) if k else None)
-            out.append(exposure.ModelSpec(f"{spec.name}+ES{b:g}" + (f"{k:+g}t" if k else ""), net, spec.sha256))
+        if es is not None:
+            net, _ = es.apply(spec.net, exposure.chain_sigmas(chain.alpha_bar))
+            out.append(exposure.ModelSpec(spec.name + es.label(), net, spec.sha256))
         if ts is not None:
-            ts.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
-            tag = f"+TS{ts.window}/{ts.cutoff}" + ("ref" if ts.mode == "reference" else "")
-            out.append(exposure.ModelSpec(spec.name + tag, spec.net, spec.sha256, time_shift=ts))
+            ts.time_shift.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
+            out.append(exposure.ModelSpec(spec.name + ts.label(), spec.net, spec.sha256, time_shift=ts.time_shift))
     return out
 
 
@@ -120,13 +115,9 @@ def _fid_reference(path: str | None):
         raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
 
 
-def _remedies(fn):
-    for opt in reversed(remedy_options()):
-        fn = opt(fn)
-    return fn
-
-
-@click.command(name="exposure-bias", context_settings={"max_content_width": 100},
+@click.command(name="exposure-bias", cls=SamplerCommand, sampler_knobs=False, guidance=False,
+               knobs_after="quiet",
+               context_settings={"max_content_width": 100},
                short_help="Exposure bias as Ning et al. 2023 measure it: delta_t, FID of x0_hat, nu_t, normality.")
 @model_options(DEFAULT_MODEL, several="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and "
                                       "ADM-IP) in one table.", families=("adm", "iddpm", "edm"))
@@ -168,7 +159,6 @@ def _remedies(fn):
 @click.option("--device", default="cpu", show_default=True)
 @speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
-@_remedies
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
             stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet,
             **remedies):
@@ -206,10 +196,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
 
     speed = speed or speed_lib.default_mode()
     specs = _load_models(models, family, flags, preset, device, speed, batch, log)
-    try:
-        specs = _with_remedies(specs, settings, remedies)
-    except SamplerkitError as e:
-        raise SamplerkitError(with_flag_names(str(e))) from e
+    specs = _with_remedies(specs, settings, Remedies.from_options(**remedies))
     exposure.plan(specs, num_images, settings)  # bad t values fail before any data is read
     x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
     features = real = None
