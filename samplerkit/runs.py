@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
@@ -275,7 +274,7 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
             files = [manifest["npz"]] if s.fmt == "npz" else [
                 f"{output.png_path('', seed_list[0]).as_posix()} ... {output.png_path('', seed_list[-1]).as_posix()}"]
             files += ([manifest["npz"]] if s.fmt == "both" else []) + (["grid.png"] if s.grid else [])
-            click.echo(f"{len(seed_list)} images ({new_total} new) in {out}/: {', '.join(files + ['manifest.json'])}")
+            print(f"{len(seed_list)} images ({new_total} new) in {out}/: {', '.join(files + ['manifest.json'])}")
         return manifest
     finally:
         if given is not None:
@@ -297,17 +296,21 @@ def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int):
         distributed.barrier()
         if not s.quiet and record["mode"] == "fast":
             how = "cached choice" if record["cached"] else f"autotuned at batch {batch}"
-            click.echo(f"speed: fast -> {record['policy']} ({how}; --speed exact for upstream's arithmetic)", err=True)
+            _note(f"speed: fast -> {record['policy']} ({how}; --speed exact for upstream's arithmetic)")
     return fast_net, record
 
 
 def _notes(prepared, dtype: str, device: torch.device) -> None:
     """One line each on stderr for settings that are legal but rarely what a person means."""
     if prepared.name == "stochastic" and prepared.settings.get("S_churn") == 0:
-        click.echo("note: the stochastic sampler with S_churn = 0 is exactly heun; set --S-churn for churn",
-                   err=True)
+        _note("note: the stochastic sampler with S_churn = 0 is exactly heun; set --S-churn for churn")
     if dtype != "float32" and device.type == "cpu":
-        click.echo(f"warning: --dtype {dtype} on a CPU is emulated and usually much slower than float32", err=True)
+        _note(f"warning: --dtype {dtype} on a CPU is emulated and usually much slower than float32")
+
+
+def _note(text: str) -> None:
+    """One line for the person running the command, on stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 class _NonFinite(Exception):

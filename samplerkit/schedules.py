@@ -174,13 +174,3 @@ def _sections(T: int, counts: list[int], spec: str) -> torch.Tensor:
             position += stride
         start += length
     return torch.tensor(sorted(set(steps)), dtype=torch.int64)
-
-
-def sigmas_from_timesteps(alphas_cumprod, steps) -> torch.Tensor:
-    """Descending sigma grid (last 0) of the given training timesteps: sigma = sqrt((1-abar)/abar)."""
-    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    steps = torch.as_tensor(steps, dtype=torch.int64).flatten()
-    if steps.numel() == 0 or int(steps.min()) < 0 or int(steps.max()) >= ab.numel():
-        raise SamplerkitError(f"timesteps must lie in [0, {ab.numel() - 1}]")
-    a = ab[steps.sort(descending=True).values]
-    return _with_zero(((1 - a) / a).sqrt())

@@ -14,6 +14,7 @@ from ..generate import GRID_KNOBS
 from ..guidance import GUIDANCE_KNOBS
 from ..knobs import Knob
 from ..remedies import REMEDY_KNOBS
+from ..runs import pick_device
 
 
 def parse_value(text: str):
@@ -71,6 +72,21 @@ def model_options(default_model: str | None, several: str | None = None,
         return wrapper
 
     return decorate
+
+
+def _concrete_device(ctx, param, value):
+    return str(pick_device(value)) if value == "auto" else value
+
+
+def device_option() -> Callable:
+    """``--device auto|cpu|cuda|cuda:N``; auto (the default of every command) is CUDA when available, else the CPU."""
+    return click.option("--device", default="auto", show_default=True, callback=_concrete_device,
+                        help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N.")
+
+
+def hidden_alias(*decls: str, **kwargs) -> Callable:
+    """An old spelling of an option, kept hidden for one release (its value wins when given)."""
+    return click.option(*decls, hidden=True, default=None, **kwargs)
 
 
 def speed_option(default: str = "fast") -> Callable:
@@ -169,10 +185,33 @@ class TableChoice(click.Choice):
         pass
 
 
+# --help sections of the sampling commands; a parameter not named here is listed under "other"
+_SECTIONS = {
+    "model": ("model", "models", "family", "flags", "preset", "low_res", "then_upsample", "upsample_sampler",
+              "upsample_steps", "data"),
+    "sampler": ("sampler", "samplers", "steps", "seeds", "num_images", "class_labels"),
+    "remedies": tuple(REMEDY_KNOBS),
+    "guidance": tuple(GUIDANCE_KNOBS),
+    "evaluation": ("ref", "ref_images", "metrics", "fid_mode", "kid_subsets", "kid_subset_size", "bootstrap_rounds",
+                   "force_pipeline", "eval_seed", "t_values", "modes", "stride", "fid_ref", "reference", "seed",
+                   "clip_denoised", "no_resize"),
+    "output": ("out", "fmt", "grid", "overwrite", "csv_path", "plot_path", "pairs_dir", "show_table"),
+    "execution": ("batch", "device", "dtype", "speed", "inception", "quiet"),
+}
+
+
+def _section(name: str) -> str:
+    for title, names in _SECTIONS.items():
+        if name in names:
+            return title
+    return "sampler" if name in _knob_params() and name not in REMEDY_KNOBS else "other"
+
+
 class SamplerCommand(click.Command):
-    """A command whose sampler (and remedy) options are generated from the tables when it runs or
-    prints its help, after the parameter ``knobs_after``; a library error it raises names the
-    flags the user typed (:func:`with_flag_names`)."""
+    """A command whose sampler (and remedy, guidance) options are generated from the tables when it runs
+    or prints its help, after the parameter ``knobs_after``, and whose --help lists its options in
+    sections (model, sampler, remedies, guidance, output, execution); a library error it raises names
+    the flags the user typed (:func:`with_flag_names`)."""
 
     def __init__(self, *args, knobs_after: str = "steps", remedies: bool = True, sampler_knobs: bool = True,
                  guidance: bool = True, **kwargs):
@@ -185,6 +224,17 @@ class SamplerCommand(click.Command):
         generated = [knob_option(n, *entry) for n, entry in table.items()]
         at = next((i + 1 for i, p in enumerate(params) if p.name == self.knobs_after), len(params))
         return params[:at] + generated + params[at:]
+
+    def format_options(self, ctx, formatter) -> None:
+        rows: dict[str, list] = {title: [] for title in (*_SECTIONS, "other")}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                rows[_section(param.name)].append(record)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(f"{title.capitalize()} options"):
+                    formatter.write_dl(records)
 
     def invoke(self, ctx):
         try:

@@ -11,7 +11,7 @@ from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..remedies import Remedies
 from ..runs import model_sha256
-from ._options import SamplerCommand, load_model, model_options, speed_option
+from ._options import SamplerCommand, device_option, hidden_alias, load_model, model_options, speed_option
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -135,14 +135,16 @@ def _fid_reference(path: str | None):
               help="Measure on a respaced chain (Nichol & Dhariwal 2021, Sec. 4): 'K', 'ddimK' or '10,15,20'; "
                    "--t then counts its steps, and rows say so (--respacing 100 --t 60: 't = 596 of T = 1000 "
                    "via 60 respaced steps')  [default: the full chain].")
-@click.option("--ref", "reference", default="linear:1000", show_default=True,
-              help="Reference DDPM schedule NAME[:T] for models without a discrete chain (EDM/VP/VE, analytic).")
+@click.option("--ddpm-schedule", "reference", default="linear:1000", show_default=True,
+              help="DDPM schedule NAME[:T] of the chain for models without one of their own (EDM/VP/VE, analytic).")
+@hidden_alias("--ref", "old_reference")
 @click.option("--stride", type=int, default=10, show_default=True,
               help="t grid of nu and normality: stride, 2 stride, ..., T.")
-@click.option("--clip-denoised/--no-clip-denoised", default=True, show_default=True,
+@click.option("--clip/--no-clip", "clip_denoised", default=True, show_default=True,
               help="Clip x0_hat to [-1, 1] at every chain step (delta, fid; guided-diffusion's default, which "
                    "the authors' measurements use) and before e_t = x0_hat - x0 (nu, normality). Every row "
                    "records the setting.")
+@hidden_alias("--clip-denoised/--no-clip-denoised", "old_clip_denoised")
 @click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
               help="Variance of the fid mode's ancestral steps "
                    "[default: learned if the model has it, else fixedsmall].")
@@ -156,12 +158,12 @@ def _fid_reference(path: str | None):
 @click.option("--pairs", "pairs_dir", default=None, type=click.Path(file_okay=False),
               help="Directory for (x0, x0_hat) PNGs.")
 @click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
-            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet,
-            **remedies):
+            old_reference, stride, clip_denoised, old_clip_denoised, variance, fid_ref, csv_path, plot_path,
+            pairs_dir, no_resize, device, speed, quiet, **remedies):
     """Measure exposure bias as Ning et al. 2023 do: delta_t of Alg. 4 / Tab. 6, the FID variant of
     Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
 
@@ -171,8 +173,8 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     (rows '<model>+ES<b>', '<model>+TS<w>/<c>'), paired with the first model.
 
     Discrete eps-models run on their own full T-step chain; other models on the reference schedule
-    (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
-    [-1, 1] unless --no-clip-denoised. With several --model, every model sees the same images and
+    (--ddpm-schedule) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
+    [-1, 1] unless --no-clip. With several --model, every model sees the same images and
     noise, and the delta table adds each model's paired difference to the first (95% t interval).
 
     \b
@@ -186,6 +188,8 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
       samplerkit exposure-bias --mode eps-norm --respacing 50 --stride 5 --csv eps.csv --plot eps.png
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    reference = old_reference or reference  # --ref and --clip-denoised: the spellings before 0.x, hidden
+    clip_denoised = clip_denoised if old_clip_denoised is None else old_clip_denoised
     if num_images < 1:
         raise SamplerkitError(f"--num-images must be >= 1, got {num_images}")
     settings = exposure.Settings(modes=_modes(modes), t_values=_int_list(t_values, "--t"),

@@ -13,7 +13,7 @@ from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..runs import model_sha256
-from ._options import load_model, model_options
+from ._options import device_option, load_model, model_options
 
 
 def _load_images(data: str, n: int, resolution: int, log):
@@ -69,7 +69,7 @@ def _load_images(data: str, n: int, resolution: int, log):
                    "sigma_min^2)) [default: the model's].")
 @click.option("--sigma-max", "sigma_max", type=float, default=None,
               help="ODE: upper end, where the prior N(0, sigma_max^2) is taken [default: the model's].")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(models, family, flags, preset, data, num_images, method, csv_path, batch, seed, clip, variance, atol,
             rtol, probes, probe, dequantize, sigma_min, sigma_max, device, quiet):

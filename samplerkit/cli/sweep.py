@@ -19,6 +19,7 @@ from ..runs import load_classifier, model_sha256, resolve_sampler
 from ._options import (
     SamplerCommand,
     chosen_options,
+    device_option,
     load_model,
     model_options,
     parse_flags,
@@ -123,7 +124,7 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 @click.option("--table", "show_table", is_flag=True, help="Print the sweep as a table.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per sampler batch.")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,

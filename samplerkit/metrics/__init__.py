@@ -26,7 +26,6 @@ from .inception import (
     as_uint8,
     check_mode,
     clean_resize,
-    inception,
     inception_path,
     legacy_tensorflow_resize,
     network_sha256,
