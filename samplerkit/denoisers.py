@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .diffusion import sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
+from .diffusion import per_sample, sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
 from .errors import SamplerkitError
 
 # ---------------------------------------------------------------------------------------------
@@ -120,9 +120,8 @@ class Denoiser(torch.nn.Module):
 
 
 def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma as a float64 tensor of shape [B, 1, 1, 1] (from a scalar, [B] or [B,1,1,1])."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-    return sigma.reshape(-1, *([1] * (x.ndim - 1))).expand(x.shape[0], *([1] * (x.ndim - 1)))
+    """sigma as a float64 tensor of shape [B, 1, 1, 1] (from a scalar, [B] or [B,1,1,1]), one per image."""
+    return per_sample(sigma, x, torch.float64).expand(x.shape[0], *([1] * (x.ndim - 1)))
 
 
 class DiscreteEpsDenoiser(Denoiser):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .denoisers import DenoiserWrapper, training_alpha_bar
-from .diffusion import sigma_from_alpha_bar
+from .diffusion import per_sample, sigma_from_alpha_bar
 from .errors import SamplerkitError
 from .knobs import Knob
 from .samplers import chain_alpha_bar
@@ -209,7 +209,7 @@ class BoundTimeShift:
         t_s = taus[((var.reshape(-1, 1) - (1 - self.full[taus]).reshape(1, -1)) ** 2).argmin(1)]
         if bool((t_s == cur).all()):
             return ab, ab_prev
-        return _per_sample(self.full[t_s], x), ab_prev
+        return per_sample(self.full[t_s], x), ab_prev
 
     def _reference(self, cur, var, ab, ab_prev, x):
         T, K, w = self.full.numel(), self.timesteps.numel(), self.ts.window
@@ -230,7 +230,7 @@ class BoundTimeShift:
                 f"time-shift mode 'reference' lands a step from timestep {cur} at a noisier level than it starts "
                 f"from{' (below timestep 0, which wraps there)' if bool((m < 0).any()) else ''}; TS-DPM-ADM's code "
                 f"gives NaN there. Use a window below {2 * (T // (K - 1))} and a larger cutoff, or mode 'paper'")
-        return ab, _per_sample(landing, x)
+        return ab, per_sample(landing, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,10 +362,6 @@ REMEDY_KNOBS: dict[str, Knob] = {
     "ts_cutoff": Knob("No time shift at or below training timestep C (default 300).", type=int, metavar="C"),
     "ts_mode": Knob("paper (default) or reference = TS-DPM-ADM's DDIM code (see samplerkit.remedies).", TS_MODES),
 }
-
-
-def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return values.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def time_shift(window: int = 80, cutoff: int = 300, mode: str = "paper") -> TimeShift:
