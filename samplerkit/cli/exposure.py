@@ -11,6 +11,7 @@ from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..remedies import Remedies
 from ..runs import model_sha256
+from ..samplers import VARIANCES
 from ._options import SamplerCommand, device_option, hidden_alias, load_model, model_options, speed_option
 
 
@@ -145,7 +146,7 @@ def _fid_reference(path: str | None):
                    "the authors' measurements use) and before e_t = x0_hat - x0 (nu, normality). Every row "
                    "records the setting.")
 @hidden_alias("--clip-denoised/--no-clip-denoised", "old_clip_denoised")
-@click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
+@click.option("--variance", type=click.Choice(list(VARIANCES)), default=None,
               help="Variance of the fid mode's ancestral steps "
                    "[default: learned if the model has it, else fixedsmall].")
 @click.option("--fid-ref", default=None, type=click.Path(dir_okay=False),

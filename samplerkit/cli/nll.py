@@ -13,6 +13,7 @@ from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..runs import model_sha256
+from ..samplers import VARIANCES
 from ._options import device_option, load_model, model_options
 
 
@@ -53,7 +54,7 @@ def _load_images(data: str, n: int, resolution: int, log):
               help="Image i's noise (VLB) or probes (ODE) come from a generator seeded with seed + i.")
 @click.option("--clip/--no-clip", "clip", default=True, show_default=True,
               help="VLB: clamp the x0 prediction to [-1, 1] (as improved-diffusion's image_nll.py).")
-@click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]), default="auto",
+@click.option("--variance", type=click.Choice(["auto", *VARIANCES]), default="auto",
               show_default=True,
               help="VLB: the reverse variance (auto: learned when the model has it, else fixedlarge).")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="ODE: absolute tolerance of the solver.")
