@@ -65,8 +65,8 @@ def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
 def per_sample(values, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A scalar or per-image ``values`` ([B]) shaped [B, 1, ..., 1] to broadcast over ``x`` [B, ...], on
     x's device (in ``dtype`` when given): the one broadcast of a per-sample sigma, abar or weight."""
-    values = torch.as_tensor(values, device=x.device)
-    return (values if dtype is None else values.to(dtype)).reshape(-1, *([1] * (x.ndim - 1)))
+    values = torch.as_tensor(values, dtype=dtype, device=x.device)  # a Python float straight to dtype
+    return values.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def sigma_from_alpha_bar(alpha_bar):
