@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-ATTENTION_BACKENDS = ("einsum", "sdpa")
+from samplerkit.speed import Network
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -225,7 +225,7 @@ class AttentionBlock(nn.Module):
         return torch.einsum("bnts,bncs->bnct", w, v).reshape(B, n * ch, T)
 
 
-class UNetModel(nn.Module):
+class UNetModel(Network):
     """The ADM / iDDPM UNet: ``forward(x [B, C, H, W], timesteps [B], y [B] int | None) -> [B, out, H, W]``.
 
     ``attention_resolutions`` are downsample rates (1, 2, 4, ...), as in the upstream class;
@@ -338,13 +338,9 @@ class UNetModel(nn.Module):
         """dtype the encoder/middle/decoder run in (that of the first convolution)."""
         return self.input_blocks[0][0].weight.dtype
 
-    def set_attention_backend(self, backend: str) -> None:
-        """Run every attention block with the upstream ``"einsum"`` arithmetic (default) or ``"sdpa"``."""
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
-        for m in self.modules():
-            if isinstance(m, AttentionBlock):
-                m.backend = backend
+    def attention_blocks(self) -> list[nn.Module]:
+        """The attention blocks whose ``backend`` :mod:`samplerkit.speed` sets."""
+        return [m for m in self.modules() if isinstance(m, AttentionBlock)]
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):

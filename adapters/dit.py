@@ -62,6 +62,7 @@ from samplerkit.autoencoders import ScaledVAE
 from samplerkit.denoisers import Denoiser, DiscreteEpsDenoiser, _per_sample
 from samplerkit.diffusion import alpha_bar_from_betas, betas_for
 from samplerkit.errors import SamplerkitError
+from samplerkit.speed import Network
 
 FAMILIES = ("dit", "sit")
 # (depth, hidden_size, num_heads) of the upstream model tables; the patch size is the /2, /4, /8
@@ -199,7 +200,7 @@ class _LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
-class DiT(nn.Module):
+class DiT(Network):
     """The DiT / SiT transformer: ``forward(x, t, y) -> [B, out_channels, H, W]`` on latents x,
     time t [B] (DiT: the integer training timestep; SiT: t in [0, 1]) and int labels y [B]
     (``num_classes`` = the null label when ``label_rows = num_classes + 1``)."""
@@ -230,6 +231,10 @@ class DiT(nn.Module):
         for block in self.blocks:
             x = block(x, c)
         return self.unpatchify(self.final_layer(x, c))
+
+    def attention_blocks(self) -> list[nn.Module]:
+        """The attention layers whose ``backend`` the speed policy sets (samplerkit.speed.Network)."""
+        return [m for m in self.modules() if isinstance(m, Attention)]
 
     def set_attention_backend(self, backend: str) -> None:
         """Run every attention layer with the upstream ``"einsum"`` arithmetic (default) or ``"sdpa"``."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .diffusion import sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
+from .diffusion import per_sample, sigma_from_alpha_bar, vp_sigma, vp_sigma_inv
 from .errors import SamplerkitError
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +93,12 @@ class Denoiser(torch.nn.Module):
         is None unless ``learned_variance``."""
         return self(x, sigma, class_labels), None
 
+    def split_guidance(self):
+        """(denoiser, cond_fn): a denoiser whose guidance the sampler applies itself (guided-diffusion's
+        ``cond_fn``, e.g. classifier guidance in its upstream form) returns its unguided model and that
+        function; every other one (self, None)."""
+        return self, None
+
     def prepare_labels(self, class_labels, batch: int, device) -> torch.Tensor | None:
         """Validate labels: int [B] (or one-hot [B, label_dim]) -> one-hot float32 [B, label_dim]."""
         if self.label_dim == 0:
@@ -114,9 +120,8 @@ class Denoiser(torch.nn.Module):
 
 
 def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma as a float64 tensor of shape [B, 1, 1, 1] (from a scalar, [B] or [B,1,1,1])."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-    return sigma.reshape(-1, *([1] * (x.ndim - 1))).expand(x.shape[0], *([1] * (x.ndim - 1)))
+    """sigma as a float64 tensor of shape [B, 1, 1, 1] (from a scalar, [B] or [B,1,1,1]), one per image."""
+    return per_sample(sigma, x, torch.float64).expand(x.shape[0], *([1] * (x.ndim - 1)))
 
 
 class DiscreteEpsDenoiser(Denoiser):
@@ -190,6 +195,14 @@ class DiscreteEpsDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         return self.denoise_with_variance(x, sigma, class_labels)[0]
+
+
+def split_guidance(net, cond_fn=None):
+    """(denoiser, cond_fn) a discrete-chain sampler runs: ``cond_fn`` when given, else what ``net``
+    declares (:meth:`Denoiser.split_guidance`)."""
+    if cond_fn is not None or not isinstance(net, Denoiser):
+        return net, cond_fn
+    return net.split_guidance()
 
 
 def training_alpha_bar(net) -> torch.Tensor | None:

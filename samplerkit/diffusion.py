@@ -62,6 +62,13 @@ def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
 # sigma <-> abar <-> t (Karras et al. 2022 (EDM), Table 1)
 
 
+def per_sample(values, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A scalar or per-image ``values`` ([B]) shaped [B, 1, ..., 1] to broadcast over ``x`` [B, ...], on
+    x's device (in ``dtype`` when given): the one broadcast of a per-sample sigma, abar or weight."""
+    values = torch.as_tensor(values, dtype=dtype, device=x.device)  # a Python float straight to dtype
+    return values.reshape(-1, *([1] * (x.ndim - 1)))
+
+
 def sigma_from_alpha_bar(alpha_bar):
     """sigma = sqrt((1 - abar) / abar); works on floats, numpy arrays and tensors."""
     return ((1 - alpha_bar) / alpha_bar) ** 0.5

@@ -19,6 +19,9 @@ import torch
 from . import samplers, schedules
 from .denoisers import DenoiserWrapper, training_alpha_bar
 from .errors import SamplerkitError
+from .guidance import Guidance
+from .knobs import Knob
+from .remedies import REMEDY_KNOBS, Remedies
 from .seeds import StackedRandomGenerator
 
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
@@ -27,6 +30,14 @@ DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
 # also takes a respacing of the model's training timesteps
 GRID_OPTIONS: dict[str, object] = {"disc": "edm", "sigma_min": None, "sigma_max": None, "rho": 7.0}
 CHAIN_OPTIONS: dict[str, object] = {"respacing": None}
+GRID_KNOBS: dict[str, Knob] = {
+    "respacing": Knob("Timestep respacing of a discrete model (Nichol & Dhariwal 2021, Sec. 4): 'K', 'ddimK' or "
+                      "'10,15,20'.", type=str),
+    "disc": Knob("Step discretization (Karras et al. 2022 (EDM), Table 1).", DISCRETIZATIONS),
+    "sigma_min": Knob("Lowest noise level of the grid.", type=float),
+    "sigma_max": Knob("Highest noise level of the grid.", type=float),
+    "rho": Knob("EDM grid exponent rho (Eq. 5), default 7.", type=float),
+}
 
 
 def sampler_options(sampler: str) -> dict[str, object]:
@@ -47,6 +58,7 @@ class PreparedSampler:
     nfe: int
     settings: dict
     run: Callable = field(repr=False)
+    net: object = field(default=None, repr=False)  # the denoiser it runs (guided, with its remedies)
 
 
 def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=None, rho: float = 7.0) -> torch.Tensor:
@@ -73,104 +85,86 @@ def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=Non
     return schedules.iddpm(steps, net=net, sigma_min=lo, sigma_max=hi)
 
 
-def make_sampler(net, sampler: str, steps: int, *, eps_scaler=None, eps_scaler_slope=None, time_shift=None,
-                 ts_window=None, ts_cutoff=None, ts_mode=None, **options) -> PreparedSampler:
-    """Resolve ``sampler`` with ``steps`` and its options into a runnable :class:`PreparedSampler`.
+def make_sampler(net, sampler: str, steps: int, *, remedies: Remedies | None = None,
+                 guidance: Guidance | None = None, **knobs) -> PreparedSampler:
+    """Resolve ``sampler`` with ``steps`` and its knobs into a runnable :class:`PreparedSampler`.
 
-    Unknown options for the chosen sampler are an error. For ``ddim``/``ancestral`` on a
+    Unknown knobs for the chosen sampler are an error. For ``ddim``/``ancestral`` on a
     discrete-time model the chain is ``respace(T, respacing or str(steps))``; on a continuous
     model it is the sigma grid of ``disc``.
 
-    Exposure-bias remedies (:mod:`samplerkit.remedies`): ``eps_scaler`` b and ``eps_scaler_slope``
-    k wrap the denoiser in Epsilon Scaling, lambda = b + k t with t the step index on this run's
-    grid (Ning et al. 2024 (ES)); ``time_shift`` (True or a :class:`~samplerkit.remedies.TimeShift`)
-    with ``ts_window``/``ts_cutoff``/``ts_mode`` is the Time-Shift sampler of ddim/ancestral
-    (Li et al. 2024 (TS)). The settings record them when given.
+    ``remedies``: the exposure-bias remedies (:class:`samplerkit.remedies.Remedies`: Epsilon Scaling,
+    lambda = b + k t with t the step index on this run's grid, Ning et al. 2024 (ES); the Time-Shift
+    sampler of ddim/ancestral, Li et al. 2024 (TS)); their option names (``eps_scaler``,
+    ``eps_scaler_slope``, ``time_shift``, ``ts_window``, ``ts_cutoff``, ``ts_mode``) are accepted as
+    knobs too. The settings record them when given. ``guidance``: a loaded
+    :class:`samplerkit.guidance.Guidance`, applied to ``net`` (the settings do not record it: a run
+    records it beside them).
     """
-    from . import remedies
-
+    remedies = _remedies(remedies, {k: knobs.pop(k) for k in REMEDY_KNOBS if k in knobs})
     row = samplers.info(sampler)
     schedules._check_steps(steps)
-    defaults = sampler_options(sampler)
-    unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
-    if unknown:
-        raise SamplerkitError(f"option(s) {', '.join(unknown)} do not apply to the {sampler} sampler "
-                              f"(it takes: {', '.join(defaults)})")
-    opts = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
-    if opts["rho"] <= 0:
-        raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
-    if row.resolve is not None:  # so that a run fails before it starts
-        opts = row.resolve(net, opts)
-
-    alpha_bar = training_alpha_bar(net)
-    if row.grid == "chain" and alpha_bar is not None:
-        given = [k for k in GRID_OPTIONS if options.get(k) is not None]
-        if given:  # the chain is the model's own training timesteps: a sigma grid knob would be ignored
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise SamplerkitError(f"{flags} do(es) not apply to {sampler} on a discrete-time model, whose chain is "
-                                  "its own respaced training timesteps; use --steps or --respacing")
-        grid = schedules.respace(alpha_bar.numel(), opts["respacing"] or str(steps))
-        steps = grid.numel()
-        for k in ("disc", "sigma_min", "sigma_max", "rho"):
-            opts.pop(k)
-        opts["respacing"] = opts["respacing"] or str(steps)
-    else:
-        if opts.get("respacing"):
-            raise SamplerkitError("--respacing needs a discrete-time model (ADM/iDDPM); use --disc for this model")
-        opts.pop("respacing", None)
-        grid = sigma_grid(net, steps, opts["disc"], opts["sigma_min"], opts["sigma_max"], opts["rho"])
-        opts["sigma_min"], opts["sigma_max"] = float(grid[-2]), float(grid[0])  # as used, after clamping
-
-    fn = row.fn
+    opts = _options(net, sampler, knobs)
+    grid, steps, opts = _grid(net, sampler, steps, opts, knobs)
     kwargs = {k: v for k, v in opts.items() if k in row.knobs}
-    remedy_settings = {}
-    ts = _time_shift(time_shift, ts_window, ts_cutoff, ts_mode)
-    if ts is not None:
-        if row.grid != "chain":
-            raise SamplerkitError(f"time_shift applies to the samplers on a discrete chain (ddim, ancestral), "
-                                  f"not {sampler}")
-        ts.bind(net, samplers.chain_alpha_bar(net, grid), sampler)  # fails before the run
-        kwargs["time_shift"] = ts
-        remedy_settings.update(ts.settings())
-    if eps_scaler is not None or eps_scaler_slope is not None:
-        b, k = _eps_scaler(eps_scaler), float(eps_scaler_slope or 0.0)
-        net = remedies.eps_scaling(net, b, k, steps=grid if k else None)
-        remedy_settings.update(eps_scaler=b, eps_scaler_slope=k)
+    if guidance is not None:
+        net, extra = guidance.apply(net, row.fn)
+        kwargs.update(extra)
+    net, extra = remedies.apply(net, grid, sampler, chain=row.grid == "chain")
+    kwargs.update(extra)
+    fn = row.fn
     if row.stochastic:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, randn_like=randn_like, **kwargs)  # noqa: E731
     else:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
-    settings = {"sampler": sampler, "steps": steps, **opts, **remedy_settings}
-    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run)
+    settings = {"sampler": sampler, "steps": steps, **opts, **remedies.settings()}
+    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run, net)
 
 
-def _eps_scaler(value) -> float:
-    """One eps_scaler b from a number or its text (a comma list is a sweep axis, not one run)."""
-    if value is None:
-        return 1.0
-    if isinstance(value, str) and "," in value:
-        raise SamplerkitError(f"eps_scaler takes one value here, got {value!r}; a list is a sweep axis "
-                              "(samplerkit sweep --eps-scaler 1.0,1.002,1.005)")
-    try:
-        return float(value)
-    except ValueError:
-        raise SamplerkitError(f"bad eps_scaler {value!r}; use a number like 1.005") from None
+def _remedies(remedies: Remedies | None, options: dict) -> Remedies:
+    """The run's remedies: the object, or one made from its option names (not both)."""
+    if any(v is not None for v in options.values()):
+        if remedies is not None:
+            raise SamplerkitError("give remedies or their options (eps_scaler, time_shift, ...), not both")
+        return Remedies.from_options(**options)
+    return remedies or Remedies()
 
 
-def _time_shift(time_shift, window, cutoff, mode):
-    """The TimeShift a run uses (None: off); window/cutoff/mode without time_shift are an error."""
-    from .remedies import TimeShift
+def _options(net, sampler: str, knobs: dict) -> dict:
+    """The sampler's options as the run uses them: the user's over the defaults, each checked once."""
+    row = samplers.info(sampler)
+    defaults = sampler_options(sampler)
+    unknown = sorted(k for k, v in knobs.items() if k not in defaults and v is not None)
+    if unknown:
+        raise SamplerkitError(f"option(s) {', '.join(unknown)} do not apply to the {sampler} sampler "
+                              f"(it takes: {', '.join(defaults)})")
+    opts = {k: (knobs[k] if knobs.get(k) is not None else v) for k, v in defaults.items()}
+    if opts["rho"] <= 0:
+        raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
+    samplers.check_choices(sampler, {k: v for k, v in opts.items() if k in row.knobs})
+    return row.resolve(net, opts) if row.resolve is not None else opts  # so that a run fails before it starts
 
-    if isinstance(time_shift, TimeShift):
-        return time_shift
-    if not time_shift:
-        given = [n for n, v in (("ts_window", window), ("ts_cutoff", cutoff), ("ts_mode", mode)) if v is not None]
-        if given:
-            raise SamplerkitError(f"{', '.join(given)} need(s) time_shift; add --time-shift")
-        return None
-    defaults = TimeShift()
-    return TimeShift(defaults.window if window is None else window, defaults.cutoff if cutoff is None else cutoff,
-                     mode or defaults.mode)
+
+def _grid(net, sampler: str, steps: int, opts: dict, knobs: dict):
+    """(the grid the sampler runs on, its step count, the options as recorded)."""
+    alpha_bar = training_alpha_bar(net)
+    if samplers.info(sampler).grid == "chain" and alpha_bar is not None:
+        given = [k for k in GRID_OPTIONS if knobs.get(k) is not None]
+        if given:  # the chain is the model's own training timesteps: a sigma grid knob would be ignored
+            raise SamplerkitError(f"{', '.join(given)} do(es) not apply to {sampler} on a discrete-time model, "
+                                  "whose chain is its own respaced training timesteps; use steps or respacing")
+        grid = schedules.respace(alpha_bar.numel(), opts["respacing"] or str(steps))
+        steps = grid.numel()
+        for k in GRID_OPTIONS:
+            opts.pop(k)
+        opts["respacing"] = opts["respacing"] or str(steps)
+        return grid, steps, opts
+    if opts.get("respacing"):
+        raise SamplerkitError("respacing needs a discrete-time model (ADM/iDDPM); use disc for this model")
+    opts.pop("respacing", None)
+    grid = sigma_grid(net, steps, opts["disc"], opts["sigma_min"], opts["sigma_max"], opts["rho"])
+    opts["sigma_min"], opts["sigma_max"] = float(grid[-2]), float(grid[0])  # as used, after clamping
+    return grid, steps, opts
 
 
 def resolve_labels(net, class_labels, n: int) -> str | int | list[int] | None:

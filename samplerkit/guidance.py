@@ -24,8 +24,13 @@ s (1 - abar) / sqrt(abar) g_t.
 ``scripts/classifier_sample.py`` exactly: the ancestral sampler shifts the posterior mean,
 mu + s Sigma g_t (``condition_mean``, Alg. 1, Sigma the step's variance); DDIM shifts eps after
 the x0 estimate was clipped (``condition_score``). The denoiser then returns the unguided D and
-those two samplers apply :meth:`ClassifierGuided.grad_log_prob` themselves
-(:func:`upstream_guidance`).
+those two samplers apply :meth:`ClassifierGuided.grad_log_prob` themselves, passed to them as
+guided-diffusion passes ``cond_fn`` (:meth:`ClassifierGuided.split_guidance`).
+
+A run's guidance is one value, :class:`Guidance` (a kind and its fields): parsed once
+(:meth:`Guidance.from_options`), its network loaded once (:meth:`Guidance.load`), and applied in
+one place (:meth:`Guidance.apply`, which returns the denoiser a sampler runs and what the sampler
+is given besides). A sweep axis is a list of them.
 
 Class labels given to the guided denoiser select y for the classifier; the base model gets them
 too when it is class-conditional (guided-diffusion's ``model_fn``), never otherwise.
@@ -33,14 +38,19 @@ too when it is class-conditional (guided-diffusion's ``model_fn``), never otherw
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from .denoisers import Denoiser, DenoiserWrapper, _per_sample
+from .denoisers import DenoiserWrapper, _per_sample
 from .errors import SamplerkitError
+from .knobs import Knob
 
 FORMS = ("score", "upstream")
+KINDS = ("classifier",)  # a second guiding network and classifier-free guidance come next
 
 
 class ClassifierGuided(DenoiserWrapper):
@@ -75,7 +85,6 @@ class ClassifierGuided(DenoiserWrapper):
         self.classifier = classifier
         self.scale, self.form = scale, form
         self.label_dim = num_classes
-        self._sampler_applies = 0  # > 0 while ddim/ancestral apply the upstream form themselves
 
     def labels(self, class_labels, batch: int, device) -> torch.Tensor:
         """The class y of every image (int64 [B]) from int or one-hot labels."""
@@ -101,13 +110,14 @@ class ClassifierGuided(DenoiserWrapper):
         """The labels for the base model: passed on when it is class-conditional, else none."""
         return class_labels if int(getattr(self.inner, "label_dim", 0)) else None
 
+    def split_guidance(self):
+        """In the upstream form: (the unguided base model, ``cond_fn(x_t, sigma, class_labels)`` =
+        s grad_{x_t} log p), for ddim / ancestral to apply as guided-diffusion does; else (self, None)."""
+        return (Unguided(self), self.grad_log_prob) if self.form == "upstream" else (self, None)
+
     def denoise_with_variance(self, x, sigma, class_labels=None):
         if self.form == "upstream":
-            if not self._sampler_applies:
-                raise SamplerkitError("guidance form 'upstream' (guided-diffusion's condition_mean / condition_score) "
-                                      "is applied by the ddim and ancestral samplers only; use form 'score' "
-                                      "with other samplers")
-            return super().denoise_with_variance(x, sigma, self.inner_labels(class_labels))
+            raise SamplerkitError(_UPSTREAM_ONLY)
         self.labels(class_labels, x.shape[0], x.device)  # before the network call: labels are required
         D, v = super().denoise_with_variance(x, sigma, self.inner_labels(class_labels))
         s = _per_sample(sigma, x)
@@ -127,29 +137,127 @@ def classifier_guided(net, clf, scale: float = 1.0, form: str = "score") -> Clas
     return ClassifierGuided(net, clf, scale, form)
 
 
-def find_guidance(net) -> ClassifierGuided | None:
-    """The :class:`ClassifierGuided` inside ``net``'s chain of wrappers, or None."""
-    while True:
-        if isinstance(net, ClassifierGuided):
-            return net
-        if not isinstance(net, DenoiserWrapper) or not isinstance(net.inner, Denoiser):
-            return None
-        net = net.inner
+_UPSTREAM_ONLY = ("guidance form 'upstream' (guided-diffusion's condition_mean / condition_score) is applied by "
+                  "the ddim and ancestral samplers only; use form 'score' with other samplers")
 
 
-@contextlib.contextmanager
-def upstream_guidance(net):
-    """For ddim / ancestral: yields the upstream-form :class:`ClassifierGuided` inside ``net`` (whose
-    denoiser then returns the unguided D for the sampler to apply the guidance), or None."""
-    guided = find_guidance(net)
-    if guided is None or guided.form != "upstream":
-        yield None
-        return
-    guided._sampler_applies += 1
+class Unguided(DenoiserWrapper):
+    """The base model of a :class:`ClassifierGuided` in the upstream form, for the sampler that applies
+    the guidance itself: D unguided, the labels routed as the guided denoiser routes them."""
+
+    def __init__(self, guided: ClassifierGuided):
+        super().__init__(guided.inner)
+        self.label_dim, self.guided = guided.label_dim, guided
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        self.guided.labels(class_labels, x.shape[0], x.device)  # labels are required, as for the guided one
+        return super().denoise_with_variance(x, sigma, self.guided.inner_labels(class_labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# the guidance of a run, as one value
+
+GUIDANCE_KNOBS: dict[str, Knob] = {
+    "classifier": Knob("Noisy-image classifier for classifier guidance (ADM-G): a zoo name such as "
+                       "adm-imagenet256-classifier, or a .pt with --classifier-flag.", type=str),
+    "classifier_flags": Knob("Upstream classifier_* / diffusion flag of a local classifier .pt; repeatable.",
+                             flag="--classifier-flag", type=str, metavar="KEY=VALUE"),
+    "classifier_scale": Knob("Classifier guidance scale s >= 0 [default: 1.0]; sweep takes a list (e.g. 0,1,4,10), "
+                             "one more axis of cells.", type=str, metavar="S"),
+    "guidance_form": Knob("score: D + s sigma^2 grad log p, every sampler (default); upstream: guided-diffusion's "
+                          "condition_mean (ancestral) / condition_score (ddim).", FORMS),
+}
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The guidance of a run: ``kind`` and its fields, checked when it is made.
+
+    ``kind="classifier"``: Dhariwal & Nichol 2021 with the noisy-image classifier ``name`` (a zoo
+    name or a ``.pt`` with its upstream ``flags``), scale ``scale`` >= 0 and ``form`` score | upstream.
+    ``network``: the loaded guiding network (:meth:`load`); ``interval`` = (sigma_lo, sigma_hi): guide
+    only inside it (Kynkaanniemi et al. 2024), for the kinds that take one. :meth:`apply` wraps a
+    denoiser; :meth:`settings` is what a manifest records.
+    """
+
+    kind: str = "classifier"
+    name: str = ""
+    scale: float = 1.0
+    form: str = "score"
+    flags: dict = field(default_factory=dict)
+    interval: tuple[float, float] | None = None
+    network: object = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise SamplerkitError(f"unknown guidance kind {self.kind!r}; use {' or '.join(KINDS)}")
+        if self.form not in FORMS:
+            raise SamplerkitError(f"unknown guidance_form {self.form!r}; use score or upstream")
+        if not (isinstance(self.scale, int | float) and self.scale >= 0):
+            raise SamplerkitError(f"classifier_scale must be >= 0, got {self.scale}")
+        if self.interval is not None:
+            raise SamplerkitError(f"a guidance interval does not apply to {self.kind} guidance")
+
+    @classmethod
+    def from_options(cls, classifier: str | None = None, classifier_flags: dict | None = None,
+                     classifier_scale=None, guidance_form: str | None = None) -> list[Guidance]:
+        """The guidance the options ask for, one per scale (a comma list '0.5,1,4' is a sweep axis); []
+        without a classifier, where the other options are an error."""
+        if classifier is None:
+            given = [n for n, v in (("classifier_flags", classifier_flags), ("classifier_scale", classifier_scale),
+                                    ("guidance_form", guidance_form)) if v]
+            if given:
+                raise SamplerkitError(f"{', '.join(given)} need(s) a classifier to guide with")
+            return []
+        return [cls("classifier", classifier, s, guidance_form or "score", dict(classifier_flags or {}))
+                for s in _scales(classifier_scale)]
+
+    def load(self, loader: Callable[[str, dict], object]) -> Guidance:
+        """This guidance with its network, ``loader(name, flags)`` (one load per run)."""
+        return self if self.network is not None else dataclasses.replace(self, network=loader(self.name, self.flags))
+
+    def apply(self, net, sampler_fn: Callable | None = None) -> tuple[object, dict]:
+        """(the denoiser a sampler runs, keyword arguments for the sampler). The score form is a denoiser
+        for every sampler; the upstream form is the base model plus guided-diffusion's ``cond_fn``, for
+        a sampler that takes one (``sampler_fn``'s signature says)."""
+        if self.network is None:
+            raise SamplerkitError(f"the guidance network {self.name} is not loaded; call Guidance.load first")
+        guided = ClassifierGuided(net, self.network, self.scale, self.form)
+        if self.form == "score":
+            return guided, {}
+        if sampler_fn is None or "cond_fn" not in inspect.signature(sampler_fn).parameters:
+            raise SamplerkitError(_UPSTREAM_ONLY)
+        base, cond_fn = guided.split_guidance()
+        return base, {"cond_fn": cond_fn}
+
+    @property
+    def label_dim(self) -> int:
+        """The classes the guided denoiser asks labels for."""
+        return int(self.network.num_classes)
+
+    def settings(self, sha256: str | None = None) -> dict:
+        """What a manifest records of this guidance."""
+        return {"classifier": self.name, "classifier_sha256": sha256 or None, "classifier_flags": dict(self.flags),
+                "classifier_scale": float(self.scale), "guidance_form": self.form}
+
+    def label(self) -> str:
+        """How a table names it: 'NAME scale S' (+ ' upstream')."""
+        return f"{self.name} scale {self.scale:g}" + (" upstream" if self.form == "upstream" else "")
+
+
+def _scales(text) -> list[float]:
+    """'0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]); each must be >= 0."""
+    if text is None:
+        return [1.0]
+    if isinstance(text, int | float):
+        text = repr(float(text))
     try:
-        yield guided
-    finally:
-        guided._sampler_applies -= 1
+        scales = list(dict.fromkeys(float(v) for v in str(text).split(",") if v.strip()))
+    except ValueError:
+        raise SamplerkitError(f"bad classifier_scale {text!r}; use a number like 1.0 (sweep: 0.5,1,4)") from None
+    if not scales or any(not v >= 0 for v in scales):
+        raise SamplerkitError(f"classifier_scale must be >= 0, got {text}")
+    return scales
 
 
 # ---------------------------------------------------------------------------------------------

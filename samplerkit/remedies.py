@@ -24,14 +24,17 @@ values their READMEs give) t is not used and ``steps`` is not needed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .denoisers import DenoiserWrapper, training_alpha_bar
-from .diffusion import sigma_from_alpha_bar
+from .diffusion import per_sample, sigma_from_alpha_bar
 from .errors import SamplerkitError
+from .knobs import Knob
+from .samplers import chain_alpha_bar
 
 # ---------------------------------------------------------------------------------------------
 # Epsilon Scaling (Ning et al. 2024 (ES))
@@ -100,8 +103,6 @@ def check_eps_scaler(b: float, k: float = 0.0, num_levels: int | None = None) ->
 def chain_levels(net, steps) -> torch.Tensor:
     """The ascending sigma levels (t = 0 .. K-1) of a sampler's grid: timesteps or an int N as
     ``ddim``/``ancestral`` take them, or a descending sigma grid ending in 0."""
-    from .samplers import chain_alpha_bar
-
     return sigma_from_alpha_bar(chain_alpha_bar(net, steps))
 
 
@@ -219,7 +220,7 @@ class BoundTimeShift:
         t_s = taus[((var.reshape(-1, 1) - (1 - self.full[taus]).reshape(1, -1)) ** 2).argmin(1)]
         if bool((t_s == cur).all()):
             return ab, ab_prev
-        return _per_sample(self.full[t_s], x), ab_prev
+        return per_sample(self.full[t_s], x), ab_prev
 
     def _reference(self, cur, var, ab, ab_prev, x):
         T, K, w = self.full.numel(), self.timesteps.numel(), self.ts.window
@@ -240,11 +241,138 @@ class BoundTimeShift:
                 f"time-shift mode 'reference' lands a step from timestep {cur} at a noisier level than it starts "
                 f"from{' (below timestep 0, which wraps there)' if bool((m < 0).any()) else ''}; TS-DPM-ADM's code "
                 f"gives NaN there. Use a window below {2 * (T // (K - 1))} and a larger cutoff, or mode 'paper'")
-        return ab, _per_sample(landing, x)
+        return ab, per_sample(landing, x)
 
 
-def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return values.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+# ---------------------------------------------------------------------------------------------
+# the remedies of a run, as one value
+
+
+@dataclass(frozen=True)
+class Remedies:
+    """The exposure-bias remedies of a run: Epsilon Scaling lambda = ``eps_scaler`` + ``slope`` t (None:
+    off) and the Time-Shift sampler ``time_shift`` (None: off). Checked when made; :meth:`apply` is
+    the one place they act; :meth:`settings` is what a manifest or CSV row records. A sweep axis is
+    a list of them."""
+
+    eps_scaler: float | None = None
+    slope: float = 0.0
+    time_shift: TimeShift | None = None
+
+    def __post_init__(self):
+        if self.eps_scaler is not None:
+            check_eps_scaler(float(self.eps_scaler), 0.0 if math.isfinite(self.slope) else self.slope)
+        elif self.slope:
+            raise SamplerkitError("eps_scaler_slope needs eps_scaler")
+
+    @classmethod
+    def from_options(cls, eps_scaler=None, eps_scaler_slope=None, time_shift=None, ts_window=None, ts_cutoff=None,
+                     ts_mode=None) -> Remedies:
+        """The remedies the options ask for: ``eps_scaler`` b (a number or its text; with only a slope,
+        b = 1), ``time_shift`` (True or a :class:`TimeShift`) with its window, cutoff and mode."""
+        es = eps_scaler is not None or eps_scaler_slope is not None
+        return cls(_eps_scaler(eps_scaler) if es else None, float(eps_scaler_slope or 0.0),
+                   _time_shift(time_shift, ts_window, ts_cutoff, ts_mode))
+
+    @classmethod
+    def axis(cls, eps_scaler=None, **options) -> list[Remedies]:
+        """A sweep axis: one :class:`Remedies` per Epsilon Scaling value of the list ``eps_scaler``
+        ('1.0,1.002,1.005'), each with the other options."""
+        values = _eps_scaler_list(eps_scaler)
+        return [cls.from_options(b, **options) for b in values or [None]]
+
+    def __bool__(self) -> bool:
+        return self.eps_scaler is not None or self.time_shift is not None
+
+    def for_sampler(self, chain: bool) -> Remedies:
+        """These remedies as a sampler takes them: the time shift only on a discrete chain (ddim, ancestral)."""
+        return self if chain or self.time_shift is None else dataclasses.replace(self, time_shift=None)
+
+    def apply(self, net, grid, sampler: str = "ddim", chain: bool = True) -> tuple[object, dict]:
+        """(the denoiser with Epsilon Scaling, the sampler's ``time_shift`` keyword) for a run of
+        ``sampler`` on ``grid``; a time shift off a discrete chain, or a bad lambda, fails here."""
+        kwargs = {}
+        if self.time_shift is not None:
+            if not chain:
+                raise SamplerkitError(f"time_shift applies to the samplers on a discrete chain (ddim, ancestral), "
+                                      f"not {sampler}")
+            self.time_shift.bind(net, chain_alpha_bar(net, grid), sampler)  # fails before the run
+            kwargs["time_shift"] = self.time_shift
+        if self.eps_scaler is not None:
+            net = eps_scaling(net, self.eps_scaler, self.slope, steps=grid if self.slope else None)
+        return net, kwargs
+
+    def settings(self) -> dict:
+        """What a manifest or CSV row records ({} for none)."""
+        out = {"eps_scaler": float(self.eps_scaler), "eps_scaler_slope": float(self.slope)} \
+            if self.eps_scaler is not None else {}
+        return {**out, **(self.time_shift.settings() if self.time_shift is not None else {})}
+
+    def label(self) -> str:
+        """'+ES1.005', '+ES1.005+0.002t', '+TS80/300' (+ 'ref'), as the exposure-bias rows name them."""
+        out = ""
+        if self.eps_scaler is not None:
+            out += f"+ES{self.eps_scaler:g}" + (f"{self.slope:+g}t" if self.slope else "")
+        if self.time_shift is not None:
+            ts = self.time_shift
+            out += f"+TS{ts.window}/{ts.cutoff}" + ("ref" if ts.mode == "reference" else "")
+        return out
+
+
+def _eps_scaler(value) -> float:
+    """One eps_scaler b from a number or its text (a comma list is a sweep axis, not one run)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, str) and "," in value:
+        raise SamplerkitError(f"eps_scaler takes one value here, got {value!r}; a list is a sweep axis "
+                              "(samplerkit sweep --eps-scaler 1.0,1.002,1.005)")
+    try:
+        return float(value)
+    except ValueError:
+        raise SamplerkitError(f"bad eps_scaler {value!r}; use a number like 1.005") from None
+
+
+def _eps_scaler_list(text) -> list[float] | None:
+    """'1.0,1.002,1.005' -> [1.0, 1.002, 1.005], the sweep's Epsilon Scaling axis (None: no ES)."""
+    if text is None:
+        return None
+    values = text if isinstance(text, list | tuple) else str(text).split(",")
+    try:
+        out = list(dict.fromkeys(float(v) for v in values if str(v).strip()))
+    except ValueError:
+        raise SamplerkitError(f"bad eps_scaler list {text!r}; use numbers like 1.0,1.002,1.005") from None
+    if not out:
+        raise SamplerkitError("the eps_scaler list is empty; use numbers like 1.0,1.002,1.005")
+    return out
+
+
+def _time_shift(time_shift, window, cutoff, mode) -> TimeShift | None:
+    """The TimeShift a run uses (None: off); window/cutoff/mode without time_shift are an error."""
+    if isinstance(time_shift, TimeShift):
+        return time_shift
+    if not time_shift:
+        given = [n for n, v in (("ts_window", window), ("ts_cutoff", cutoff), ("ts_mode", mode)) if v is not None]
+        if given:
+            raise SamplerkitError(f"{', '.join(given)} need(s) time_shift")
+        return None
+    defaults = TimeShift()
+    return TimeShift(defaults.window if window is None else window, defaults.cutoff if cutoff is None else cutoff,
+                     mode or defaults.mode)
+
+
+# the remedies as a user sets them (the command line builds its options from this)
+REMEDY_KNOBS: dict[str, Knob] = {
+    "eps_scaler": Knob("Epsilon Scaling (Ning et al. 2024): divide the predicted noise by lambda = B + K t "
+                       "(e.g. 1.017 for ADM CIFAR-10 at 100 steps); sweep takes a list 1.0,1.002,1.005.",
+                       type=str, metavar="B"),
+    "eps_scaler_slope": Knob("Slope K of lambda = B + K t, t = the step index on the run's grid (0 = last step).",
+                             type=float, metavar="K"),
+    "time_shift": Knob("Time-Shift sampler (Li et al. 2024) for ddim/ancestral on a discrete-time model.", type=bool,
+                       flag="--time-shift"),
+    "ts_window": Knob("Time-shift window in training timesteps (default 80).", type=int, metavar="W"),
+    "ts_cutoff": Knob("No time shift at or below training timestep C (default 300).", type=int, metavar="C"),
+    "ts_mode": Knob("paper (default) or reference = TS-DPM-ADM's DDIM code (see samplerkit.remedies).", TS_MODES),
+}
 
 
 def time_shift(window: int = 80, cutoff: int = 300, mode: str = "paper") -> TimeShift:
@@ -252,4 +380,5 @@ def time_shift(window: int = 80, cutoff: int = 300, mode: str = "paper") -> Time
     return TimeShift(window, cutoff, mode)
 
 
-__all__ = ["EpsScaling", "TS_MODES", "TimeShift", "check_eps_scaler", "chain_levels", "eps_scaling", "time_shift"]
+__all__ = ["EpsScaling", "REMEDY_KNOBS", "Remedies", "TS_MODES", "TimeShift", "check_eps_scaler", "chain_levels",
+           "eps_scaling", "time_shift"]

@@ -176,16 +176,6 @@ def _sections(T: int, counts: list[int], spec: str) -> torch.Tensor:
     return torch.tensor(sorted(set(steps)), dtype=torch.int64)
 
 
-def sigmas_from_timesteps(alphas_cumprod, steps) -> torch.Tensor:
-    """Descending sigma grid (last 0) of the given training timesteps: sigma = sqrt((1-abar)/abar)."""
-    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    steps = torch.as_tensor(steps, dtype=torch.int64).flatten()
-    if steps.numel() == 0 or int(steps.min()) < 0 or int(steps.max()) >= ab.numel():
-        raise SamplerkitError(f"timesteps must lie in [0, {ab.numel() - 1}]")
-    a = ab[steps.sort(descending=True).values]
-    return _with_zero(((1 - a) / a).sqrt())
-
-
 FLOW_SIGMA_MAX = 1e6
 """The finite stand-in for sigma = inf (t = 0, pure noise) at the start of :func:`flow`: the first
 Euler step from it differs from the step from t = 0 by O(sigma_1 / sigma_max) in the x0 weight.

@@ -124,27 +124,27 @@ def parse(text: str | None) -> str | Policy:
 # applying a policy to a network
 
 
-def _attention_modules(net: nn.Module) -> list[nn.Module]:
-    """The attention blocks of ADM/iDDPM and EDM networks inside ``net``."""
-    from .adapters._unet_blocks import AttentionBlock
-    from .adapters.dit import Attention as DiTAttention
-    from .adapters.edm.networks import UNetBlock
+class Network(nn.Module):
+    """What a network family declares to this module: the network itself is the unit ``torch.compile``
+    wraps, and :meth:`attention_blocks` are its modules whose ``backend`` attribute selects the
+    attention arithmetic ("einsum", the upstream one, or "sdpa"). The ADM/iDDPM and EDM UNets derive
+    from it (``samplerkit.adapters``)."""
 
-    return [m for m in net.modules() if isinstance(m, (AttentionBlock, DiTAttention))
-            or (isinstance(m, UNetBlock) and m.num_heads)]
+    def attention_blocks(self) -> list[nn.Module]:
+        return []
+
+
+def _attention_modules(net: nn.Module) -> list[nn.Module]:
+    """The attention blocks of every :class:`Network` inside ``net``."""
+    return [block for m in net.modules() if isinstance(m, Network) for block in m.attention_blocks()]
 
 
 def _networks(net: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, network) for each UNet inside ``net`` (the units ``torch.compile`` wraps)."""
-    from .adapters._unet_blocks import UNetModel
-    from .adapters.dit import DiT
-    from .adapters.edm.networks import DhariwalUNet, SongUNet
-
-    kinds = (UNetModel, SongUNet, DhariwalUNet, DiT)
+    """(parent, attribute, network) for each :class:`Network` inside ``net`` (the units ``torch.compile`` wraps)."""
     for parent in net.modules():
         for name, child in parent.named_children():
             inner = getattr(child, "_orig_mod", child)
-            if isinstance(inner, kinds):
+            if isinstance(inner, Network):
                 yield parent, name, child
 
 
@@ -160,6 +160,8 @@ def apply(net: nn.Module, policy: Policy, device_type: str | None = None) -> nn.
     :data:`EXACT` undoes them); autocast returns a wrapper (:class:`~samplerkit.generate.WithPrecision`
     for a denoiser, :class:`Autocast` for another module). Returns the module to call.
     """
+    if policy.attention not in ATTENTION:
+        raise SamplerkitError(f"attention backend must be one of {', '.join(ATTENTION)}, got {policy.attention!r}")
     for m in _attention_modules(net):
         m.backend = policy.attention
     fmt = torch.channels_last if policy.memory_format == "channels_last" else torch.contiguous_format

@@ -20,16 +20,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import plots
+from . import distributed, plots
 from . import samplers as samplers_table
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
+from .guidance import Guidance
 from .metrics import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
 from .metrics import block as metrics_block
+from .remedies import Remedies
 from .results import ResultsCSV
 
 # Interval columns (fid_lo, fid_hi, kid_lo, kid_hi; baseline, fid_diff, fid_diff_lo, ...; bootstrap_rounds)
@@ -66,39 +70,20 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
         samplers_table.info(name)  # an unknown name is an error that lists the choices
     for key, value in (options or {}).items():
         if value is not None and not any(key in sampler_options(s) for s in samplers):
-            flag = "--" + key.replace("_", "-")
+            flag = "--" + key.replace("_", "-")  # an existing test pins the flag in this library message
             raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
-REMEDY_OPTIONS = ("eps_scaler_slope", "time_shift", "ts_window", "ts_cutoff", "ts_mode")
-_TS_OPTIONS = ("time_shift", "ts_window", "ts_cutoff", "ts_mode")
-
-
-def parse_eps_scalers(text) -> list[float] | None:
-    """'1.0,1.002,1.005' -> [1.0, 1.002, 1.005], the sweep's Epsilon Scaling axis (None: no ES)."""
-    if text is None:
-        return None
-    values = text if isinstance(text, list | tuple) else str(text).split(",")
-    try:
-        out = list(dict.fromkeys(float(v) for v in values if str(v).strip()))
-    except ValueError:
-        raise SamplerkitError(f"bad eps_scaler list {text!r}; use numbers like 1.0,1.002,1.005") from None
-    if not out:
-        raise SamplerkitError("the eps_scaler list is empty; use numbers like 1.0,1.002,1.005")
-    return out
-
-
-def remedies_for(sampler: str, eps_scaler: float | None, remedies: dict | None) -> dict:
-    """The remedy options of one cell: Epsilon Scaling for every sampler, the time shift for the
-    samplers on a discrete chain only (ddim, ancestral)."""
-    remedies = {k: v for k, v in (remedies or {}).items() if v is not None and v is not False}
-    chain = samplers_table.info(sampler).grid == "chain"
-    out = {k: v for k, v in remedies.items() if k not in _TS_OPTIONS or chain}
-    if eps_scaler is not None:
-        out["eps_scaler"] = eps_scaler
-    elif "eps_scaler_slope" in out:
-        out["eps_scaler"] = 1.0
-    return out
+def remedy_axis(remedies: Sequence[Remedies] | dict | None = None,
+                eps_scalers: Sequence[float] | None = None) -> list[Remedies]:
+    """The sweep's remedies axis: a list of :class:`~samplerkit.remedies.Remedies` as given, or made from
+    option names (``remedies`` a dict of ``eps_scaler_slope`` and the time-shift options, one cell set
+    per Epsilon Scaling value of ``eps_scalers``). [Remedies()] when there are none."""
+    if remedies is None or isinstance(remedies, dict):
+        return Remedies.axis(list(eps_scalers) if eps_scalers else None, **(remedies or {}))
+    if eps_scalers:
+        raise SamplerkitError("give the eps_scaler values inside the remedies axis, not beside it")
+    return list(remedies) or [Remedies()]
 
 
 def results_csv(path: str | Path) -> ResultsCSV:
@@ -169,7 +154,8 @@ def run(
     bootstrap: int = 0,
     options: dict | None = None,
     eps_scalers: Sequence[float] | None = None,
-    remedies: dict | None = None,
+    remedies: Sequence[Remedies] | dict | None = None,
+    guidance: Guidance | None = None,
     batch_size: int = 64,
     class_labels=None,
     device="cpu",
@@ -182,93 +168,127 @@ def run(
     ``features``: an :class:`samplerkit.metrics.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
     compare against. ``options``: sampler knobs the user set (each goes to the samplers that
-    take it, see :func:`samplerkit.generate.sampler_options`). ``eps_scalers``: Epsilon Scaling
-    values b (Ning et al. 2024 (ES)), one more axis of cells (each row records its b);
-    ``remedies``: ``eps_scaler_slope`` and the time-shift options of
-    :func:`samplerkit.generate.make_sampler` (the time shift goes to ddim/ancestral only).
+    take it, see :func:`samplerkit.generate.sampler_options`). ``remedies``: a list of
+    :class:`~samplerkit.remedies.Remedies`, one more axis of cells (each row records them; the time
+    shift goes to ddim/ancestral only), or their options as :func:`remedy_axis` takes them with
+    ``eps_scalers``. ``guidance``: a loaded :class:`~samplerkit.guidance.Guidance` every cell runs under.
     ``evaluation``: keyword arguments of :func:`samplerkit.metrics.evaluate` (``kid_subsets``,
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
     by a level).
     """
-    from tqdm import tqdm
-
-    from . import distributed
-
     metrics = parse_metrics(metrics)
+    axis = remedy_axis(remedies, eps_scalers)
+    seeds = _checked(samplers, seeds, metrics, options, axis)
+    evaluation = dict(evaluation or {})
+    eval_id = evaluation_id(metrics, evaluation, bootstrap)
+    cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
+                         "ref": reference.fingerprint(), "evaluation": eval_id})
+             for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
+    table = results_csv(csv_path)
+    rows = table.read()
+    finished = {table.key(r): r for r in rows}
+    todo = [c for c in cells
+            if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
+    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
+    for _, row in cells:
+        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
+    main = distributed.is_main()
+    log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
+        f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
+    cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed)
+    with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
+              dynamic_ncols=True) as bar:
+        for prepared, row in todo:
+            bar.set_description(f"{row['sampler']} {row['steps']} steps")
+            values = cell.measure(prepared, bar)
+            if bootstrap:  # its time counts as evaluation
+                t0 = time.perf_counter()
+                values.update(_bootstrap_columns(values["_sample"], reference, metrics, bootstrap,
+                                                 evaluation.get("seed", 0), table.key(row),
+                                                 baseline_of[_baseline_key(row)], Path(csv_path), main))
+                values["eval_seconds"] = round(values["eval_seconds"] + time.perf_counter() - t0, 3)
+            table.put(rows, dict(row, **{k: v for k, v in values.items() if k != "_sample"}))
+            if main:
+                table.write(rows)
+    by_key = {table.key(r): r for r in rows}
+    return [by_key[table.key(row)] for _, row in cells]
+
+
+def _checked(samplers, seeds, metrics, options, axis) -> list[int]:
+    """The seeds as ints, after checking the sweep's samplers, options, remedies and image count."""
     check_options(samplers, options)
-    if any(v not in (None, False) for k, v in (remedies or {}).items() if k in _TS_OPTIONS) and not any(
-            samplers_table.info(s).grid == "chain" for s in samplers):
-        raise SamplerkitError("--time-shift applies to ddim and ancestral; none of the chosen samplers is one")
+    if any(r.time_shift is not None for r in axis) and not any(
+            samplers_table.info(name).grid == "chain" for name in samplers):
+        raise SamplerkitError("time_shift applies to ddim and ancestral; none of the chosen samplers is one")
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2:
         raise SamplerkitError(f"a sweep needs at least 2 images per cell, got {len(seeds)}")
     if "pr" in metrics and len(seeds) <= PR_K:
         raise SamplerkitError(f"precision/recall (k = {PR_K}) need more than {PR_K} images per cell")
-    ref_id = reference.fingerprint()
-    evaluation = dict(evaluation or {})
-    seed = evaluation.get("seed", 0)
-    eval_id = evaluation_id(metrics, evaluation, bootstrap)
-    mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
+    return seeds
+
+
+def _cells(net, samplers, steps, axis, guidance, options) -> list[tuple]:
+    """(prepared sampler, its row's identity columns) for every sampler x remedies x step count."""
     cells = []
     for name in samplers:
-        for b in eps_scalers or [None]:
+        chain = samplers_table.info(name).grid == "chain"
+        for remedy in axis:
             for n_steps in steps:
-                prepared = make_sampler(net, name, int(n_steps), **options_for(name, options),
-                                        **remedies_for(name, b, remedies))
+                prepared = make_sampler(net, name, int(n_steps), remedies=remedy.for_sampler(chain),
+                                        guidance=guidance, **options_for(name, options))
                 settings = {k: v for k, v in prepared.settings.items() if k not in ("sampler", "steps")}
-                row = {"model": model, "sha256": sha256, "sampler": name, "steps": int(n_steps),
-                       "nfe": prepared.nfe, "n_images": len(seeds), "seeds": seeds_text(seeds), "ref": ref_id,
-                       "settings": json.dumps(settings, sort_keys=True), "evaluation": eval_id,
-                       "eps_scaler": settings.get("eps_scaler", ""),
-                       "time_shift": int(bool(settings.get("time_shift")))}
-                cells.append((prepared, row))
+                cells.append((prepared, {
+                    "sampler": name, "steps": int(n_steps), "nfe": prepared.nfe,
+                    "settings": json.dumps(settings, sort_keys=True), "eps_scaler": settings.get("eps_scaler", ""),
+                    "time_shift": int(bool(settings.get("time_shift")))}))
+    return cells
 
-    table = results_csv(csv_path)
-    rows = table.read()
-    finished = {table.key(r): r for r in rows}
-    todo = [c for c in cells
-            if not (table.key(c[1]) in finished
-                    and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
-    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
-    for _, row in cells:
-        baseline_of.setdefault((row["steps"], row["eps_scaler"], row["time_shift"]), table.key(row))
-    main = distributed.is_main()
-    log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
-        f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
-    with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
-              dynamic_ncols=True) as bar:
-        for prepared, row in todo:
-            bar.set_description(f"{row['sampler']} {row['steps']} steps")
-            builder = StatsBuilder(features, metrics, keep_feats=bool(bootstrap))
-            sample_seconds = eval_seconds = 0.0
-            t0 = time.perf_counter()
-            for _, x, _ in generate(net, prepared, mine, batch_size, class_labels, device):
-                t1 = time.perf_counter()
-                builder.add(x)
-                t2 = time.perf_counter()
-                sample_seconds += t1 - t0
-                eval_seconds += t2 - t1
-                bar.update(len(x))
-                t0 = time.perf_counter()
+
+def _baseline_key(row: dict) -> tuple:
+    return row["steps"], row["eps_scaler"], row["time_shift"]
+
+
+@dataclass
+class _Cell:
+    """How every cell of a sweep is measured: its seeds (this process's block), the features and
+    metrics, the evaluation settings and the reference."""
+
+    seeds: list[int]
+    features: object
+    metrics: Sequence[str]
+    evaluation: dict
+    bootstrap: int
+    reference: Statistics
+    batch_size: int
+    class_labels: object
+    device: object
+    speed: str
+
+    def measure(self, prepared, bar) -> dict:
+        """The metric and timing columns of one cell ("_sample": its statistics, for the intervals)."""
+        builder = StatsBuilder(self.features, self.metrics, keep_feats=bool(self.bootstrap))
+        sample_seconds = eval_seconds = 0.0
+        t0 = time.perf_counter()
+        for _, x, _ in generate(prepared.net, prepared, self.seeds, self.batch_size, self.class_labels, self.device):
             t1 = time.perf_counter()
-            builder.gather()
-            sample = builder.result()
-            values = evaluate(sample, reference, metrics, **evaluation)
-            if bootstrap:
-                values.update(_bootstrap_columns(sample, reference, metrics, bootstrap, seed, table.key(row),
-                                                 baseline_of[(row["steps"], row["eps_scaler"], row["time_shift"])],
-                                                 Path(csv_path), main))
-            eval_seconds += time.perf_counter() - t1
-            done = dict(row, **values, seconds=round(sample_seconds, 3),
-                        images_per_s=round(len(mine) / sample_seconds, 3) if sample_seconds > 0 else "",
-                        eval_seconds=round(eval_seconds, 3), mode=sample.mode, speed=speed)
-            table.put(rows, done)
-            if main:
-                table.write(rows)
-    by_key = {table.key(r): r for r in rows}
-    return [by_key[table.key(row)] for _, row in cells]
+            builder.add(x)
+            t2 = time.perf_counter()
+            sample_seconds += t1 - t0
+            eval_seconds += t2 - t1
+            bar.update(len(x))
+            t0 = time.perf_counter()
+        t1 = time.perf_counter()
+        builder.gather()
+        sample = builder.result()
+        values = evaluate(sample, self.reference, self.metrics, **self.evaluation)
+        eval_seconds += time.perf_counter() - t1
+        return dict(values, seconds=round(sample_seconds, 3), eval_seconds=round(eval_seconds, 3),
+                    images_per_s=round(len(self.seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
+                    mode=sample.mode, speed=self.speed, _sample=sample)
 
 
 def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: tuple, baseline: tuple,

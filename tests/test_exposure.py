@@ -287,7 +287,7 @@ def test_cli_help_states_the_clipping_default(capsys):
     code, out = _cli(capsys, "--help")
     assert code == 0
     text = " ".join(out.out.split())
-    assert "--clip-denoised / --no-clip-denoised" in text and "[default: clip-denoised]" in text
+    assert "--clip / --no-clip" in text and "[default: clip]" in text
 
 
 # ---------------------------------------------------------------------------------------------

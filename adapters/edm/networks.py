@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samplerkit.errors import SamplerkitError
+from samplerkit.speed import Network
 
 # ---------------------------------------------------------------------------------------------
 # layers
@@ -280,7 +281,12 @@ def _decoder_level(dec: nn.ModuleDict, res: int, lowest: bool, cin: int, cout: i
     return cout
 
 
-class SongUNet(nn.Module):
+def _attention_blocks(net: nn.Module) -> list[nn.Module]:
+    """The UNet blocks with attention, whose ``backend`` :mod:`samplerkit.speed` sets."""
+    return [m for m in net.modules() if isinstance(m, UNetBlock) and m.num_heads]
+
+
+class SongUNet(Network):
     """DDPM++ / NCSN++ (Song et al. 2021) as configured in Karras et al. 2022 (EDM), App. F.2.
 
     DDPM++: ``embedding_type='positional'``, ``encoder_type='standard'``, ``channel_mult_noise=1``,
@@ -404,6 +410,8 @@ class SongUNet(nn.Module):
                     in_channels=cout, out_channels=out_channels, kernel=3, **init_zero
                 )
 
+    attention_blocks = _attention_blocks
+
     def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [cos, sin] -> [sin, cos]
@@ -445,7 +453,7 @@ class SongUNet(nn.Module):
         return out
 
 
-class DhariwalUNet(nn.Module):
+class DhariwalUNet(Network):
     """ADM (Dhariwal & Nichol 2021) as configured in Karras et al. 2022 (EDM), App. F.2, with ``enc``/``dec`` naming."""
 
     def __init__(
@@ -518,6 +526,8 @@ class DhariwalUNet(nn.Module):
                                   num_blocks, lambda idx, r=res: r in attn_resolutions, block_kwargs)
         self.out_norm = GroupNorm(num_channels=cout)
         self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
+
+    attention_blocks = _attention_blocks
 
     def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
         emb = self.map_noise(noise_labels)

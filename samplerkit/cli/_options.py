@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 import click
 
+from .. import samplers as samplers_table
 from ..errors import SamplerkitError
+from ..generate import GRID_KNOBS
+from ..guidance import GUIDANCE_KNOBS
+from ..knobs import Knob
+from ..remedies import REMEDY_KNOBS
+from ..runs import pick_device
 
 
 def parse_value(text: str):
@@ -27,7 +33,7 @@ def parse_value(text: str):
 def parse_flags(items: tuple[str, ...] | list[str]) -> dict:
     """``("num_channels=192", "learn_sigma=True")`` -> {"num_channels": 192, "learn_sigma": True}."""
     flags = {}
-    for item in items:
+    for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
@@ -68,6 +74,21 @@ def model_options(default_model: str | None, several: str | None = None,
     return decorate
 
 
+def _concrete_device(ctx, param, value):
+    return str(pick_device(value)) if value == "auto" else value
+
+
+def device_option() -> Callable:
+    """``--device auto|cpu|cuda|cuda:N``; auto (the default of every command) is CUDA when available, else the CPU."""
+    return click.option("--device", default="auto", show_default=True, callback=_concrete_device,
+                        help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N.")
+
+
+def hidden_alias(*decls: str, **kwargs) -> Callable:
+    """An old spelling of an option, kept hidden for one release (its value wins when given)."""
+    return click.option(*decls, hidden=True, default=None, **kwargs)
+
+
 def speed_option(default: str = "fast") -> Callable:
     """``--speed exact|fast|SETTINGS``: how the network executes (:mod:`samplerkit.speed`); the default is
     ``$SAMPLERKIT_SPEED`` when set, else ``default``."""
@@ -79,52 +100,6 @@ def speed_option(default: str = "fast") -> Callable:
              f"[default: $SAMPLERKIT_SPEED, else {default}]")
 
 
-def guidance_options(scale_help: str) -> Callable:
-    """``--classifier``, ``--classifier-flag``, ``--classifier-scale`` and ``--guidance-form``
-    (classifier guidance, :mod:`samplerkit.guidance`), added to a click command."""
-
-    def decorate(fn):
-        for opt in reversed([
-            click.option("--classifier", default=None,
-                         help="Noisy-image classifier for classifier guidance (ADM-G): a zoo name such as "
-                              "adm-imagenet256-classifier, or a .pt with --classifier-flag."),
-            click.option("--classifier-flag", "classifier_flags", multiple=True, metavar="KEY=VALUE",
-                         help="Upstream classifier_* / diffusion flag of a local classifier .pt; repeatable."),
-            click.option("--classifier-scale", default=None, metavar="S", help=scale_help),
-            click.option("--guidance-form", type=click.Choice(["score", "upstream"]), default=None,
-                         help="score: D + s sigma^2 grad log p, every sampler (default); upstream: guided-diffusion's "
-                              "condition_mean (ancestral) / condition_score (ddim)."),
-        ]):
-            fn = opt(fn)
-        return fn
-
-    return decorate
-
-
-def guidance_settings(classifier: str | None, flags: tuple[str, ...], scale, form: str | None):
-    """(classifier flags, scales, form) of the guidance options, checked: every other option needs
-    --classifier; a scale list '0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]), each >= 0."""
-    if classifier is None:
-        given = [name for name, v in (("--classifier-flag", flags), ("--classifier-scale", scale),
-                                      ("--guidance-form", form)) if v]
-        if given:
-            raise SamplerkitError(f"{', '.join(given)} need(s) --classifier")
-    return parse_flags(flags), classifier_scales(scale), form or "score"
-
-
-def classifier_scales(text) -> list[float]:
-    """'0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]); each must be >= 0."""
-    if text is None:
-        return [1.0]
-    try:
-        scales = list(dict.fromkeys(float(v) for v in str(text).split(",") if v.strip()))
-    except ValueError:
-        raise SamplerkitError(f"bad --classifier-scale {text!r}; use a number like 1.0 (sweep: 0.5,1,4)") from None
-    if not scales or any(not v >= 0 for v in scales):
-        raise SamplerkitError(f"--classifier-scale must be >= 0, got {text}")
-    return scales
-
-
 def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: str | None, device="cpu"):
     """Load the model the user named, with its ``--flag KEY=VALUE`` flags; returns the denoiser."""
     from ..runs import load_model as load_with_flags
@@ -133,107 +108,143 @@ def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: s
 
 
 
-# click parameter name -> sampler option name (samplerkit.generate.sampler_options)
-KNOBS = {
-    "disc": "disc", "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho",
-    "schedule": "schedule", "scaling": "scaling", "S_churn": "S_churn", "S_min": "S_min", "S_max": "S_max",
-    "S_noise": "S_noise", "eta": "eta", "s_noise": "s_noise", "solver_type": "solver_type", "order": "order",
-    "variant": "variant", "variance": "variance", "respacing": "respacing", "clip": "clip_denoised",
-    "eps_scaler": "eps_scaler", "eps_scaler_slope": "eps_scaler_slope", "time_shift": "time_shift",
-    "ts_window": "ts_window", "ts_cutoff": "ts_cutoff", "ts_mode": "ts_mode",
-    "rtol": "rtol", "atol": "atol",
-}
+# Python names that are also plain words of messages: errors keep them as they are
+_PROSE = ("disc", "schedule", "scaling", "variance", "respacing", "classifier")
 
-# sampler option name -> the flag a user types; error messages name the flag. Plain words that
-# also occur in prose (variance, schedule, ...) are left alone.
-FLAGS = {
-    "sigma_min": "--sigma-min", "sigma_max": "--sigma-max", "rho": "--rho", "S_churn": "--S-churn",
-    "S_min": "--S-min", "S_max": "--S-max", "S_noise": "--S-noise", "eta": "--eta", "s_noise": "--s-noise",
-    "solver_type": "--solver-type", "order": "--order", "variant": "--variant", "clip_denoised": "--clip/--no-clip",
-    "eps_scaler_slope": "--eps-scaler-slope", "eps_scaler": "--eps-scaler", "time_shift": "--time-shift",
-    "ts_window": "--ts-window", "ts_cutoff": "--ts-cutoff", "ts_mode": "--ts-mode",
-}
-_FLAG_PATTERN = re.compile(r"(?<![-\w])(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")\b")
+
+def knob_table(remedies: bool = True, sampler_knobs: bool = True,
+               guidance: bool = True) -> dict[str, tuple[Knob, object, list[str]]]:
+    """Every option a sampling command generates, from the current tables: the grid's
+    (:data:`samplerkit.generate.GRID_KNOBS`), every sampler's (:func:`samplerkit.samplers.table_knobs`),
+    the remedies' (:data:`samplerkit.remedies.REMEDY_KNOBS`) and the guidance's
+    (:data:`samplerkit.guidance.GUIDANCE_KNOBS`): name -> (Knob, default, samplers)."""
+    table = {name: (knob, None, []) for name, knob in GRID_KNOBS.items()} if sampler_knobs else {}
+    for name, (knob, default, takers) in (samplers_table.table_knobs() if sampler_knobs else {}).items():
+        table[name] = (knob, default, takers) if name not in table else (table[name][0], default, takers)
+    if remedies:
+        table.update({name: (knob, None, []) for name, knob in REMEDY_KNOBS.items()})
+    if guidance:
+        table.update({name: (knob, None, []) for name, knob in GUIDANCE_KNOBS.items()})
+    return table
+
+
+def _knob_params() -> dict[str, str]:
+    """click parameter name -> sampler option name, for every sampler and remedy knob of the current tables."""
+    return {(knob.param or name): name for name, (knob, _, _) in knob_table(guidance=False).items()}
+
+
+KNOBS = _knob_params()  # of the built-in tables; chosen_options reads the current ones
+
+
+def _flags() -> dict[str, str]:
+    return {name: knob.flag_of(name) for name, (knob, _, _) in knob_table().items() if name not in _PROSE}
 
 
 def flag_of(option: str) -> str | None:
     """The command-line flag of sampler option ``option`` (None for an option the CLI does not set)."""
-    if option in FLAGS:
-        return FLAGS[option]
-    return f"--{option.replace('_', '-')}" if option in KNOBS.values() else None
+    entry = knob_table().get(option)
+    return entry[0].flag_of(option) if entry else None
 
 
 def with_flag_names(message: str) -> str:
-    """``message`` with the sampler options' Python names replaced by their command-line flags."""
-    return _FLAG_PATTERN.sub(lambda m: FLAGS[m.group(1)], message)
+    """``message`` with the options' Python names replaced by their command-line flags: the one place
+    where a library error (raised in Python's words) is given the user's words."""
+    flags = _flags()
+    pattern = re.compile(r"(?<![-\w])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")\b")
+    return pattern.sub(lambda m: flags[m.group(1)], message)
 
 
-def sampler_options(fn):
-    """The sampler knobs, with the papers' names; none has a default here, so only what the
-    user set reaches the sampler (an option the chosen sampler does not take is an error). Errors
-    raised by the command name these flags as the user typed them (``--S-churn``, not ``S_churn``)."""
-    opts = [
-        click.option("--disc", type=click.Choice(["edm", "vp", "ve", "iddpm"]),
-                     help="Step discretization (EDM Table 1)."),
-        click.option("--sigma-min", type=float, help="Lowest noise level of the grid."),
-        click.option("--sigma-max", type=float, help="Highest noise level of the grid."),
-        click.option("--rho", type=float, help="EDM grid exponent rho (Eq. 5), default 7."),
-        click.option("--schedule", type=click.Choice(["linear", "vp", "ve"]), help="sigma(t) of Alg. 1 (euler/heun)."),
-        click.option("--scaling", type=click.Choice(["none", "vp"]), help="s(t) of Alg. 1 (euler/heun)."),
-        click.option("--S-churn", "S_churn", type=float, help="EDM Alg. 2 S_churn (stochastic)."),
-        click.option("--S-min", "S_min", type=float, help="EDM Alg. 2 S_tmin (stochastic)."),
-        click.option("--S-max", "S_max", type=float, help="EDM Alg. 2 S_tmax (stochastic)."),
-        click.option("--S-noise", "S_noise", type=float, help="EDM Alg. 2 S_noise (stochastic)."),
-        click.option("--eta", type=float,
-                     help="DDIM eta; amount of ancestral/SDE noise of the k-diffusion samplers (0 = deterministic)."),
-        click.option("--s-noise", "s_noise", type=float,
-                     help="Noise scale s_noise of the ancestral/SDE samplers (*_ancestral, *_sde)."),
-        click.option("--solver-type", "solver_type", type=click.Choice(["midpoint", "heun"]),
-                     help="2nd-order correction of dpmpp_2m_sde."),
-        click.option("--order", type=int, help="Order of lms/ipndm (1-4) and unipc (1-3)."),
-        click.option("--variant", type=click.Choice(["bh1", "bh2"]), help="UniPC B(h): bh1 = h, bh2 = e^h - 1."),
-        click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]),
-                     help="Ancestral variance (iDDPM Eq. 15 when learned)."),
-        click.option("--respacing", help="Timestep respacing of a discrete model: 'K', 'ddimK' or '10,15,20'."),
-        click.option("--clip/--no-clip", "clip", default=None,
-                     help="Clamp the denoised estimate to [-1, 1] (default: on for ddim/ancestral, off otherwise)."),
-        click.option("--rtol", type=float, help="dpm_adaptive: relative error tolerance (default 0.05)."),
-        click.option("--atol", type=float, help="dpm_adaptive: absolute error tolerance (default 0.0078)."),
-        *remedy_options(),
-    ]
+def knob_option(name: str, knob: Knob, default, takers: list[str]) -> click.Option:
+    """The click option of one knob; no default, so only what the user set reaches the run."""
+    flag = knob.flag_of(name)
+    kind = knob.type or (type(default) if isinstance(default, bool | int | float | str) else str)
+    if kind is bool and "/" not in flag and knob.flag is None:
+        flag = f"{flag}/--no-{flag[2:]}"
+    help_text = f"{knob.help} [{', '.join(takers)}]" if takers and len(takers) < len(samplers_table.SAMPLERS) \
+        else knob.help
+    decls = [*flag.split(" "), knob.param or name]
+    if kind is bool:
+        return click.Option(decls, is_flag=True, default=None, help=help_text)
+    ptype = click.Choice(list(knob.choices)) if knob.choices else kind
+    return click.Option(decls, type=ptype, default=() if knob.multiple else None, help=help_text,
+                        metavar=knob.metavar, multiple=knob.multiple)
 
-    @functools.wraps(fn)
-    def named_flags(*args, **kwargs):
+
+class TableChoice(click.Choice):
+    """``click.Choice`` of the current sampler table (a row added at run time is a choice)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(samplers_table.SAMPLERS)
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+# --help sections of the sampling commands; a parameter not named here is listed under "other"
+_SECTIONS = {
+    "model": ("model", "models", "family", "flags", "preset", "low_res", "then_upsample", "upsample_sampler",
+              "upsample_steps", "data"),
+    "sampler": ("sampler", "samplers", "steps", "seeds", "num_images", "class_labels"),
+    "remedies": tuple(REMEDY_KNOBS),
+    "guidance": tuple(GUIDANCE_KNOBS),
+    "evaluation": ("ref", "ref_images", "metrics", "fid_mode", "kid_subsets", "kid_subset_size", "bootstrap_rounds",
+                   "force_pipeline", "eval_seed", "t_values", "modes", "stride", "fid_ref", "reference", "seed",
+                   "clip_denoised", "no_resize"),
+    "output": ("out", "fmt", "grid", "overwrite", "csv_path", "plot_path", "pairs_dir", "show_table"),
+    "execution": ("batch", "device", "dtype", "speed", "inception", "quiet"),
+}
+
+
+def _section(name: str) -> str:
+    for title, names in _SECTIONS.items():
+        if name in names:
+            return title
+    return "sampler" if name in _knob_params() and name not in REMEDY_KNOBS else "other"
+
+
+class SamplerCommand(click.Command):
+    """A command whose sampler (and remedy, guidance) options are generated from the tables when it runs
+    or prints its help, after the parameter ``knobs_after``, and whose --help lists its options in
+    sections (model, sampler, remedies, guidance, output, execution); a library error it raises names
+    the flags the user typed (:func:`with_flag_names`)."""
+
+    def __init__(self, *args, knobs_after: str = "steps", remedies: bool = True, sampler_knobs: bool = True,
+                 guidance: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.knobs_after, self.tables = knobs_after, (remedies, sampler_knobs, guidance)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        table = knob_table(*self.tables)
+        generated = [knob_option(n, *entry) for n, entry in table.items()]
+        at = next((i + 1 for i, p in enumerate(params) if p.name == self.knobs_after), len(params))
+        return params[:at] + generated + params[at:]
+
+    def format_options(self, ctx, formatter) -> None:
+        rows: dict[str, list] = {title: [] for title in (*_SECTIONS, "other")}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                rows[_section(param.name)].append(record)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(f"{title.capitalize()} options"):
+                    formatter.write_dl(records)
+
+    def invoke(self, ctx):
         try:
-            return fn(*args, **kwargs)
+            return super().invoke(ctx)
         except SamplerkitError as e:  # same error (and type), with the flags the user typed
             e.args = (with_flag_names(str(e)),)
             raise
 
-    for opt in reversed(opts):
-        named_flags = opt(named_flags)
-    return named_flags
-
-
-def remedy_options() -> list:
-    """The exposure-bias remedies (:mod:`samplerkit.remedies`) as click options."""
-    return [
-        click.option("--eps-scaler", "eps_scaler", metavar="B",
-                     help="Epsilon Scaling (Ning et al. 2024): divide the predicted noise by lambda = B + K t "
-                          "(e.g. 1.017 for ADM CIFAR-10 at 100 steps); sweep takes a list 1.0,1.002,1.005."),
-        click.option("--eps-scaler-slope", "eps_scaler_slope", type=float, metavar="K",
-                     help="Slope K of lambda = B + K t, t = the step index on the run's grid (0 = last step)."),
-        click.option("--time-shift", "time_shift", is_flag=True, default=None,
-                     help="Time-Shift sampler (Li et al. 2024) for ddim/ancestral on a discrete-time model."),
-        click.option("--ts-window", "ts_window", type=int, metavar="W",
-                     help="Time-shift window in training timesteps (default 80)."),
-        click.option("--ts-cutoff", "ts_cutoff", type=int, metavar="C",
-                     help="No time shift at or below training timestep C (default 300)."),
-        click.option("--ts-mode", "ts_mode", type=click.Choice(["paper", "reference"]),
-                     help="paper (default) or reference = TS-DPM-ADM's DDIM code (see samplerkit.remedies)."),
-    ]
-
 
 def chosen_options(kwargs: dict) -> dict:
     """The sampler options the user set (click parameter names -> sampler option names)."""
-    return {KNOBS[k]: v for k, v in kwargs.items() if k in KNOBS and v is not None}
+    params = _knob_params()
+    return {params[k]: v for k, v in kwargs.items() if k in params and v is not None}

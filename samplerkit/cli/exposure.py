@@ -11,9 +11,11 @@ import torch
 from .. import exposure
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..remedies import Remedies
 from ..results import check_experiment
 from ..runs import model_sha256
-from ._options import load_model, model_options, remedy_options, speed_option, with_flag_names
+from ..samplers import VARIANCES
+from ._options import SamplerCommand, device_option, hidden_alias, load_model, model_options, speed_option
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -75,28 +77,22 @@ def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
     return x0, torch.as_tensor(lab, dtype=torch.int64)
 
 
-def _with_remedies(specs, settings, remedies: dict) -> list[exposure.ModelSpec]:
+def _with_remedies(specs, settings, remedies: Remedies) -> list[exposure.ModelSpec]:
     """Every model as given, each followed by its remedied variants: '<name>+ES<b>' (Epsilon
     Scaling, Ning et al. 2024) and '<name>+TS<w>/<c>' (time shift, Li et al. 2024), so that the
     delta table pairs them with the first model on the same images and noise."""
-    from ..generate import _eps_scaler, _time_shift
-    from ..remedies import eps_scaling
-
-    es = remedies.get("eps_scaler") is not None or remedies.get("eps_scaler_slope") is not None
-    b, k = _eps_scaler(remedies.get("eps_scaler")), float(remedies.get("eps_scaler_slope") or 0.0)
-    ts = _time_shift(remedies.get("time_shift"), remedies.get("ts_window"), remedies.get("ts_cutoff"),
-                     remedies.get("ts_mode"))
     out = []
+    es = Remedies(remedies.eps_scaler, remedies.slope) if remedies.eps_scaler is not None else None
+    ts = Remedies(time_shift=remedies.time_shift) if remedies.time_shift is not None else None
     for spec in specs:
         out.append(spec)
         chain = settings.chain(spec.net)
-        if es:
-            net = eps_scaling(spec.net, b, k, steps=exposure.chain_sigmas(chain.alpha_bar) if k else None)
-            out.append(exposure.ModelSpec(f"{spec.name}+ES{b:g}" + (f"{k:+g}t" if k else ""), net, spec.sha256))
+        if es is not None:
+            net, _ = es.apply(spec.net, exposure.chain_sigmas(chain.alpha_bar))
+            out.append(exposure.ModelSpec(spec.name + es.label(), net, spec.sha256))
         if ts is not None:
-            ts.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
-            tag = f"+TS{ts.window}/{ts.cutoff}" + ("ref" if ts.mode == "reference" else "")
-            out.append(exposure.ModelSpec(spec.name + tag, spec.net, spec.sha256, time_shift=ts))
+            ts.time_shift.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
+            out.append(exposure.ModelSpec(spec.name + ts.label(), spec.net, spec.sha256, time_shift=ts.time_shift))
     return out
 
 
@@ -123,13 +119,9 @@ def _fid_reference(path: str | None):
         raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
 
 
-def _remedies(fn):
-    for opt in reversed(remedy_options()):
-        fn = opt(fn)
-    return fn
-
-
-@click.command(name="exposure-bias", context_settings={"max_content_width": 100},
+@click.command(name="exposure-bias", cls=SamplerCommand, sampler_knobs=False, guidance=False,
+               knobs_after="quiet",
+               context_settings={"max_content_width": 100},
                short_help="Exposure bias as Ning et al. 2023 measure it: delta_t, FID of x0_hat, nu_t, normality.")
 @model_options(DEFAULT_MODEL, several="Zoo name or local checkpoint; repeat to compare models (e.g. ADM and "
                                       "ADM-IP) in one table.", families=("adm", "iddpm", "edm"))
@@ -147,15 +139,17 @@ def _remedies(fn):
               help="Measure on a respaced chain (Nichol & Dhariwal 2021, Sec. 4): 'K', 'ddimK' or '10,15,20'; "
                    "--t then counts its steps, and rows say so (--respacing 100 --t 60: 't = 596 of T = 1000 "
                    "via 60 respaced steps')  [default: the full chain].")
-@click.option("--ref", "reference", default="linear:1000", show_default=True,
-              help="Reference DDPM schedule NAME[:T] for models without a discrete chain (EDM/VP/VE, analytic).")
+@click.option("--ddpm-schedule", "reference", default="linear:1000", show_default=True,
+              help="DDPM schedule NAME[:T] of the chain for models without one of their own (EDM/VP/VE, analytic).")
+@hidden_alias("--ref", "old_reference")
 @click.option("--stride", type=int, default=10, show_default=True,
               help="t grid of nu and normality: stride, 2 stride, ..., T.")
-@click.option("--clip-denoised/--no-clip-denoised", default=True, show_default=True,
+@click.option("--clip/--no-clip", "clip_denoised", default=True, show_default=True,
               help="Clip x0_hat to [-1, 1] at every chain step (delta, fid; guided-diffusion's default, which "
                    "the authors' measurements use) and before e_t = x0_hat - x0 (nu, normality). Every row "
                    "records the setting.")
-@click.option("--variance", type=click.Choice(["learned", "fixedsmall", "fixedlarge"]), default=None,
+@hidden_alias("--clip-denoised/--no-clip-denoised", "old_clip_denoised")
+@click.option("--variance", type=click.Choice(list(VARIANCES)), default=None,
               help="Variance of the fid mode's ancestral steps "
                    "[default: learned if the model has it, else fixedsmall].")
 @click.option("--fid-ref", default=None, type=click.Path(dir_okay=False),
@@ -168,13 +162,12 @@ def _remedies(fn):
 @click.option("--pairs", "pairs_dir", default=None, type=click.Path(file_okay=False),
               help="Directory for (x0, x0_hat) PNGs.")
 @click.option("--no-resize", is_flag=True, help="Do not centre-crop/resize the data to the model's resolution.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar and no cost summary.")
-@_remedies
 def command(models, family, flags, preset, data, t_values, num_images, batch, seed, modes, respacing, reference,
-            stride, clip_denoised, variance, fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet,
-            **remedies):
+            old_reference, stride, clip_denoised, old_clip_denoised, variance, fid_ref, csv_path, plot_path,
+            pairs_dir, no_resize, device, speed, quiet, **remedies):
     """Measure exposure bias as Ning et al. 2023 do: delta_t of Alg. 4 / Tab. 6, the FID variant of
     Tab. 1, the prediction error nu_t of Sec. 5.3 / Fig. 2 and the Shapiro-Wilk check of App. A.5.
 
@@ -184,8 +177,8 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     (rows '<model>+ES<b>', '<model>+TS<w>/<c>'), paired with the first model.
 
     Discrete eps-models run on their own full T-step chain; other models on the reference schedule
-    (--ref) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
-    [-1, 1] unless --no-clip-denoised. With several --model, every model sees the same images and
+    (--ddpm-schedule) through D(x; sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t). x0_hat is clipped to
+    [-1, 1] unless --no-clip. With several --model, every model sees the same images and
     noise, and the delta table adds each model's paired difference to the first (95% t interval).
 
     \b
@@ -199,6 +192,8 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
       samplerkit exposure-bias --mode eps-norm --respacing 50 --stride 5 --csv eps.csv --plot eps.png
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    reference = old_reference or reference  # --ref and --clip-denoised: the spellings before 0.x, hidden
+    clip_denoised = clip_denoised if old_clip_denoised is None else old_clip_denoised
     if num_images < 1:
         raise SamplerkitError(f"--num-images must be >= 1, got {num_images}")
     settings = exposure.Settings(modes=_modes(modes), t_values=_int_list(t_values, "--t"),
@@ -209,10 +204,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
 
     speed = speed or speed_lib.default_mode()
     specs = _load_models(models, family, flags, preset, device, speed, batch, log)
-    try:
-        specs = _with_remedies(specs, settings, remedies)
-    except SamplerkitError as e:
-        raise SamplerkitError(with_flag_names(str(e))) from e
+    specs = _with_remedies(specs, settings, Remedies.from_options(**remedies))
     exposure.plan(specs, num_images, settings)  # bad t values fail before any data is read
     x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
     features = real = None

@@ -15,7 +15,7 @@ from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from ..errors import SamplerkitError
 from ..metrics.checks import check_new_statistics_file, check_same_resolution, reference_resolution
-from ._options import speed_option
+from ._options import device_option, hidden_alias, speed_option
 
 
 def _progress(total: int | None, quiet: bool, what: str):
@@ -160,7 +160,9 @@ def _format(values: dict, key: str) -> str:
                    "measured and, with --bootstrap, the interval of the paired difference (these - --images).")
 @click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr, kid, is.")
 @evaluation_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of KID's subsets and the bootstrap.")
+@click.option("--eval-seed", "seed", type=int, default=0, show_default=True,
+              help="Seed of KID's subsets and the bootstrap.")
+@hidden_alias("--seed", "old_seed", type=int)
 @click.option("--inception", default=None, type=click.Path(),
               help="Inception network file (inception-2015-12-05.pt) or its folder [default: $SAMPLERKIT_INCEPTION, "
                    "else the cache / a download].")
@@ -169,14 +171,14 @@ def _format(values: dict, key: str) -> str:
 @click.option("--recompute-ref", is_flag=True,
               help="Ignore statistics stored in --ref and compute them from its images (arr_0).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per feature batch.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--allow-resolution-mismatch", is_flag=True,
               help="Compare images whose resolution differs from the reference's (refused otherwise).")
 def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline,
-        seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet,
+        seed, old_seed, inception, num_images, ref_images, recompute_ref, batch, device, speed, as_json, quiet,
         allow_resolution_mismatch):
     """FID (and sFID, precision/recall, KID, Inception Score) of a set of images against a reference.
 
@@ -199,6 +201,7 @@ def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_siz
       samplerkit fid --images adm/ --paired-with adm-ip/ --ref data/ --metrics fid,kid --bootstrap 1000
       torchrun --nproc_per_node 8 -m samplerkit fid --images out/ --ref ref.npz --metrics fid,pr,kid --device cuda
     """
+    seed = seed if old_seed is None else old_seed  # --seed: the spelling before 0.x, hidden
     wanted = metrics_lib.parse_metrics(metrics)
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
@@ -309,7 +312,7 @@ def _report(results, sets, n, reference, ref, mode, network, rounds, seed, note,
               show_default=True, help="Feature pipeline (recorded in the file with the network's sha256).")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
 @click.option("--batch", type=int, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (refused otherwise).")
 def fid_ref(data, out, num_images, metrics, fid_mode, inception, batch, device, quiet, overwrite):

@@ -14,7 +14,8 @@ from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..results import check_experiment
 from ..runs import model_sha256
-from ._options import load_model, model_options
+from ..samplers import VARIANCES
+from ._options import device_option, load_model, model_options
 
 
 def _load_images(data: str, n: int, resolution: int, log):
@@ -54,7 +55,7 @@ def _load_images(data: str, n: int, resolution: int, log):
               help="Image i's noise (VLB) or probes (ODE) come from a generator seeded with seed + i.")
 @click.option("--clip/--no-clip", "clip", default=True, show_default=True,
               help="VLB: clamp the x0 prediction to [-1, 1] (as improved-diffusion's image_nll.py).")
-@click.option("--variance", type=click.Choice(["auto", "learned", "fixedsmall", "fixedlarge"]), default="auto",
+@click.option("--variance", type=click.Choice(["auto", *VARIANCES]), default="auto",
               show_default=True,
               help="VLB: the reverse variance (auto: learned when the model has it, else fixedlarge).")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="ODE: absolute tolerance of the solver.")
@@ -70,7 +71,7 @@ def _load_images(data: str, n: int, resolution: int, log):
                    "sigma_min^2)) [default: the model's].")
 @click.option("--sigma-max", "sigma_max", type=float, default=None,
               help="ODE: upper end, where the prior N(0, sigma_max^2) is taken [default: the model's].")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(models, family, flags, preset, data, num_images, method, csv_path, batch, seed, clip, variance, atol,
             rtol, probes, probe, dequantize, sigma_min, sigma_max, device, quiet):

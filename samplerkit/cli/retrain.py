@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import SamplerkitError
-from ._options import parse_flags, speed_option
+from ._options import device_option, parse_flags, speed_option
 
 EXAMPLES = """
 \b
@@ -75,7 +75,7 @@ Examples:
 @click.option("--resume", is_flag=True, help="Continue from the latest complete checkpoint in --out.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option("exact")
 @click.option("--quiet", is_flag=True)
 def command(data, out, preset, precond, flags, regularizer, gamma, lambda_gp, lambda_wd, wd_form, loss,

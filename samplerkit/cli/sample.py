@@ -11,15 +11,14 @@ import click
 
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..guidance import Guidance
 from ..runs import DTYPES, FORMATS, SampleSettings, sample_folder, two_stage
-from ..samplers import SAMPLERS
 from ._options import (
+    SamplerCommand,
+    TableChoice,
     chosen_options,
-    guidance_options,
-    guidance_settings,
     model_options,
     parse_flags,
-    sampler_options,
     speed_option,
 )
 
@@ -45,14 +44,13 @@ uint8 NHWC, arr_1 labels), grid.png, manifest.json.
 """
 
 
-@click.command("sample", epilog=EXAMPLES)
+@click.command("sample", cls=SamplerCommand, epilog=EXAMPLES)
 @model_options(DEFAULT_MODEL)
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+@click.option("--sampler", type=TableChoice(), default=None,
               help="Any of `samplerkit samplers` (heun, ancestral, ddim, dpmpp_2m, unipc, ...). "
                    "[default: the model's recommended sampler (`samplerkit models info`), else heun]")
 @click.option("--steps", type=int, default=None,
               help="Number of steps N (Heun: NFE = 2N - 1). [default: the recommended count, else 18]")
-@sampler_options
 @click.option("--seeds", default="0-63", show_default=True, help="Seeds: ranges and lists, e.g. 0-49999 or 0,5,9-12.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per network batch.")
 @click.option("--class-labels", default=None,
@@ -65,14 +63,13 @@ uint8 NHWC, arr_1 labels), grid.png, manifest.json.
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Precision of the network (autocast); the sampler arithmetic stays float64.")
 @speed_option()
-@guidance_options("Classifier guidance scale s >= 0 [default: 1.0].")
 @click.option("--low-res", default=None, metavar="SRC",
               help="Super-resolution models: the low-resolution images (.npz arr_0 NHWC uint8 [+ arr_1 labels], a PNG "
                    "folder, or a samplerkit sample folder); seed s upsamples image s.")
 @click.option("--then-upsample", default=None, metavar="MODEL",
               help="Two stages: sample into OUT/base, then upsample those images with MODEL into OUT/upsampled "
                    "(a zoo upsampler, or a .pt with its flags.json beside it); both resume per seed.")
-@click.option("--upsample-sampler", type=click.Choice(list(SAMPLERS)), default=None,
+@click.option("--upsample-sampler", type=TableChoice(), default=None,
               help="Sampler of the --then-upsample stage [default: the upsampler's recommended one].")
 @click.option("--upsample-steps", type=int, default=None, help="Steps of the --then-upsample stage.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of a run made with other settings in --out.")
@@ -81,18 +78,18 @@ def command(model, family, flags, preset, sampler, steps, seeds, batch, class_la
             speed, classifier, classifier_flags, classifier_scale, guidance_form, low_res, then_upsample,
             upsample_sampler, upsample_steps, overwrite, quiet, **knobs):
     """Sample images from a model; rerun the same command to resume an interrupted run."""
-    classifier_flags, scale, guidance_form = guidance_settings(classifier, classifier_flags, classifier_scale,
-                                                               guidance_form)
-    if len(scale) > 1:
-        raise SamplerkitError("sample takes one --classifier-scale; a list is a sweep axis (samplerkit sweep)")
+    guidance = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form)
+    if len(guidance) > 1:
+        raise SamplerkitError("sample takes one classifier_scale; a list is a sweep axis (samplerkit sweep)")
     if then_upsample is None and (upsample_sampler is not None or upsample_steps is not None):
         raise SamplerkitError("--upsample-sampler / --upsample-steps need --then-upsample")
     settings = SampleSettings(model=model, family=family, flags=parse_flags(flags), preset=preset, sampler=sampler,
                               steps=steps, options=chosen_options(knobs), seeds=seeds, batch=batch,
                               class_labels=class_labels, out=out, fmt=fmt, grid=grid, device=device, dtype=dtype,
                               overwrite=overwrite, quiet=quiet, speed=speed, classifier=classifier,
-                              classifier_flags=classifier_flags, classifier_scale=scale[0],
-                              guidance_form=guidance_form, low_res=low_res)
+                              classifier_flags=guidance[0].flags if guidance else {},
+                              classifier_scale=guidance[0].scale if guidance else 1.0,
+                              guidance_form=guidance[0].form if guidance else "score", low_res=low_res)
     if then_upsample is None:
         sample_folder(settings)
         return

@@ -21,8 +21,9 @@ def rows() -> list[dict]:
     out = []
     for name, row in samplers.SAMPLERS.items():
         knobs = {(flag_of(k) or k): v for k, v in row.knobs.items()}
+        knob_help = {(flag_of(k) or k): row.knob(k).help for k in row.knobs}
         out.append({"name": name, "order": row.order, "nfe": nfe_formula(row.nfe), "stochastic": row.stochastic,
-                    "grid": row.grid, "knobs": knobs, "source": row.source})
+                    "grid": row.grid, "knobs": knobs, "knob_help": knob_help, "source": row.source})
     return out
 
 
@@ -44,7 +45,8 @@ Examples:
 @click.command("samplers", epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def command(as_json: bool) -> None:
-    """List every sampler: order, NFE for N steps, knobs with their defaults, and source."""
+    """List every sampler: order, NFE for N steps, source, and its knobs with their defaults and help
+    (the same text as the sampler options of `samplerkit sample --help`)."""
     table = rows()
     if as_json:
         click.echo(json.dumps(table, indent=2, default=str))
@@ -53,6 +55,6 @@ def command(as_json: bool) -> None:
     for r in table:
         kind = "stochastic" if r["stochastic"] else "deterministic"
         click.echo(f"{r['name']:<{width}}  NFE {r['nfe']:<7}  {kind}, order {r['order']}")
-        knobs = ", ".join(_knob_text(k, v) for k, v in r["knobs"].items())
-        click.echo(f"{'':<{width}}  knobs: {knobs}")
         click.echo(f"{'':<{width}}  source: {r['source']}")
+        for flag, default in r["knobs"].items():
+            click.echo(f"{'':<{width}}    {_knob_text(flag, default)}: {r['knob_help'][flag]}")

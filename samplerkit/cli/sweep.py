@@ -13,15 +13,17 @@ from .. import speed as speed_lib
 from .. import sweep as sweep_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
+from ..guidance import Guidance
+from ..remedies import REMEDY_KNOBS, Remedies
 from ..results import check_experiment
 from ..runs import load_classifier, model_sha256, resolve_sampler
 from ._options import (
+    SamplerCommand,
     chosen_options,
-    guidance_options,
-    guidance_settings,
+    device_option,
     load_model,
     model_options,
-    sampler_options,
+    parse_flags,
     speed_option,
 )
 from .fid import check_evaluation, check_stored_mode, evaluation_options, note_reference, warn_small_sample
@@ -101,7 +103,7 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
     return stats
 
 
-@click.command(name="sweep", context_settings={"max_content_width": 100})
+@click.command(name="sweep", cls=SamplerCommand, context_settings={"max_content_width": 100})
 @model_options(DEFAULT_MODEL)
 @click.option("--sampler", "samplers", default=None,
               help="Comma list of samplers (see `samplerkit samplers`). "
@@ -123,11 +125,9 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 @click.option("--table", "show_table", is_flag=True, help="Print the sweep as a table.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per sampler batch.")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @speed_option()
-@guidance_options("Comma list of classifier scales s >= 0, one more axis of cells (e.g. 0,1,4,10) [default: 1.0].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@sampler_options
 def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,
             metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline, eval_seed, show_table,
             batch, inception, device, speed, classifier, classifier_flags, classifier_scale, guidance_form, quiet,
@@ -160,8 +160,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if samplers is None:  # the model's recommended sampler and its settings, as `samplerkit sample` picks them
         rec_sampler, _, options = resolve_sampler(model, None, None, options)
         samplers = rec_sampler
-    eps_scalers = sweep_lib.parse_eps_scalers(options.pop("eps_scaler", None))  # Epsilon Scaling: one more axis
-    remedies = {k: options.pop(k) for k in sweep_lib.REMEDY_OPTIONS if k in options}
+    remedies = Remedies.axis(**{k: options.pop(k) for k in REMEDY_KNOBS if k in options})  # one more axis
     names = _names(samplers, "--sampler")
     step_list = _steps(steps)
     seed_list = _seeds(seeds, num_images)
@@ -170,8 +169,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     sweep_lib.check_options(names, options)
-    classifier_flags, scales, guidance_form = guidance_settings(classifier, classifier_flags, classifier_scale,
-                                                                guidance_form)
+    guidances = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form)
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
     checked = _check_reference(ref, ref_images, wanted, csv_file, log, fid_mode)
@@ -207,24 +205,21 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
                   "force": force_pipeline}
 
     sha = model_sha256(model)
-    cells = [(net, model, sha, None)]  # (denoiser, model column, sha256 column, classifier scale)
-    if classifier is not None:  # one cell set per scale; the model and sha256 columns name the classifier too
-        from ..guidance import classifier_guided
-
-        clf = load_classifier(classifier, classifier_flags, device)
+    cells = [(None, model, sha)]  # (guidance, model column, sha256 column)
+    if guidances:  # one cell set per scale; the model and sha256 columns name the classifier too
+        clf = load_classifier(classifier, guidances[0].flags, device)  # loaded once
         clf_sha = model_sha256(classifier)
-        cells = [(classifier_guided(net, clf, scale, guidance_form),
-                  f"{model} + {classifier} scale {scale:g}" + (" upstream" if guidance_form == "upstream" else ""),
-                  f"{sha} + {clf_sha}", scale) for scale in scales]
+        cells = [(g.load(lambda name, flags: clf), f"{model} + {g.label()}", f"{sha} + {clf_sha}") for g in guidances]
     rows = []
-    for cell_net, cell_model, cell_sha, scale in cells:
-        found = sweep_lib.run(cell_net, names, step_list, seed_list, reference, features, csv_path=csv_file,
+    for guidance, cell_model, cell_sha in cells:
+        label_dim = guidance.label_dim if guidance is not None else net.label_dim
+        found = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file,
                               model=cell_model, sha256=cell_sha, metrics=wanted, evaluation=evaluation,
-                              bootstrap=bootstrap_rounds, options=options, eps_scalers=eps_scalers,
-                              remedies=remedies, batch_size=batch, device=device,
-                              class_labels="random" if cell_net.label_dim else None,
+                              bootstrap=bootstrap_rounds, options=options, remedies=remedies, guidance=guidance,
+                              batch_size=batch, device=device, class_labels="random" if label_dim else None,
                               log=log, show_progress=not quiet, speed=speed_record["policy"])
-        rows += found if scale is None else [{**r, "sampler": f"{r['sampler']} s={scale:g}"} for r in found]
+        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} s={guidance.scale:g}"}
+                                                for r in found]
     if not distributed.is_main():
         return
     log(f"wrote {csv_file}")

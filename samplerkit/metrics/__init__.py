@@ -28,7 +28,6 @@ from .inception import (
     as_uint8,
     check_mode,
     clean_resize,
-    inception,
     inception_path,
     legacy_tensorflow_resize,
     network_sha256,

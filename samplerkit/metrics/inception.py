@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
+import types
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -155,11 +157,6 @@ def _load_network(path: Path, device: torch.device) -> tuple[torch.nn.Module, to
             weight = None
         _NETWORKS[key] = (layers, None if weight is None else weight.detach())
     return _NETWORKS[key]
-
-
-def _load_layers(path: Path, device: torch.device) -> torch.nn.Module:
-    """The network's ``layers`` (loaded once per file and device)."""
-    return _load_network(path, device)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,3 +323,14 @@ def extract_features(features, images, spatial: bool, logits: bool = False) -> F
     if logits:
         raise SamplerkitError("Inception Score needs logits; this feature extractor gives pool features only")
     return Features(np.asarray(features(as_uint8(images))))
+
+
+class _CallableModule(types.ModuleType):
+    """``samplerkit.metrics.inception`` is one thing: this module, which called is :func:`inception`."""
+
+    def __call__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32,
+                 mode: str = "clean") -> Inception:
+        return inception(path, device, batch_size, mode)
+
+
+sys.modules[__name__].__class__ = _CallableModule

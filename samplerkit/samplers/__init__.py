@@ -25,17 +25,21 @@ model's range (:func:`samplerkit.schedules.for_model`), or ``respace(T, str(N))`
 
 :data:`SAMPLERS` is the one table of samplers: name -> function, order, NFE for N steps, kind
 of grid, source. A sampler's knobs and their defaults are read from its signature
-(:func:`knobs`), so they are defined once, where the sampler is.
+(:func:`knobs`), so they are defined once, where the sampler is; what a user reads about a knob
+(help text, choices, command-line flag) is its :class:`Knob` in :data:`KNOB_HELP` or in the row's
+own ``knob_help``. The command line builds its sampler options from these two tables
+(:func:`table_knobs`), so a new sampler is one function plus one row.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import SamplerkitError
-from .discrete import ancestral, chain_alpha_bar, check_eta, ddim, resolve_variance
+from ..knobs import Knob
+from .discrete import VARIANCES, ancestral, chain_alpha_bar, check_eta, ddim, resolve_variance
 from .dpm import (
     SOLVER_TYPES,
     check_noise,
@@ -49,10 +53,32 @@ from .dpm import (
 )
 from .dpm_solver import check_adaptive, dpm_adaptive, dpm_fast
 from .multistep import UNIPC_VARIANTS, check_order, ipndm, lms, unipc
-from .ode import TimeSchedule, check_churn, euler, heun, stochastic
+from .ode import SCALINGS, SCHEDULES, TimeSchedule, check_churn, euler, heun, stochastic
 
 # arguments every sampler has that are not knobs a user sets
-_NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback", "time_shift")
+_NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback", "time_shift",
+              "cond_fn")
+
+
+# knobs that several samplers share; a row's own knob_help adds (or overrides) its own
+KNOB_HELP: dict[str, Knob] = {
+    "schedule": Knob("sigma(t) of EDM Alg. 1 (Karras et al. 2022, Table 1).", SCHEDULES),
+    "scaling": Knob("s(t) of EDM Alg. 1 (Karras et al. 2022, Table 1).", SCALINGS),
+    "epsilon_s": Knob("Lowest t of the VP sigma(t) (--schedule vp; EDM Table 1 epsilon_s)."),
+    "S_churn": Knob("EDM Alg. 2 S_churn.", flag="--S-churn"),
+    "S_min": Knob("EDM Alg. 2 S_tmin.", flag="--S-min"),
+    "S_max": Knob("EDM Alg. 2 S_tmax.", flag="--S-max"),
+    "S_noise": Knob("EDM Alg. 2 S_noise.", flag="--S-noise"),
+    "eta": Knob("DDIM eta; amount of ancestral/SDE noise of the k-diffusion samplers (0 = deterministic)."),
+    "s_noise": Knob("Noise scale s_noise of the ancestral/SDE samplers."),
+    "solver_type": Knob("2nd-order correction of dpmpp_2m_sde.", SOLVER_TYPES),
+    "order": Knob("Order of the multistep method (lms, ipndm: 1-4; unipc: 1-3) or of dpm_adaptive's pair (2, 3)."),
+    "variant": Knob("UniPC B(h): bh1 = h, bh2 = e^h - 1.", UNIPC_VARIANTS),
+    "variance": Knob("Ancestral variance (Nichol & Dhariwal 2021, Eq. 15 when learned; auto = learned if the "
+                     "model has it).", ("auto", *VARIANCES)),
+    "clip_denoised": Knob("Clamp the denoised estimate to [-1, 1] (default: on for ddim/ancestral, off otherwise).",
+                          flag="--clip/--no-clip", param="clip"),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,7 @@ class SamplerInfo:
     grid: str
     source: str
     resolve: Callable[[object, dict], dict] | None = None
+    knob_help: dict[str, Knob] = field(default_factory=dict)
 
     @property
     def knobs(self) -> dict[str, object]:
@@ -81,11 +108,37 @@ class SamplerInfo:
     def stochastic(self) -> bool:
         return "randn_like" in inspect.signature(self.fn).parameters
 
+    def knob(self, name: str) -> Knob:
+        """The :class:`Knob` of option ``name``: the row's own, else the shared one, else a plain one
+        (every knob gets a flag)."""
+        return self.knob_help.get(name) or KNOB_HELP.get(name) or Knob(f"{name} (see the sampler's docstring).")
+
 
 def knobs(fn: Callable) -> dict[str, object]:
     """The keyword options of sampler ``fn`` with their defaults, from its signature."""
     return {name: p.default for name, p in inspect.signature(fn).parameters.items()
             if name not in _NOT_KNOBS and p.default is not inspect.Parameter.empty}
+
+
+def table_knobs() -> dict[str, tuple[Knob, object, list[str]]]:
+    """Every knob of the current table: name -> (its Knob, a default, the samplers that take it), in
+    table order. The command line generates its sampler flags from this."""
+    out: dict[str, tuple[Knob, object, list[str]]] = {}
+    for sampler, row in SAMPLERS.items():
+        for name, default in row.knobs.items():
+            if name not in out:
+                out[name] = (row.knob(name), default, [])
+            out[name][2].append(sampler)
+    return out
+
+
+def check_choices(sampler: str, options: dict) -> None:
+    """Each option of ``sampler`` with a list of choices must be one of them."""
+    row = info(sampler)
+    for name, value in options.items():
+        choices = row.knob(name).choices if name in row.knobs else None
+        if choices is not None and value not in choices:
+            raise SamplerkitError(f"unknown {name} {value!r} for {sampler}; use {' or '.join(map(str, choices))}")
 
 
 def _resolve_ddim(net, options: dict) -> dict:
@@ -105,9 +158,6 @@ def _resolve_churn(net, options: dict) -> dict:
 def _resolve_noise(max_eta: float = float("inf")):
     def resolve(net, options: dict) -> dict:
         check_noise(options["eta"], options["s_noise"], max_eta)
-        solver_type = options.get("solver_type", SOLVER_TYPES[0])
-        if solver_type not in SOLVER_TYPES:
-            raise SamplerkitError(f"unknown solver_type {solver_type!r}; use {' or '.join(SOLVER_TYPES)}")
         return options
 
     return resolve
@@ -116,8 +166,6 @@ def _resolve_noise(max_eta: float = float("inf")):
 def _resolve_order(name: str, highest: int):
     def resolve(net, options: dict) -> dict:
         check_order(name, options["order"], highest)
-        if options.get("variant", UNIPC_VARIANTS[0]) not in UNIPC_VARIANTS:
-            raise SamplerkitError(f"unknown UniPC variant {options['variant']!r}; use {' or '.join(UNIPC_VARIANTS)}")
         return options
 
     return resolve
@@ -131,6 +179,16 @@ def _resolve_dpm_solver(net, options: dict) -> dict:
 
 
 _KD = "crowsonkb/k-diffusion"
+# dpm_adaptive's step-size control (Lu et al. 2022, App. C; k-diffusion's PIDStepSizeController)
+_DPM_ADAPTIVE_KNOBS = {
+    "rtol": Knob("dpm_adaptive: relative error tolerance."),
+    "atol": Knob("dpm_adaptive: absolute error tolerance."),
+    "h_init": Knob("dpm_adaptive: first step size in lambda = -log sigma."),
+    "pcoeff": Knob("dpm_adaptive: proportional coefficient of the PID step-size controller."),
+    "icoeff": Knob("dpm_adaptive: integral coefficient of the PID step-size controller."),
+    "dcoeff": Knob("dpm_adaptive: derivative coefficient of the PID step-size controller."),
+    "accept_safety": Knob("dpm_adaptive: accept a step when its error ratio is at least this."),
+}
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo(euler, "1", lambda n: n, "sigmas", "Karras et al. 2022 (EDM), Alg. 1 without lines 6-8"),
     "heun": SamplerInfo(heun, "2", lambda n: 2 * n - 1, "sigmas", "Karras et al. 2022 (EDM), Alg. 1"),
@@ -167,7 +225,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
                             f"Lu et al. 2022 (DPM-Solver), Sec. 3.3; {_KD} sample_dpm_fast", _resolve_dpm_solver),
     "dpm_adaptive": SamplerInfo(dpm_adaptive, "2 or 3 (order knob); adaptive steps: NFE set by rtol/atol, "
                                 "the N of the NFE column is nominal", lambda n: n, "sigmas",
-                                f"Lu et al. 2022 (DPM-Solver), App. C; {_KD} sample_dpm_adaptive", _resolve_dpm_solver),
+                                f"Lu et al. 2022 (DPM-Solver), App. C; {_KD} sample_dpm_adaptive", _resolve_dpm_solver,
+                                _DPM_ADAPTIVE_KNOBS),
 }
 
 
@@ -184,8 +243,9 @@ def nfe(name: str, num_steps: int) -> int:
 
 
 __all__ = [
-    "SAMPLERS", "SamplerInfo", "TimeSchedule", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
+    "KNOB_HELP", "SAMPLERS", "SCALINGS", "SCHEDULES", "SOLVER_TYPES", "UNIPC_VARIANTS", "VARIANCES", "Knob",
+    "SamplerInfo", "TimeSchedule", "check_choices", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "info",
-    "ipndm", "knobs", "lms", "nfe", "stochastic", "unipc",
+    "ipndm", "knobs", "lms", "nfe", "stochastic", "table_knobs", "unipc",
     "dpm_adaptive", "dpm_fast",
 ]

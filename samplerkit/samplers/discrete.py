@@ -15,10 +15,13 @@ its noise level, denoised the x0 estimate the step uses (clipped when ``clip_den
 sampler). Per step it may give each image its own abar for the network call and x0 (``paper``
 mode) or its own landing level (``reference`` mode); sigma in the callback is then per image.
 
-A denoiser guided by a classifier in the ``upstream`` form (:mod:`samplerkit.guidance`) is guided
-here, as guided-diffusion does it: DDIM shifts eps by -sqrt(1 - abar) s grad log p after clipping x0
+``cond_fn(x_t, sigma, class_labels)`` -> s grad_{x_t} log p(y | x_t) (guided-diffusion's ``cond_fn``;
+classifier guidance in its ``upstream`` form, :mod:`samplerkit.guidance`) is applied here, as
+guided-diffusion does it: DDIM shifts eps by -sqrt(1 - abar) s grad log p after clipping x0
 (``condition_score``), the ancestral step shifts the posterior mean by s Sigma grad log p
-(``condition_mean``; Sigma = beta~ with fixedsmall, exp(log Sigma) otherwise). Dhariwal & Nichol 2021, Alg. 1-2.
+(``condition_mean``; Sigma = beta~ with fixedsmall, exp(log Sigma) otherwise). Dhariwal & Nichol 2021,
+Alg. 1-2. Without it, a denoiser that declares such a term is split into its unguided model and the
+term (:func:`samplerkit.denoisers.split_guidance`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..denoisers import training_alpha_bar
+from ..denoisers import split_guidance, training_alpha_bar
 from ..diffusion import Chain, alpha_bar_from_sigma, predict_eps_from_x0, predict_x0_from_eps, sigma_from_alpha_bar
 from ..errors import SamplerkitError
-from ..guidance import upstream_guidance
 from ..schedules import for_model, respace
 from ._grid import denoise, is_step_count, report, rounded
 
@@ -86,7 +88,7 @@ def resolve_variance(net, variance: str) -> str:
 
 def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
          randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
-         callback: Callable | None = None, time_shift=None) -> torch.Tensor:
+         callback: Callable | None = None, time_shift=None, cond_fn: Callable | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021): x_{t-1} = sqrt(abar') x0 + sqrt(1 - abar' - s^2) eps + s z with
     s = eta sqrt((1 - abar')/(1 - abar)) sqrt(1 - abar/abar'). x0 is clipped to [-1, 1] when
     ``clip_denoised`` and eps re-derived from it, as guided-diffusion does. With eta = 0 and no
@@ -95,30 +97,30 @@ def ddim(net, latents, steps_or_sigmas, class_labels=None, eta: float = 0.0,
     alpha_bars = chain_alpha_bar(net, steps_or_sigmas).to(latents.device)
     shift = time_shift.bind(net, alpha_bars, "ddim") if time_shift is not None else None
     x = latents.to(torch.float64)  # x_T in x_t-space
-    with upstream_guidance(net) as guide:
-        _no_time_shift_with(guide, shift)
-        for i, k in enumerate(reversed(range(len(alpha_bars)))):
-            ab = alpha_bars[k]
-            ab_prev = alpha_bars[k - 1] if k > 0 else torch.ones_like(ab)
-            if shift is not None:  # Li et al. 2024 (TS): per-image levels
-                ab, ab_prev = shift.levels(i, k, x, ab, ab_prev)
-            sigma = sigma_from_alpha_bar(ab)
-            x0 = denoise(net, x / ab.sqrt(), sigma.flatten() if sigma.ndim else sigma, class_labels, clip_denoised)
-            eps = predict_eps_from_x0(x, ab, x0)
-            if guide is not None:  # Dhariwal & Nichol 2021, Alg. 2 (condition_score): eps - sqrt(1 - abar) g
-                eps = eps - (1 - ab).sqrt() * guide.grad_log_prob(x, sigma, class_labels)
-                x0 = predict_x0_from_eps(x, ab, eps)
-            report(callback, i, x, sigma, sigma, x0)
-            # (clamped: 0 where a time shift put the state at or below the next level, see remedies.TimeShift)
-            s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).clamp(min=0).sqrt()
-            z = randn_like(x)
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev - s**2).clamp(min=0).sqrt() * eps + (s * z if k > 0 else 0)
+    net, cond_fn = split_guidance(net, cond_fn)
+    _no_time_shift_with(cond_fn, shift)
+    for i, k in enumerate(reversed(range(len(alpha_bars)))):
+        ab = alpha_bars[k]
+        ab_prev = alpha_bars[k - 1] if k > 0 else torch.ones_like(ab)
+        if shift is not None:  # Li et al. 2024 (TS): per-image levels
+            ab, ab_prev = shift.levels(i, k, x, ab, ab_prev)
+        sigma = sigma_from_alpha_bar(ab)
+        x0 = denoise(net, x / ab.sqrt(), sigma.flatten() if sigma.ndim else sigma, class_labels, clip_denoised)
+        eps = predict_eps_from_x0(x, ab, x0)
+        if cond_fn is not None:  # Dhariwal & Nichol 2021, Alg. 2 (condition_score): eps - sqrt(1 - abar) g
+            eps = eps - (1 - ab).sqrt() * cond_fn(x, sigma, class_labels)
+            x0 = predict_x0_from_eps(x, ab, eps)
+        report(callback, i, x, sigma, sigma, x0)
+        # (clamped: 0 where a time shift put the state at or below the next level, see remedies.TimeShift)
+        s = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).clamp(min=0).sqrt()
+        z = randn_like(x)
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - s**2).clamp(min=0).sqrt() * eps + (s * z if k > 0 else 0)
     return x
 
 
 def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = "auto",
               randn_like: Callable = torch.randn_like, clip_denoised: bool = True,
-              callback: Callable | None = None, time_shift=None) -> torch.Tensor:
+              callback: Callable | None = None, time_shift=None, cond_fn: Callable | None = None) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2; Ning et al. 2023, Alg. 2) on a respaced
     chain (Nichol & Dhariwal 2021, Eq. 19): x_{t-1} = mu~(x_t, x0) + Sigma^(1/2) z, z = 0 at the
     last step. NFE = N.
@@ -131,37 +133,37 @@ def ancestral(net, latents, steps_or_sigmas, class_labels=None, variance: str = 
     chain = Chain.from_alpha_bar(chain_alpha_bar(net, steps_or_sigmas).to(latents.device))
     shift = time_shift.bind(net, chain.alpha_bar, "ancestral") if time_shift is not None else None
     x = latents.to(torch.float64)  # x_T in x_t-space
-    with upstream_guidance(net) as guide:
-        _no_time_shift_with(guide, shift)
-        for i, k in enumerate(reversed(range(len(chain)))):
-            ab = chain.alpha_bar[k]
-            if shift is not None:  # Li et al. 2024 (TS): x is coupled with its own level abar_{t_s}
-                ab = shift.levels(i, k, x, ab, chain.alpha_bar_prev[k])[0]
-            x_sigma, sigma = x / ab.sqrt(), sigma_from_alpha_bar(ab)
-            sigma = sigma.flatten() if sigma.ndim else sigma
-            if variance == "learned":
-                x0, v = net.denoise_with_variance(x_sigma, sigma, class_labels)
-                x0 = x0.to(torch.float64)
-            else:
-                x0, v = denoise(net, x_sigma, sigma, class_labels), None
-            if clip_denoised:
-                x0 = x0.clamp(-1, 1)
-            report(callback, i, x, sigma, sigma, x0)
-            if ab.ndim:  # shifted: the posterior from each image's own level to the chain's next one
-                mean, log_var = _shifted_posterior(ab.flatten(), chain.alpha_bar_prev[k], x0, x, variance, v)
-            else:
-                mean = chain.posterior_mean(k, x0, x)
-                log_var = chain.log_variance(k, variance, v)
-            if guide is not None:  # Dhariwal & Nichol 2021, Alg. 1 (condition_mean): mu + s Sigma g
-                var = chain.posterior_variance[k] if variance == "fixedsmall" else torch.exp(log_var)
-                mean = mean + var * guide.grad_log_prob(x, sigma, class_labels)
-            z = randn_like(x)
-            x = mean + (torch.exp(0.5 * log_var) * z if k > 0 else 0)
+    net, cond_fn = split_guidance(net, cond_fn)
+    _no_time_shift_with(cond_fn, shift)
+    for i, k in enumerate(reversed(range(len(chain)))):
+        ab = chain.alpha_bar[k]
+        if shift is not None:  # Li et al. 2024 (TS): x is coupled with its own level abar_{t_s}
+            ab = shift.levels(i, k, x, ab, chain.alpha_bar_prev[k])[0]
+        x_sigma, sigma = x / ab.sqrt(), sigma_from_alpha_bar(ab)
+        sigma = sigma.flatten() if sigma.ndim else sigma
+        if variance == "learned":
+            x0, v = net.denoise_with_variance(x_sigma, sigma, class_labels)
+            x0 = x0.to(torch.float64)
+        else:
+            x0, v = denoise(net, x_sigma, sigma, class_labels), None
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        report(callback, i, x, sigma, sigma, x0)
+        if ab.ndim:  # shifted: the posterior from each image's own level to the chain's next one
+            mean, log_var = _shifted_posterior(ab.flatten(), chain.alpha_bar_prev[k], x0, x, variance, v)
+        else:
+            mean = chain.posterior_mean(k, x0, x)
+            log_var = chain.log_variance(k, variance, v)
+        if cond_fn is not None:  # Dhariwal & Nichol 2021, Alg. 1 (condition_mean): mu + s Sigma g
+            var = chain.posterior_variance[k] if variance == "fixedsmall" else torch.exp(log_var)
+            mean = mean + var * cond_fn(x, sigma, class_labels)
+        z = randn_like(x)
+        x = mean + (torch.exp(0.5 * log_var) * z if k > 0 else 0)
     return x
 
 
-def _no_time_shift_with(guide, shift) -> None:
-    if guide is not None and shift is not None:
+def _no_time_shift_with(cond_fn, shift) -> None:
+    if cond_fn is not None and shift is not None:
         raise SamplerkitError("the upstream guidance form does not combine with time_shift; use form 'score'")
 
 

@@ -21,6 +21,10 @@ from ._grid import denoise, report, rounded, start
 # deterministic ODE solvers (EDM Alg. 1)
 
 
+SCHEDULES = ("linear", "vp", "ve")  # sigma(t) of Alg. 1
+SCALINGS = ("none", "vp")  # s(t) of Alg. 1
+
+
 class TimeSchedule:
     """sigma(t), s(t) and their derivatives for Alg. 1 (Karras et al. 2022 (EDM), Sec. 3, Table 1).
 
@@ -31,10 +35,10 @@ class TimeSchedule:
 
     def __init__(self, schedule: str = "linear", scaling: str = "none", sigma_min=None, sigma_max=None,
                  epsilon_s: float = 1e-3):
-        if schedule not in ("linear", "vp", "ve"):
-            raise SamplerkitError(f"unknown schedule {schedule!r}; use linear, vp or ve")
-        if scaling not in ("none", "vp"):
-            raise SamplerkitError(f"unknown scaling {scaling!r}; use none or vp")
+        if schedule not in SCHEDULES:
+            raise SamplerkitError(f"unknown schedule {schedule!r}; use {', '.join(SCHEDULES)}")
+        if scaling not in SCALINGS:
+            raise SamplerkitError(f"unknown scaling {scaling!r}; use {' or '.join(SCALINGS)}")
         self.schedule, self.scaling = schedule, scaling
         if schedule == "vp":
             self.beta_d, self.beta_min = vp_betas_for_range(sigma_min, sigma_max, epsilon_s)

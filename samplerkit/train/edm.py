@@ -47,16 +47,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import vp_sigma
+from ..diffusion import per_sample, vp_sigma
 from ..errors import SamplerkitError
 
 PRECONDS = ("edm", "vp", "ve")
 EDM_REGULARIZERS = ("none", "ip")
 PRECOND_CLASSES = {"edm": "EDMPrecond", "vp": "VPPrecond", "ve": "VEPrecond"}
-
-
-def _column(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return a.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 @dataclass
@@ -110,7 +106,7 @@ class EDMObjective:
     def network_input(self, y, sigma, n, xi) -> torch.Tensor:
         """y + sigma n, or y + sigma (n + gamma xi) with input perturbation; sigma is [B]."""
         noise = n + self.gamma * xi if self.regularizer == "ip" else n
-        return y + _column(sigma.to(y.dtype), y) * noise
+        return y + per_sample(sigma.to(y.dtype), y) * noise
 
     def terms(self, model: Callable, y, u, n, xi, probe=None, labels=None) -> dict[str, torch.Tensor]:
         """Per-sample terms {'loss', 'mse', 'vb', 'gp', 'position'} (each [B]) for clean images y,

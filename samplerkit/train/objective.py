@@ -31,16 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion import Chain, learned_log_variance, predict_x0_from_eps, q_sample
+from ..diffusion import Chain, learned_log_variance, per_sample, predict_x0_from_eps, q_sample
 from ..errors import SamplerkitError
 
 LOSSES = ("simple", "hybrid", "vlb")
 REGULARIZERS = ("none", "ip", "y", "gp", "wd")
 WD_FORMS = ("decoupled", "loss")
-
-
-def _per_sample(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return a.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def network_input(x0, alpha_bar, eps, xi, regularizer: str, gamma=0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +50,7 @@ def network_input(x0, alpha_bar, eps, xi, regularizer: str, gamma=0.1) -> tuple[
     """
     ab = torch.as_tensor(alpha_bar).to(x0.dtype)
     g = torch.as_tensor(gamma, dtype=x0.dtype, device=x0.device)
-    g = _per_sample(g, x0) if g.ndim else g
+    g = per_sample(g, x0, x0.dtype) if g.ndim else g
     if regularizer in ("none", "gp", "wd"):
         return q_sample(x0, ab, eps), eps
     if regularizer == "ip":
@@ -90,13 +86,14 @@ def vlb_term(chain: Chain, x0, x_t, t, eps, v) -> torch.Tensor:
     """L_t per sample in bits/dim: KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t)) for t > 0 and
     the decoder's -log p(x0 | x_1) at t = 0 (Nichol & Dhariwal 2021, Eqs. 4-6), with the model's
     mean from eps and its variance from v (Eq. 15)."""
-    ab = _per_sample(chain.alpha_bar[t], x_t)
+    ab = per_sample(chain.alpha_bar[t], x_t, x_t.dtype)
     x0_hat = predict_x0_from_eps(x_t, ab, eps)  # not clipped, as guided-diffusion's vb terms
-    c1, c2 = _per_sample(chain.posterior_mean_coef1[t], x_t), _per_sample(chain.posterior_mean_coef2[t], x_t)
+    c1 = per_sample(chain.posterior_mean_coef1[t], x_t, x_t.dtype)
+    c2 = per_sample(chain.posterior_mean_coef2[t], x_t, x_t.dtype)
     model_mean = c1 * x0_hat + c2 * x_t
     true_mean = c1 * x0 + c2 * x_t
-    true_logvar = _per_sample(chain.posterior_log_variance_clipped[t], x_t)
-    log_beta = _per_sample(torch.log(chain.betas[t]), x_t)
+    true_logvar = per_sample(chain.posterior_log_variance_clipped[t], x_t, x_t.dtype)
+    log_beta = per_sample(torch.log(chain.betas[t]), x_t, x_t.dtype)
     model_logvar = learned_log_variance(v, log_beta, true_logvar).to(x_t.dtype)
     dims = tuple(range(1, x_t.ndim))
     kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dims) / math.log(2.0)

@@ -1,0 +1,63 @@
+"""What a model name stands for in a run: its recommended sampler settings, its sha256 and, for
+classifier guidance, the noisy-image classifier it names (a zoo name or a local checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import zoo
+from .errors import SamplerkitError
+from .loading import load
+from .output import file_sha256
+
+
+def recommended(name: str | None) -> dict:
+    """The recommended sampler settings of model ``name``: the zoo's for a zoo name, those its
+    training run wrote (``recommended.json``) for a checkpoint file; {} when there are none."""
+    if name and Path(name).is_file():
+        from .train.recommend import read_recommended  # the training package is heavy: only for a run's file
+
+        return read_recommended(name)
+    try:
+        return dict(zoo.get(name).recommended) if name else {}
+    except SamplerkitError:
+        return {}
+
+
+def resolve_sampler(name: str | None, sampler: str | None, steps: int | None, options: dict) -> tuple[str, int, dict]:
+    """The sampler, step count and options a run uses when the user left some unset.
+
+    No ``--sampler``: the model's recommended settings (``samplerkit models info``), with the
+    user's own options on top; a model without one gets Heun with 18 steps. ``--sampler`` given
+    without ``--steps``: the recommended step count when it names the recommended sampler, else 18.
+    """
+    rec = recommended(name)
+    rec_sampler, rec_steps = rec.pop("sampler", "heun"), rec.pop("steps", 18)
+    if sampler is None:
+        return rec_sampler, rec_steps if steps is None else steps, {**rec, **options}
+    if steps is None:
+        steps = rec_steps if sampler == rec_sampler else 18
+    return sampler, steps, options
+
+
+def model_sha256(name: str) -> str:
+    """sha256 of a local model file; the published or recorded one for a zoo name (a shipped model's
+    own); '' when there is none (an analytic model, a download not made yet)."""
+    if Path(name).is_file():
+        return file_sha256(name)
+    try:
+        entry = zoo.get(name)
+    except SamplerkitError:
+        return ""
+    return entry.expected_sha256() or ""  # a shipped model has its digest; an analytic one has none
+
+
+def load_classifier(name: str, flags: dict, device="cpu"):
+    """The noisy-image classifier ``--classifier`` names: a zoo classifier, or a ``.pt`` with its
+    upstream ``classifier_*`` flags (or a flags.json beside it)."""
+    if not Path(name).is_file():
+        entry = zoo.get(name)
+        if entry.family != "adm-classifier":
+            names = ", ".join(e.name for e in zoo.entries() if e.family == "adm-classifier")
+            raise SamplerkitError(f"{name} is not a classifier (family {entry.family}); use one of {names}")
+    return load(name, family="adm-classifier", device=device, **flags)
