@@ -88,7 +88,7 @@ def check_experiment(path: str | Path | None, what: str, expected: Mapping[str, 
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise SamplerkitError(f"{path}: unreadable CSV ({err}); move it away or pick another --csv") from None
+        raise SamplerkitError(f"{path}: unreadable CSV ({err}); move it away or pick another csv_path") from None
     of_row = dict(of_row or {})
     for name, values in expected.items():
         allowed = {cell_text(v) for v in values}
@@ -97,7 +97,7 @@ def check_experiment(path: str | Path | None, what: str, expected: Mapping[str, 
         if any(v not in allowed for v in found):
             raise SamplerkitError(
                 f"{path} holds {what} of another experiment ({name} {_listed(found)} there, "
-                f"{_listed(sorted(allowed))} now); start a new file with another csv path (CLI: --csv NEW.csv), "
+                f"{_listed(sorted(allowed))} now); start a new file with another csv_path, "
                 f"or move {path} away")
 
 

@@ -95,7 +95,7 @@ def test_check_experiment_refuses_rows_of_another_experiment_in_one_line(tmp_pat
     with pytest.raises(SamplerkitError) as info:
         results.check_experiment(path, "sweep rows", {"model": ["a"], "n_images": [4], "ref": ["r1"]})
     assert str(info.value) == (f"{path} holds sweep rows of another experiment (n_images 16 there, 4 now); start a "
-                               f"new file with another csv path (CLI: --csv NEW.csv), or move {path} away")
+                               f"new file with another csv_path, or move {path} away")
     with pytest.raises(SamplerkitError, match="model a there, b now"):
         results.check_experiment(path, "sweep rows", {"model": ["b"]})
 

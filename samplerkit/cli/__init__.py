@@ -16,6 +16,7 @@ import sys
 import click
 
 from ..errors import Interrupted, SamplerkitError
+from ._options import with_argument_flags
 
 # shown in this order in --help; modules not listed come after, alphabetically
 _ORDER = ["sample", "sweep", "exposure", "nll", "retrain", "fid", "models"]
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(_one_line(e), err=True)
         sys.exit(130)
     except SamplerkitError as e:
-        click.echo(f"error: {_one_line(e)}", err=True)
+        click.echo(f"error: {with_argument_flags(_one_line(e))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

@@ -146,6 +146,19 @@ def flag_of(option: str) -> str | None:
     return entry[0].flag_of(option) if entry else None
 
 
+# library keyword arguments that are no sampler knob, as library errors name them ("pass overwrite=True"),
+# and the flags every command that takes them spells them with (samplerkit.cli.main applies this to all errors)
+ARGUMENT_FLAGS = {"overwrite=True": "--overwrite", "allow_resolution_mismatch=True": "--allow-resolution-mismatch",
+                  "another csv_path": "another --csv file"}
+
+
+def with_argument_flags(message: str) -> str:
+    """``message`` with :data:`ARGUMENT_FLAGS` in the user's words."""
+    for name, flag in ARGUMENT_FLAGS.items():
+        message = message.replace(name, flag)
+    return message
+
+
 def with_flag_names(message: str) -> str:
     """``message`` with the options' Python names replaced by their command-line flags: the one place
     where a library error (raised in Python's words) is given the user's words."""

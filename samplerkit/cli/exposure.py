@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import exposure
+from .. import speed as speed_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
 from ..remedies import Remedies
@@ -31,7 +32,6 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 def _load_models(names, family, flags, preset, device, speed="exact", batch: int = 64,
                  log=lambda s: None) -> list[exposure.ModelSpec]:
     """The models, each under the run's speed policy (:mod:`samplerkit.speed`), which is logged."""
-    from .. import speed as speed_lib
 
     specs = []
     for name in names:
@@ -103,7 +103,6 @@ def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _fid_features(device, speed="exact"):
     """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
-    from .. import speed as speed_lib
     from ..metrics import inception
 
     return speed_lib.for_inception(inception(device=device), speed, device)[0]
@@ -200,8 +199,6 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
                                  batch=batch, seed=seed, respacing=respacing, reference=reference, stride=stride,
                                  clip_denoised=clip_denoised, variance=variance,
                                  data=data + (";noresize" if no_resize else ""))
-    from .. import speed as speed_lib
-
     speed = speed or speed_lib.default_mode()
     specs = _load_models(models, family, flags, preset, device, speed, batch, log)
     specs = _with_remedies(specs, settings, Remedies.from_options(**remedies))
@@ -211,9 +208,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
     if "fid" in settings.modes:
         features = _fid_features(device, speed)
         real = _fid_reference(fid_ref)
-    check_experiment(csv_path, "exposure-bias rows", {"model": [s.name for s in specs], "n": {len(x0)},
-                                                      "data": {settings.data}},
-                     of_row={"data": lambda row: _settings_part(row.get("settings", ""), "data")})
+    _check_one_experiment(csv_path, specs, len(x0), settings.data)
     report = exposure.run(specs, x0, labels, settings, csv_path=csv_path, features=features, real_features=real,
                           device=device, log=log, show_progress=not quiet)
     for mode in settings.modes:
@@ -244,3 +239,9 @@ def _settings_part(text: str, name: str) -> str | None:
     order chain, data, clip, ...; a data source may itself hold ';noresize')."""
     m = re.search(rf"(?:^|;){name}=(.*?)(?:;clip=|$)", text)
     return m.group(1) if m else None
+
+
+def _check_one_experiment(csv_path, specs, n: int, data: str) -> None:
+    """The CSV holds one experiment: the same models (remedy variants included), images and data."""
+    check_experiment(csv_path, "exposure-bias rows", {"model": [s.name for s in specs], "n": {n}, "data": {data}},
+                     of_row={"data": lambda row: _settings_part(row.get("settings", ""), "data")})

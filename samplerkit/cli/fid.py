@@ -221,11 +221,8 @@ def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_siz
     check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, n)
     checked = check_reference(ref, wanted, ref_images, recompute_ref, fid_mode)
     check_stored_mode(checked, fid_mode, force_pipeline)
-    for name, src in [(images, source)] + ([(paired_with, other)] if other is not None else []):
-        check_same_resolution(name, src.resolution, ref, reference_resolution(checked), allow_resolution_mismatch)
-    if "kid" in wanted and kid_subset_size is not None:
-        n_ref = len(checked.feats) if isinstance(checked, metrics_lib.Statistics) else checked[1]
-        metrics_lib.check_subset_size(n, n_ref, kid_subset_size)
+    _check_against_reference([(images, source), (paired_with, other)], n, ref, checked, allow_resolution_mismatch,
+                             kid_subset_size if "kid" in wanted else None)
     joined_already = distributed.is_initialized()
     distributed.init(device)
     try:
@@ -267,6 +264,17 @@ def fid(images, ref, paired_with, metrics, fid_mode, kid_subsets, kid_subset_siz
     finally:
         if not joined_already:
             distributed.cleanup()
+
+
+def _check_against_reference(sets, n: int, ref: str, checked, allow_mismatch: bool, kid_subset_size) -> None:
+    """Each opened image set (name, source or None) against the reference's resolution, and KID's
+    subset size against both sides' image counts."""
+    for name, src in sets:
+        if src is not None:
+            check_same_resolution(name, src.resolution, ref, reference_resolution(checked), allow_mismatch)
+    if kid_subset_size is not None:
+        n_ref = len(checked.feats) if isinstance(checked, metrics_lib.Statistics) else checked[1]
+        metrics_lib.check_subset_size(n, n_ref, kid_subset_size)
 
 
 def _pipeline_of(features) -> metrics_lib.Statistics:

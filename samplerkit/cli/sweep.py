@@ -192,12 +192,8 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if "is" in wanted:
         metrics_lib.require_logits(features)
     reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
-    experiment = {"model": {model}, "ref": {reference.fingerprint()}, "mode": {getattr(features, "mode", fid_mode)},
-                  "n_images": {len(seed_list)}}  # a guided cell's model column names the classifier after " + "
-    check_experiment(csv_file, "sweep rows", experiment,
-                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
-    if "kid" in wanted and kid_subset_size is not None:
-        metrics_lib.check_subset_size(len(seed_list), reference.n or len(seed_list), kid_subset_size)
+    _check_one_experiment(csv_file, model, reference, getattr(features, "mode", fid_mode), len(seed_list))
+    _check_kid_subsets(wanted, kid_subset_size, len(seed_list), reference)
     note = note_reference(reference, ref, fid_mode)
     if note:
         log(note)
@@ -228,3 +224,16 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
         log(f"wrote {plot_path}")
     if show_table:
         click.echo(sweep_lib.table(rows, wanted))
+
+
+def _check_kid_subsets(wanted, kid_subset_size, n: int, reference) -> None:
+    if "kid" in wanted and kid_subset_size is not None:
+        metrics_lib.check_subset_size(n, reference.n or n, kid_subset_size)
+
+
+def _check_one_experiment(csv_file, model: str, reference, mode: str, n_images: int) -> None:
+    """The CSV holds one experiment: the same model, reference statistics, pipeline and number of images."""
+    experiment = {"model": {model}, "ref": {reference.fingerprint()}, "mode": {mode}, "n_images": {n_images}}
+    # a guided cell's model column names the classifier after " + "
+    check_experiment(csv_file, "sweep rows", experiment,
+                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})

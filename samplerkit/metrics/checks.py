@@ -20,7 +20,7 @@ def check_new_statistics_file(path: str | Path, overwrite: bool = False) -> None
     except SamplerkitError:
         held = None
     what = f"statistics of {held.n} images ({held.pipeline()})" if held is not None and held.n else "a file"
-    raise SamplerkitError(f"{path} already holds {what}; pass overwrite=True (CLI: --overwrite) to replace it, "
+    raise SamplerkitError(f"{path} already holds {what}; pass overwrite=True to replace it, "
                           "or write to another file")
 
 
@@ -43,4 +43,4 @@ def check_same_resolution(images: str, resolution: int, ref: str, ref_resolution
     raise SamplerkitError(
         f"{images} holds {resolution}x{resolution} images but the reference {ref} is of {ref_resolution}x"
         f"{ref_resolution} images; compare images of the reference's resolution, or pass "
-        "allow_resolution_mismatch=True (CLI: --allow-resolution-mismatch) if you mean it")
+        "allow_resolution_mismatch=True if you mean it")
