@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import distributed, plots
 from . import samplers as samplers_table
+from .autoencoders import autoencoder_of
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
 from .guidance import Guidance
@@ -162,6 +163,7 @@ def run(
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
     speed: str = "",
+    autoencoder=None,
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -176,15 +178,18 @@ def run(
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
-    by a level).
+    by a level). ``autoencoder``: how samples become uint8 pixels (:mod:`samplerkit.autoencoders`; default
+    the model's, RGB for a pixel model), so a latent model's FID is of its decoded images. A guided or
+    classifier-free ``guidance`` is recorded in the rows' columns (:meth:`~samplerkit.guidance.Guidance.settings`).
     """
     metrics = parse_metrics(metrics)
     axis = remedy_axis(remedies, eps_scalers)
     seeds = _checked(samplers, seeds, metrics, options, axis)
     evaluation = dict(evaluation or {})
     eval_id = evaluation_id(metrics, evaluation, bootstrap)
+    recorded = guidance.settings() if guidance is not None and guidance.kind != "classifier" else {}
     cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
-                         "ref": reference.fingerprint(), "evaluation": eval_id})
+                         "ref": reference.fingerprint(), "evaluation": eval_id, **recorded})
              for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
     table = results_csv(csv_path)
     rows = table.read()
@@ -198,7 +203,8 @@ def run(
     main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
-    cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed)
+    cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed,
+                 autoencoder if autoencoder is not None else autoencoder_of(net))
     with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
               dynamic_ncols=True) as bar:
         for prepared, row in todo:
@@ -267,6 +273,7 @@ class _Cell:
     class_labels: object
     device: object
     speed: str
+    autoencoder: object = None  # model space -> uint8 pixels
 
     def measure(self, prepared, bar) -> dict:
         """The metric and timing columns of one cell ("_sample": its statistics, for the intervals)."""
@@ -275,7 +282,7 @@ class _Cell:
         t0 = time.perf_counter()
         for _, x, _ in generate(prepared.net, prepared, self.seeds, self.batch_size, self.class_labels, self.device):
             t1 = time.perf_counter()
-            builder.add(x)
+            builder.add(self.autoencoder.decode(x).permute(0, 2, 3, 1).cpu().numpy())  # uint8 NHWC
             t2 = time.perf_counter()
             sample_seconds += t1 - t0
             eval_seconds += t2 - t1
