@@ -162,8 +162,7 @@ def run(
     device="cpu",
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
-    speed: str = "",
-    autoencoder=None,
+    speed: str = "", autoencoder=None,
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -178,27 +177,22 @@ def run(
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
-    by a level). ``autoencoder``: how samples become uint8 pixels (:mod:`samplerkit.autoencoders`; default
-    the model's, RGB for a pixel model), so a latent model's FID is of its decoded images. A guided or
-    classifier-free ``guidance`` is recorded in the rows' columns (:meth:`~samplerkit.guidance.Guidance.settings`).
+    by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded).
     """
     metrics = parse_metrics(metrics)
     axis = remedy_axis(remedies, eps_scalers)
     seeds = _checked(samplers, seeds, metrics, options, axis)
     evaluation = dict(evaluation or {})
     eval_id = evaluation_id(metrics, evaluation, bootstrap)
-    recorded = guidance.settings() if guidance is not None and guidance.kind != "classifier" else {}
     cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
-                         "ref": reference.fingerprint(), "evaluation": eval_id, **recorded})
+                         "ref": reference.fingerprint(), "evaluation": eval_id})
              for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
     table = results_csv(csv_path)
     rows = table.read()
     finished = {table.key(r): r for r in rows}
     todo = [c for c in cells
             if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
-    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
-    for _, row in cells:
-        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    baseline_of = _baselines(table, cells)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
@@ -250,8 +244,22 @@ def _cells(net, samplers, steps, axis, guidance, options) -> list[tuple]:
                 cells.append((prepared, {
                     "sampler": name, "steps": int(n_steps), "nfe": prepared.nfe,
                     "settings": json.dumps(settings, sort_keys=True), "eps_scaler": settings.get("eps_scaler", ""),
-                    "time_shift": int(bool(settings.get("time_shift")))}))
+                    "time_shift": int(bool(settings.get("time_shift"))), **_guidance_columns(guidance)}))
     return cells
+
+
+def _baselines(table: ResultsCSV, cells) -> dict:
+    """Step count (and remedy) -> key of the first sampler's cell: the baseline of the paired differences."""
+    baseline_of = {}
+    for _, row in cells:
+        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    return baseline_of
+
+
+def _guidance_columns(guidance) -> dict:
+    """A guided or classifier-free cell's guidance columns (:meth:`~samplerkit.guidance.Guidance.settings`:
+    the guiding network, its sha256, the weight, the interval); classifier guidance is named in the model column."""
+    return guidance.settings() if guidance is not None and guidance.kind != "classifier" else {}
 
 
 def _baseline_key(row: dict) -> tuple:

@@ -157,8 +157,6 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
           --ref imagenet256.npz --csv guided.csv --plot guided.png     # guidance scale axis (ADM-G)
       samplerkit sweep --model shapes32-edm --guide-model shapes32-ideal --guidance-weight 1,1.5,2 \
           --sampler heun --steps 18 --num-images 64 --ref builtin:shapes32 --ref-images 512 --csv w.csv
-      samplerkit sweep --model dit-xl-2-256 --cfg 1,1.5,4 --cfg-form upstream --sampler ancestral \
-          --steps 250 --num-images 10000 --ref imagenet256.npz --csv cfg.csv    # classifier-free axis
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     wanted = metrics_lib.parse_metrics(metrics)
@@ -176,8 +174,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     sweep_lib.check_options(names, options)
     guidances = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form,
-                                      guide_model=guide_model, guidance_weight=guidance_weight,
-                                      guidance_interval=guidance_interval, cfg=cfg, cfg_form=cfg_form,
+                                      **_second_network(guide_model, guidance_weight, guidance_interval, cfg, cfg_form),
                                       model_guidance=model_guidance(model))
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
@@ -190,12 +187,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     device = distributed.local_device(device)
     if not distributed.is_main():
         log = lambda s: None  # noqa: E731
-    net = load_model(model, family, flags, preset, device=device).eval()
-    net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)  # a guided preset
-    autoencoder = autoencoder_of(net)
-    autoencoder.check()  # a latent model without its optional extra: one line, before any work
-    if getattr(net, "img_channels", 3) != 3 and isinstance(autoencoder, RGBIdentity):
-        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    net, preset_gnet, autoencoder = _load(model, family, flags, preset, device)
     speed = speed or speed_lib.default_mode()
     net, speed_record = speed_lib.for_denoiser(net, speed, min(batch, len(seed_list)), device)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
@@ -216,8 +208,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     evaluation = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": eval_seed,
                   "force": force_pipeline}
 
-    sha = model_sha256(model)
-    cells = _guided_cells(model, sha, guidances, preset_gnet, device)
+    cells = _guided_cells(model, model_sha256(model), guidances, preset_gnet, device)
     rows = []
     for guidance, cell_model, cell_sha in cells:
         label_dim = guidance.label_dim if guidance is not None and guidance.label_dim is not None else net.label_dim
@@ -226,8 +217,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
                               bootstrap=bootstrap_rounds, options=options, remedies=remedies, guidance=guidance,
                               batch_size=batch, device=device, class_labels="random" if label_dim else None,
                               log=log, show_progress=not quiet, speed=speed_record["policy"], autoencoder=autoencoder)
-        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_AXIS[guidance.kind]}="
-                                                 f"{guidance.scale:g}"} for r in found]
+        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_axis(guidance)}"} for r in found]
     if not distributed.is_main():
         return
     log(f"wrote {csv_file}")
@@ -238,7 +228,9 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
         click.echo(sweep_lib.table(rows, wanted))
 
 
-_AXIS = {"classifier": "s", "guided": "w", "cfg": "cfg"}  # how a table's sampler column names the guidance weight
+def _axis(guidance: Guidance) -> str:
+    """How a table's sampler column names a guidance weight: 's=4' (classifier), 'w=2' (guide model), 'cfg=1.5'."""
+    return f"{ {'classifier': 's', 'guided': 'w', 'cfg': 'cfg'}[guidance.kind]}={guidance.scale:g}"
 
 
 def _guided_cells(model: str, sha: str, guidances: list[Guidance], preset_gnet, device) -> list[tuple]:
@@ -255,3 +247,22 @@ def _guided_cells(model: str, sha: str, guidances: list[Guidance], preset_gnet, 
     g_sha = model_sha256(first.name)
     loaded = [g.load(lambda name, flags: network, g_sha or None) for g in guidances]
     return [(g, f"{model} + {g.label()}", f"{sha} + {g_sha}") for g in loaded]
+
+
+def _second_network(guide_model, guidance_weight, guidance_interval, cfg, cfg_form) -> dict:
+    """The guidance options beyond the classifier's, by their Python names."""
+    return {"guide_model": guide_model, "guidance_weight": guidance_weight, "guidance_interval": guidance_interval,
+            "cfg": cfg, "cfg_form": cfg_form}
+
+
+def _load(model: str, family, flags, preset, device):
+    """(the model's network, a guided preset's guiding network or None, its autoencoder), checked: FID
+    needs RGB pixels, which a latent model gives through its autoencoder (whose optional extra must be
+    installed: one line, before any work)."""
+    net = load_model(model, family, flags, preset, device=device).eval()
+    net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)
+    autoencoder = autoencoder_of(net)
+    autoencoder.check()
+    if getattr(net, "img_channels", 3) != 3 and isinstance(autoencoder, RGBIdentity):
+        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    return net, preset_gnet, autoencoder
