@@ -235,10 +235,11 @@ class Guidance:
         a guided preset's {"gnet", "weight"} is the guide model and weight unless the options name others;
         a release's recommended classifier-free guidance {"weight", "form"} applies unless ``cfg`` is given."""
         preset = dict(model_guidance or {})
-        chosen = [n for n, v in (("classifier", classifier), ("guide_model", guide_model), ("cfg", cfg)) if v]
+        kinds = (("classifier", classifier), ("guide_model", guide_model), ("cfg", cfg))
+        chosen = [n for n, v in kinds if v is not None]
         if len(chosen) > 1:
             raise SamplerkitError(f"{' and '.join(chosen)} are given; a run takes one kind of guidance")
-        if preset.get("gnet") and (classifier or cfg):
+        if preset.get("gnet") and chosen and chosen != ["guide_model"]:
             raise SamplerkitError(f"the model is a guided preset (guide_model {preset['gnet']}); "
                                   f"{chosen[0]} cannot be added to it, use its network by name instead")
         _unused("classifier", classifier, classifier_flags=classifier_flags, classifier_scale=classifier_scale,
@@ -254,9 +255,10 @@ class Guidance:
                 raise SamplerkitError("guide_model needs a guidance_weight (e.g. 2.0; 1 is unguided)")
             return [cls("guided", name, w, interval=guidance_interval) for w in _scales(weights, "guidance_weight")]
         _unused("guide_model", None, guidance_weight=guidance_weight)
-        if cfg is None and preset.get("weight") is not None:
-            cfg, cfg_form = preset["weight"], cfg_form or preset.get("form")
-        _unused("cfg", cfg, cfg_form=cfg_form, guidance_interval=guidance_interval)
+        _unused("cfg", cfg if cfg is not None else preset.get("weight"), cfg_form=cfg_form,
+                guidance_interval=guidance_interval)
+        cfg = preset.get("weight") if cfg is None else cfg  # the release's recommended weight and form by default
+        cfg_form = cfg_form or (preset.get("form") if cfg is not None else None)
         if cfg is None:
             return []
         return [cls("cfg", "", w, cfg_form or "score", interval=guidance_interval) for w in _scales(cfg, "cfg")]
@@ -321,9 +323,9 @@ class Guidance:
 
 def _unused(owner: str, given, **options) -> None:
     """Options of a guidance kind that is not chosen are an error naming what they need."""
-    if given:
+    if given is not None:
         return
-    named = [n for n, v in options.items() if v]
+    named = [n for n, v in options.items() if v is not None and v != {}]
     if named:
         what = {"classifier": "a classifier to guide with", "guide_model": "a guide_model",
                 "cfg": "cfg or guide_model"}[owner]

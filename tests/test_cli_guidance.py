@@ -238,3 +238,19 @@ def test_guide_model_of_another_resolution_is_one_line(pickles, tmp_path):
                         "--guidance-weight", "2", "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1
     assert "the guiding network has img_resolution 8 but the model has 32" in err, err
+
+
+def test_zoo_guidance_becomes_the_runs_guidance_unless_the_options_say_otherwise():
+    from samplerkit.guidance import Guidance
+
+    dit = zoo.get("dit-xl-2-256").guidance
+    assert Guidance.from_options(model_guidance=dit) == [Guidance("cfg", "", 1.5, "upstream")]  # sample_ddp.py's
+    assert Guidance.from_options(cfg="1", model_guidance=dit) == [Guidance("cfg", "", 1.0, "upstream")]
+    assert Guidance.from_options(cfg="1,4", cfg_form="score", model_guidance=dit) == [
+        Guidance("cfg", "", w, "score") for w in (1.0, 4.0)]
+    autog = zoo.get("edm2-img64-s-autog-fid").guidance
+    assert Guidance.from_options(model_guidance=autog) == [Guidance("guided", "edm2-img64-xs-0134217-0.110", 1.7)]
+    assert Guidance.from_options(guidance_weight="1,2.2", guidance_interval="0.28,2.9", model_guidance=autog) == [
+        Guidance("guided", "edm2-img64-xs-0134217-0.110", w, interval=(0.28, 2.9)) for w in (1.0, 2.2)]
+    with pytest.raises(sk.SamplerkitError, match="guided preset"):
+        Guidance.from_options(cfg="2", model_guidance=autog)
