@@ -248,15 +248,16 @@ class Guidance:
             return [cls("classifier", classifier, s, guidance_form or "score", dict(classifier_flags or {}))
                     for s in _scales(classifier_scale, "classifier_scale")]
         if guide_model or preset.get("gnet"):
-            _unused("guide_model", True, cfg_form=cfg_form)
+            if cfg_form is not None:
+                raise SamplerkitError("cfg_form applies to cfg, not to guidance by a guide_model")
             name = guide_model or preset["gnet"]
             weights = preset.get("weight") if guidance_weight is None and not guide_model else guidance_weight
             if weights is None:
                 raise SamplerkitError("guide_model needs a guidance_weight (e.g. 2.0; 1 is unguided)")
             return [cls("guided", name, w, interval=guidance_interval) for w in _scales(weights, "guidance_weight")]
         _unused("guide_model", None, guidance_weight=guidance_weight)
-        _unused("cfg", cfg if cfg is not None else preset.get("weight"), cfg_form=cfg_form,
-                guidance_interval=guidance_interval)
+        _unused("cfg", cfg if cfg is not None else preset.get("weight"), cfg_form=cfg_form)
+        _unused("interval", cfg if cfg is not None else preset.get("weight"), guidance_interval=guidance_interval)
         cfg = preset.get("weight") if cfg is None else cfg  # the release's recommended weight and form by default
         cfg_form = cfg_form or (preset.get("form") if cfg is not None else None)
         if cfg is None:
@@ -328,7 +329,7 @@ def _unused(owner: str, given, **options) -> None:
     named = [n for n, v in options.items() if v is not None and v != {}]
     if named:
         what = {"classifier": "a classifier to guide with", "guide_model": "a guide_model",
-                "cfg": "cfg or guide_model"}[owner]
+                "cfg": "cfg", "interval": "cfg or guide_model"}[owner]
         raise SamplerkitError(f"{', '.join(named)} need(s) {what}")
 
 
