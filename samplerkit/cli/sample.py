@@ -38,7 +38,7 @@ Examples:
   samplerkit sample --model adm-imagenet64to256-upsampler --low-res samples_100x64x64x3.npz   # ADM-U
   samplerkit sample --model adm-imagenet64 --classifier adm-imagenet64-classifier \\
       --then-upsample adm-imagenet64to256-upsampler --out two_stage    # -> two_stage/base, two_stage/upsampled
-  samplerkit sample --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1.5 \
+  samplerkit sample --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1.5 \\
       --guidance-interval 0.3,5 --steps 18 --seeds 0-15     # guidance by a second network (autoguidance form)
   samplerkit sample --model edm2-img64-s-autog-fid --seeds 0-49999 --format npz   # EDM2's preset: net + gnet + w
   samplerkit sample --model dit-xl-2-256 --class-labels random --cfg 4 --cfg-form upstream   # classifier-free

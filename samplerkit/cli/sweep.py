@@ -155,7 +155,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
       samplerkit sweep --model adm-imagenet256-uncond --classifier adm-imagenet256-classifier \\
           --classifier-scale 1,4,10 --sampler ancestral,ddim --steps 25,50,100 --num-images 5000 \\
           --ref imagenet256.npz --csv guided.csv --plot guided.png     # guidance scale axis (ADM-G)
-      samplerkit sweep --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1,1.5,2 \
+      samplerkit sweep --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1,1.5,2 \\
           --sampler heun --steps 18 --num-images 64 --ref builtin:shapes32 --ref-images 512 --csv w.csv
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
