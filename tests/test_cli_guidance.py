@@ -256,3 +256,22 @@ def test_zoo_guidance_becomes_the_runs_guidance_unless_the_options_say_otherwise
         Guidance("guided", "edm2-img64-xs-0134217-0.110", w, interval=(0.28, 2.9)) for w in (1.0, 2.2)]
     with pytest.raises(sk.SamplerkitError, match="guided preset"):
         Guidance.from_options(cfg="2", model_guidance=autog)
+
+
+def test_sweep_measures_a_latent_model_on_its_decoded_images(pickles, tmp_path):
+    pytest.importorskip("diffusers")
+    from samplerkit import sweep
+    from samplerkit.metrics import Statistics
+
+    seen = []
+
+    def features(images):  # a callable(uint8 NHWC) -> [n, d] feature extractor that keeps what it is given
+        seen.append(np.array(images))
+        return np.asarray(images, np.float64).reshape(len(images), -1)[:, :6]
+
+    reference = Statistics(np.zeros(6), np.eye(6), 100)
+    net = sk.load(pickles["latent"])
+    sweep.run(net, ["heun"], [3], SEEDS, reference, features, csv_path=tmp_path / "s.csv", model="latent",
+              class_labels="random")
+    want = heun_images(net, net, 3).transpose(0, 2, 3, 1)
+    assert np.array_equal(np.concatenate(seen), want) and want.shape[-1] == 3
