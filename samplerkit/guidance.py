@@ -50,7 +50,7 @@ from .errors import SamplerkitError
 from .knobs import Knob
 
 FORMS = ("score", "upstream")
-KINDS = ("classifier",)  # a second guiding network and classifier-free guidance come next
+KINDS = ("classifier", "guided", "cfg")
 
 
 class ClassifierGuided(DenoiserWrapper):
@@ -166,7 +166,22 @@ GUIDANCE_KNOBS: dict[str, Knob] = {
                              "one more axis of cells.", type=str, metavar="S"),
     "guidance_form": Knob("score: D + s sigma^2 grad log p, every sampler (default); upstream: guided-diffusion's "
                           "condition_mean (ancestral) / condition_score (ddim).", FORMS),
+    "guide_model": Knob("Guide by a second network, D_g + w (D - D_g) (autoguidance, Karras et al. 2024; an "
+                        "unconditional one is classifier-free guidance): a zoo name or a local EDM/EDM2 pickle "
+                        "of the same resolution.", type=str, metavar="NAME|FILE"),
+    "guidance_weight": Knob("Weight w >= 0 of --guide-model (1: unguided) [default: a guided preset's own weight]; "
+                            "sweep takes a list (e.g. 1,1.5,2), one more axis of cells.", type=str, metavar="W"),
+    "guidance_interval": Knob("Guide only the evaluations with sigma in (LO, HI] (Kynkaanniemi et al. 2024); "
+                              "with --guide-model or --cfg.", type=str, metavar="LO,HI"),
+    "cfg": Knob("Classifier-free guidance weight w >= 0 of a model with a null label (DiT, SiT; Ho & Salimans "
+                "2022), 1: unguided [default: the zoo model's recommended weight]; sweep takes a list.",
+                type=str, metavar="W"),
+    "cfg_form": Knob("score: guide every channel; upstream: DiT's/SiT's forward_with_cfg, channels 0-2 "
+                     "[default: the zoo model's recommended form, else score].", FORMS),
 }
+
+# the option that holds each kind's weight (its scale)
+WEIGHT_OPTION = {"classifier": "classifier_scale", "guided": "guidance_weight", "cfg": "cfg"}
 
 
 @dataclass(frozen=True)
@@ -175,9 +190,12 @@ class Guidance:
 
     ``kind="classifier"``: Dhariwal & Nichol 2021 with the noisy-image classifier ``name`` (a zoo
     name or a ``.pt`` with its upstream ``flags``), scale ``scale`` >= 0 and ``form`` score | upstream.
+    ``kind="guided"``: guidance by the second network ``name`` (a zoo name or a local file, loaded with
+    ``flags``) at weight ``scale`` = w >= 0 (:func:`guided`). ``kind="cfg"``: classifier-free guidance of
+    the model itself at weight ``scale`` = w, ``form`` score | upstream (:func:`cfg`; no network).
     ``network``: the loaded guiding network (:meth:`load`); ``interval`` = (sigma_lo, sigma_hi): guide
-    only inside it (Kynkaanniemi et al. 2024), for the kinds that take one. :meth:`apply` wraps a
-    denoiser; :meth:`settings` is what a manifest records.
+    only inside it (Kynkaanniemi et al. 2024), for guided and cfg. :meth:`apply` wraps a denoiser;
+    :meth:`settings` is what a manifest records.
     """
 
     kind: str = "classifier"
@@ -187,41 +205,87 @@ class Guidance:
     flags: dict = field(default_factory=dict)
     interval: tuple[float, float] | None = None
     network: object = field(default=None, compare=False, repr=False)
+    sha256: str | None = field(default=None, compare=False, repr=False)  # the guiding network's, once loaded
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise SamplerkitError(f"unknown guidance kind {self.kind!r}; use {' or '.join(KINDS)}")
         if self.form not in FORMS:
-            raise SamplerkitError(f"unknown guidance_form {self.form!r}; use score or upstream")
-        if not (isinstance(self.scale, int | float) and self.scale >= 0):
-            raise SamplerkitError(f"classifier_scale must be >= 0, got {self.scale}")
+            name = "cfg_form" if self.kind == "cfg" else "guidance_form"
+            raise SamplerkitError(f"unknown {name} {self.form!r}; use score or upstream")
+        what = WEIGHT_OPTION[self.kind]
+        if not (isinstance(self.scale, int | float) and self.scale >= 0 and self.scale != float("inf")):
+            raise SamplerkitError(f"{what} must be >= 0 and finite, got {self.scale}")
+        if self.kind == "guided" and not self.name:
+            raise SamplerkitError("guidance by a second network needs its guide_model")
         if self.interval is not None:
-            raise SamplerkitError(f"a guidance interval does not apply to {self.kind} guidance")
+            if self.kind == "classifier":
+                raise SamplerkitError(f"a guidance interval does not apply to {self.kind} guidance")
+            object.__setattr__(self, "interval", _interval_option(self.interval))
 
     @classmethod
     def from_options(cls, classifier: str | None = None, classifier_flags: dict | None = None,
-                     classifier_scale=None, guidance_form: str | None = None) -> list[Guidance]:
-        """The guidance the options ask for, one per scale (a comma list '0.5,1,4' is a sweep axis); []
-        without a classifier, where the other options are an error."""
-        if classifier is None:
-            given = [n for n, v in (("classifier_flags", classifier_flags), ("classifier_scale", classifier_scale),
-                                    ("guidance_form", guidance_form)) if v]
-            if given:
-                raise SamplerkitError(f"{', '.join(given)} need(s) a classifier to guide with")
-            return []
-        return [cls("classifier", classifier, s, guidance_form or "score", dict(classifier_flags or {}))
-                for s in _scales(classifier_scale)]
+                     classifier_scale=None, guidance_form: str | None = None, *, guide_model: str | None = None,
+                     guidance_weight=None, guidance_interval=None, cfg=None, cfg_form: str | None = None,
+                     model_guidance: dict | None = None) -> list[Guidance]:
+        """The guidance the options ask for, one per weight (a comma list '0.5,1,4' is a sweep axis); []
+        when none is asked for, where the options of a kind not chosen are an error.
 
-    def load(self, loader: Callable[[str, dict], object]) -> Guidance:
-        """This guidance with its network, ``loader(name, flags)`` (one load per run)."""
-        return self if self.network is not None else dataclasses.replace(self, network=loader(self.name, self.flags))
+        ``model_guidance``: the zoo entry's ``guidance`` of the model (:attr:`samplerkit.zoo.ZooEntry.guidance`):
+        a guided preset's {"gnet", "weight"} is the guide model and weight unless the options name others;
+        a release's recommended classifier-free guidance {"weight", "form"} applies unless ``cfg`` is given."""
+        preset = dict(model_guidance or {})
+        kinds = (("classifier", classifier), ("guide_model", guide_model), ("cfg", cfg))
+        chosen = [n for n, v in kinds if v is not None]
+        if len(chosen) > 1:
+            raise SamplerkitError(f"{' and '.join(chosen)} are given; a run takes one kind of guidance")
+        if preset.get("gnet") and chosen and chosen != ["guide_model"]:
+            raise SamplerkitError(f"the model is a guided preset (guide_model {preset['gnet']}); "
+                                  f"{chosen[0]} cannot be added to it, use its network by name instead")
+        _unused("classifier", classifier, classifier_flags=classifier_flags, classifier_scale=classifier_scale,
+                guidance_form=guidance_form)
+        if classifier is not None:
+            return [cls("classifier", classifier, s, guidance_form or "score", dict(classifier_flags or {}))
+                    for s in _scales(classifier_scale, "classifier_scale")]
+        if guide_model or preset.get("gnet"):
+            if cfg_form is not None:
+                raise SamplerkitError("cfg_form applies to cfg, not to guidance by a guide_model")
+            name = guide_model or preset["gnet"]
+            weights = preset.get("weight") if guidance_weight is None and not guide_model else guidance_weight
+            if weights is None:
+                raise SamplerkitError("guide_model needs a guidance_weight (e.g. 2.0; 1 is unguided)")
+            return [cls("guided", name, w, interval=guidance_interval) for w in _scales(weights, "guidance_weight")]
+        _unused("guide_model", None, guidance_weight=guidance_weight)
+        _unused("cfg", cfg if cfg is not None else preset.get("weight"), cfg_form=cfg_form)
+        _unused("interval", cfg if cfg is not None else preset.get("weight"), guidance_interval=guidance_interval)
+        cfg = preset.get("weight") if cfg is None else cfg  # the release's recommended weight and form by default
+        cfg_form = cfg_form or (preset.get("form") if cfg is not None else None)
+        if cfg is None:
+            return []
+        return [cls("cfg", "", w, cfg_form or "score", interval=guidance_interval) for w in _scales(cfg, "cfg")]
+
+    def load(self, loader: Callable[[str, dict], object], sha256: str | None = None) -> Guidance:
+        """This guidance with its network, ``loader(name, flags)`` (one load per run), and the network's
+        ``sha256`` for :meth:`settings`; classifier-free guidance has none to load."""
+        if self.kind == "cfg":
+            return self
+        network = self.network if self.network is not None else loader(self.name, self.flags)
+        return dataclasses.replace(self, network=network, sha256=sha256 or self.sha256)
 
     def apply(self, net, sampler_fn: Callable | None = None) -> tuple[object, dict]:
-        """(the denoiser a sampler runs, keyword arguments for the sampler). The score form is a denoiser
-        for every sampler; the upstream form is the base model plus guided-diffusion's ``cond_fn``, for
-        a sampler that takes one (``sampler_fn``'s signature says)."""
+        """(the denoiser a sampler runs, keyword arguments for the sampler). Guidance by a second network,
+        classifier-free guidance and the classifier's score form are denoisers for every sampler; the
+        classifier's upstream form is the base model plus guided-diffusion's ``cond_fn``, for a sampler
+        that takes one (``sampler_fn``'s signature says)."""
+        if self.kind == "cfg":
+            if not int(getattr(net, "label_dim", 0)):
+                raise SamplerkitError("cfg needs a class-conditional model with a null label; this one is "
+                                      "unconditional")
+            return ClassifierFree(net, self.scale, self.form, self.interval), {}
         if self.network is None:
             raise SamplerkitError(f"the guidance network {self.name} is not loaded; call Guidance.load first")
+        if self.kind == "guided":
+            return Guided(net, self.network, self.scale, self.interval), {}
         guided = ClassifierGuided(net, self.network, self.scale, self.form)
         if self.form == "score":
             return guided, {}
@@ -231,22 +295,58 @@ class Guidance:
         return base, {"cond_fn": cond_fn}
 
     @property
-    def label_dim(self) -> int:
-        """The classes the guided denoiser asks labels for."""
-        return int(self.network.num_classes)
+    def label_dim(self) -> int | None:
+        """The classes the guided denoiser asks labels for: the classifier's; None (the model's) otherwise."""
+        return int(self.network.num_classes) if self.kind == "classifier" else None
 
     def settings(self, sha256: str | None = None) -> dict:
-        """What a manifest records of this guidance."""
+        """What a manifest (and a sweep row) records of this guidance; ``sha256``: the guiding network's."""
+        interval = list(self.interval) if self.interval is not None else None
+        sha256 = sha256 or self.sha256
+        if self.kind == "guided":
+            return {"guide_model": self.name, "guide_model_sha256": sha256 or None,
+                    "guidance_weight": float(self.scale), "guidance_interval": interval}
+        if self.kind == "cfg":
+            return {"cfg": float(self.scale), "cfg_form": self.form, "guidance_interval": interval}
         return {"classifier": self.name, "classifier_sha256": sha256 or None, "classifier_flags": dict(self.flags),
                 "classifier_scale": float(self.scale), "guidance_form": self.form}
 
     def label(self) -> str:
-        """How a table names it: 'NAME scale S' (+ ' upstream')."""
+        """How a table names it: 'NAME scale S' (+ ' upstream'); 'guided by NAME w W'; 'cfg W' (+ form);
+        an interval as ' in (LO, HI]'."""
+        where = f" in ({self.interval[0]:g}, {self.interval[1]:g}]" if self.interval is not None else ""
+        if self.kind == "guided":
+            return f"guided by {self.name} w {self.scale:g}{where}"
+        if self.kind == "cfg":
+            return f"cfg {self.scale:g}" + (" upstream" if self.form == "upstream" else "") + where
         return f"{self.name} scale {self.scale:g}" + (" upstream" if self.form == "upstream" else "")
 
 
-def _scales(text) -> list[float]:
-    """'0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]); each must be >= 0."""
+def _unused(owner: str, given, **options) -> None:
+    """Options of a guidance kind that is not chosen are an error naming what they need."""
+    if given is not None:
+        return
+    named = [n for n, v in options.items() if v is not None and v != {}]
+    if named:
+        what = {"classifier": "a classifier to guide with", "guide_model": "a guide_model",
+                "cfg": "cfg", "interval": "cfg or guide_model"}[owner]
+        raise SamplerkitError(f"{', '.join(named)} need(s) {what}")
+
+
+def _interval_option(value) -> tuple[float, float]:
+    """'LO,HI' or a pair -> (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi."""
+    parts = [v for v in value.split(",")] if isinstance(value, str) else value
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise SamplerkitError(f"bad guidance_interval {value!r}; use LO,HI like 0.28,2.9") from None
+    if not (lo >= 0 and hi > lo):
+        raise SamplerkitError(f"guidance_interval (LO, HI] must have 0 <= LO < HI, got ({lo:g}, {hi:g}]")
+    return lo, hi
+
+
+def _scales(text, name: str = "classifier_scale") -> list[float]:
+    """'0.5,1,4' -> [0.5, 1.0, 4.0] (default [1.0]); each must be a finite number >= 0."""
     if text is None:
         return [1.0]
     if isinstance(text, int | float):
@@ -254,9 +354,10 @@ def _scales(text) -> list[float]:
     try:
         scales = list(dict.fromkeys(float(v) for v in str(text).split(",") if v.strip()))
     except ValueError:
-        raise SamplerkitError(f"bad classifier_scale {text!r}; use a number like 1.0 (sweep: 0.5,1,4)") from None
-    if not scales or any(not v >= 0 for v in scales):
-        raise SamplerkitError(f"classifier_scale must be >= 0, got {text}")
+        raise SamplerkitError(f"bad {name} {text!r}; use a number like 1.0 (sweep: 0.5,1,4)") from None
+    if not scales or any(not (v >= 0 and v != float("inf")) for v in scales):
+        raise SamplerkitError(f"{name} must be >= 0 and finite, got {text}" if scales and min(scales) >= 0
+                              else f"{name} must be >= 0, got {text}")
     return scales
 
 

@@ -61,3 +61,31 @@ def load_classifier(name: str, flags: dict, device="cpu"):
             names = ", ".join(e.name for e in zoo.entries() if e.family == "adm-classifier")
             raise SamplerkitError(f"{name} is not a classifier (family {entry.family}); use one of {names}")
     return load(name, family="adm-classifier", device=device, **flags)
+
+
+def model_guidance(name: str | None) -> dict:
+    """The guidance a zoo model comes with (:attr:`samplerkit.zoo.ZooEntry.guidance`): a guided preset's
+    {"gnet", "weight"}, a release's recommended classifier-free guidance {"weight", "form"}; {} for a
+    local file or a model without one."""
+    if not name or Path(name).is_file():
+        return {}
+    try:
+        return dict(zoo.get(name).guidance)
+    except SamplerkitError:
+        return {}
+
+
+def load_guide_model(name: str, flags: dict, device="cpu"):
+    """The guiding network ``--guide-model`` names: a zoo name or a local file (EDM/EDM2 pickles are
+    detected; ``flags`` as :func:`samplerkit.load` takes them). A guided preset given here is refused:
+    name its network file instead."""
+    net = load(name, device=device, **flags)
+    if hasattr(net, "gnet"):
+        raise SamplerkitError(f"{name} is itself a guided preset; guide with a single network (its file name)")
+    return net
+
+
+def guidance_loader(kind: str, device="cpu"):
+    """``loader(name, flags)`` of a :class:`samplerkit.guidance.Guidance` of ``kind``."""
+    load_fn = load_classifier if kind == "classifier" else load_guide_model
+    return lambda name, flags: load_fn(name, flags, device=device)

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from . import distributed, output, run_folder, speed
+from .autoencoders import RGBIdentity, autoencoder_of
 from .builtin import DEFAULT_MODEL
-from .data import to_uint8
 from .denoisers import DenoiserWrapper
 from .errors import Interrupted, SamplerkitError
 from .generate import generate, make_sampler, resolve_labels, with_precision
-from .guidance import Guidance
+from .guidance import WEIGHT_OPTION, Guidance, Guided
 from .loading import file_family_and_flags, load
-from .lookup import load_classifier, model_sha256, recommended, resolve_sampler
+from .lookup import guidance_loader, load_classifier, model_guidance, model_sha256, recommended, resolve_sampler
 from .lowres import LowResImages, low_res_source
 from .run_folder import RunRecord
 from .seeds import parse_seeds
@@ -52,6 +52,12 @@ class SampleSettings:
     images (an ``.npz`` with ``arr_0`` NHWC uint8 and optional ``arr_1`` labels, a PNG folder, or a
     ``samplerkit sample`` output folder); seed s upsamples image s (of a sample folder: the image of
     seed s) and takes its label unless ``class_labels`` is given.
+
+    Guidance by a second network: ``guide_model`` (zoo name or file) at ``guidance_weight`` w; an EDM2
+    guided preset as ``model`` brings its own guide model and weight (``guidance_weight`` overrides it).
+    Classifier-free guidance: ``cfg`` w with ``cfg_form`` score | upstream (a zoo model's recommended
+    setting applies when ``cfg`` is None; ``cfg=1`` is unguided). ``guidance_interval`` 'LO,HI': guide
+    only for sigma in (LO, HI]. Images are decoded through the model's autoencoder (latent models).
     """
 
     model: str | None = None  # None: the built-in default model
@@ -77,12 +83,23 @@ class SampleSettings:
     classifier_scale: float = 1.0
     guidance_form: str = "score"
     low_res: str | None = None
+    guide_model: str | None = None
+    guidance_weight: float | str | None = None
+    guidance_interval: str | tuple[float, float] | None = None
+    cfg: float | str | None = None
+    cfg_form: str | None = None
 
     def guidance(self) -> Guidance | None:
-        """The run's classifier guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None."""
+        """The run's guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None."""
         found = Guidance.from_options(self.classifier, self.classifier_flags,
                                       None if self.classifier is None else self.classifier_scale,
-                                      None if self.classifier is None else self.guidance_form)
+                                      None if self.classifier is None else self.guidance_form,
+                                      guide_model=self.guide_model, guidance_weight=self.guidance_weight,
+                                      guidance_interval=self.guidance_interval, cfg=self.cfg, cfg_form=self.cfg_form,
+                                      model_guidance=model_guidance(self.model))
+        if len(found) > 1:
+            raise SamplerkitError(f"sample takes one {WEIGHT_OPTION[found[0].kind]}; a list is a sweep axis "
+                                  "(samplerkit sweep)")
         return found[0] if found else None
 
 
@@ -180,6 +197,7 @@ class _Run:
     low_res: object
     record: dict
     speed_record: dict
+    autoencoder: object = None  # model space -> uint8 pixels (samplerkit.autoencoders)
 
 
 def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: int) -> _Run:
@@ -191,13 +209,16 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
         sha = model_sha256(model) or None
     else:
         model, sha = str(s.model or type(net).__name__), None
+    if isinstance(net, Guided) and guidance is not None and guidance.kind == "guided":
+        net, guidance = _preset_networks(net, guidance)  # a guided preset (EDM2): the Guidance applies its gnet
     low_res, conditioning = low_res_source(net, s, seed_list, labels_spec)
     if low_res is not None:  # a super-resolution model: each batch's low-res images are bound to it
         net, labels_spec = low_res, low_res.labels_spec
     fast_net, speed_record = _speed(net, s, min(s.batch, len(seed_list)), dev, rank)
-    if guidance is not None:  # the classifier itself runs exact
-        guidance = guidance.load(partial(load_classifier, device=dev))
-        conditioning.update(guidance.settings(model_sha256(s.classifier)))
+    if guidance is not None:  # the guiding network itself runs exact
+        guidance = guidance.load(guidance_loader(guidance.kind, dev), model_sha256(guidance.name) or None)
+        conditioning.update(guidance.settings())
+    autoencoder = _autoencoder(net, conditioning)
     guard = _FiniteGuard(with_precision(fast_net, s.dtype, dev))
     sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
     prepared = make_sampler(guard, sampler, steps, guidance=guidance, **options)
@@ -215,7 +236,26 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
         **prepared.settings, "class_labels": labels, "dtype": s.dtype, "device_type": dev.type,
         "image_shape": [net.img_channels, net.img_resolution, net.img_resolution], **conditioning,
     })
-    return _Run(net, guard, prepared, labels, label_of_seed, low_res, record, speed_record)
+    return _Run(net, guard, prepared, labels, label_of_seed, low_res, record, speed_record, autoencoder)
+
+
+def _preset_networks(preset: Guided, guidance: Guidance | None):
+    """(the main network, the run's guidance) of a guided preset loaded as one :class:`Guided`: its
+    guiding network becomes the guidance's (already loaded) unless the run names another one."""
+    if guidance.network is None and guidance.name == getattr(preset.gnet, "name", None):
+        guidance = dataclasses.replace(guidance, network=preset.gnet)
+    return preset.inner, guidance
+
+
+def _autoencoder(net, record: dict):
+    """The model's autoencoder, checked (a latent model without its optional extra fails here, before any
+    sampling) and loaded; a latent model's is recorded in ``record`` (pixel models record nothing)."""
+    autoencoder = autoencoder_of(net)
+    autoencoder.check()
+    if not isinstance(autoencoder, RGBIdentity):
+        getattr(autoencoder, "vae", None)  # loads the VAE now: its sha256 goes into the record
+        record["autoencoder"] = autoencoder.describe()
+    return autoencoder
 
 
 def _make_images(run: _Run, s: SampleSettings, out: Path, seed_list: list[int], dev, world: int) -> None:
@@ -234,7 +274,8 @@ def _make_images(run: _Run, s: SampleSettings, out: Path, seed_list: list[int], 
                        if source is None
                        else source.generate(prepared.net, prepared, todo, s.batch, run.labels, dev, run.label_of_seed))
             for chunk, x, _ in batches:
-                for seed, image in zip(chunk, to_uint8(x), strict=True):
+                images = run.autoencoder.decode(x).permute(0, 2, 3, 1).cpu().numpy()  # uint8 NHWC
+                for seed, image in zip(chunk, images, strict=True):
                     if s.fmt == "npz":
                         writer.submit(output.part_path(out, seed), partial(output.encode_npy, image))
                     else:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import distributed, plots
 from . import samplers as samplers_table
+from .autoencoders import autoencoder_of
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
 from .guidance import Guidance
@@ -161,7 +162,7 @@ def run(
     device="cpu",
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
-    speed: str = "",
+    speed: str = "", autoencoder=None,
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -176,7 +177,7 @@ def run(
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
-    by a level).
+    by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded).
     """
     metrics = parse_metrics(metrics)
     axis = remedy_axis(remedies, eps_scalers)
@@ -191,14 +192,13 @@ def run(
     finished = {table.key(r): r for r in rows}
     todo = [c for c in cells
             if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
-    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
-    for _, row in cells:
-        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    baseline_of = _baselines(table, cells)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
-    cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed)
+    cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed,
+                 autoencoder if autoencoder is not None else autoencoder_of(net))
     with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
               dynamic_ncols=True) as bar:
         for prepared, row in todo:
@@ -244,8 +244,22 @@ def _cells(net, samplers, steps, axis, guidance, options) -> list[tuple]:
                 cells.append((prepared, {
                     "sampler": name, "steps": int(n_steps), "nfe": prepared.nfe,
                     "settings": json.dumps(settings, sort_keys=True), "eps_scaler": settings.get("eps_scaler", ""),
-                    "time_shift": int(bool(settings.get("time_shift")))}))
+                    "time_shift": int(bool(settings.get("time_shift"))), **_guidance_columns(guidance)}))
     return cells
+
+
+def _baselines(table: ResultsCSV, cells) -> dict:
+    """Step count (and remedy) -> key of the first sampler's cell: the baseline of the paired differences."""
+    baseline_of = {}
+    for _, row in cells:
+        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    return baseline_of
+
+
+def _guidance_columns(guidance) -> dict:
+    """A guided or classifier-free cell's guidance columns (:meth:`~samplerkit.guidance.Guidance.settings`:
+    the guiding network, its sha256, the weight, the interval); classifier guidance is named in the model column."""
+    return guidance.settings() if guidance is not None and guidance.kind != "classifier" else {}
 
 
 def _baseline_key(row: dict) -> tuple:
@@ -267,6 +281,7 @@ class _Cell:
     class_labels: object
     device: object
     speed: str
+    autoencoder: object = None  # model space -> uint8 pixels
 
     def measure(self, prepared, bar) -> dict:
         """The metric and timing columns of one cell ("_sample": its statistics, for the intervals)."""
@@ -275,7 +290,7 @@ class _Cell:
         t0 = time.perf_counter()
         for _, x, _ in generate(prepared.net, prepared, self.seeds, self.batch_size, self.class_labels, self.device):
             t1 = time.perf_counter()
-            builder.add(x)
+            builder.add(self.autoencoder.decode(x).permute(0, 2, 3, 1).cpu().numpy())  # uint8 NHWC
             t2 = time.perf_counter()
             sample_seconds += t1 - t0
             eval_seconds += t2 - t1

@@ -42,7 +42,7 @@ def parse_flags(items: tuple[str, ...] | list[str]) -> dict:
     return flags
 
 
-SAMPLING_FAMILIES = ("adm", "iddpm", "edm", "adm-superres", "iddpm-superres")
+SAMPLING_FAMILIES = ("adm", "iddpm", "edm", "edm2", "dit", "sit", "adm-superres", "iddpm-superres")
 
 
 def model_options(default_model: str | None, several: str | None = None,

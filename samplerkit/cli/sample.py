@@ -11,7 +11,8 @@ import click
 
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..guidance import Guidance
+from ..guidance import WEIGHT_OPTION, Guidance
+from ..lookup import model_guidance
 from ..runs import DTYPES, FORMATS, SampleSettings, sample_folder, two_stage
 from ._options import (
     SamplerCommand,
@@ -37,6 +38,10 @@ Examples:
   samplerkit sample --model adm-imagenet64to256-upsampler --low-res samples_100x64x64x3.npz   # ADM-U
   samplerkit sample --model adm-imagenet64 --classifier adm-imagenet64-classifier \\
       --then-upsample adm-imagenet64to256-upsampler --out two_stage    # -> two_stage/base, two_stage/upsampled
+  samplerkit sample --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1.5 \\
+      --guidance-interval 0.3,5 --steps 18 --seeds 0-15     # guidance by a second network (autoguidance form)
+  samplerkit sample --model edm2-img64-s-autog-fid --seeds 0-49999 --format npz   # EDM2's preset: net + gnet + w
+  samplerkit sample --model dit-xl-2-256 --class-labels random --cfg 4 --cfg-form upstream   # classifier-free
 \b
 Rerun the same command to resume; a folder holding images made with other settings is refused
 unless --overwrite. Outputs: 000000/000123.png (folders of 1000), samples_NxHxWxC.npz (arr_0
@@ -75,12 +80,17 @@ uint8 NHWC, arr_1 labels), grid.png, manifest.json.
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of a run made with other settings in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary line.")
 def command(model, family, flags, preset, sampler, steps, seeds, batch, class_labels, out, fmt, grid, device, dtype,
-            speed, classifier, classifier_flags, classifier_scale, guidance_form, low_res, then_upsample,
-            upsample_sampler, upsample_steps, overwrite, quiet, **knobs):
+            speed, classifier, classifier_flags, classifier_scale, guidance_form, guide_model, guidance_weight,
+            guidance_interval, cfg, cfg_form, low_res, then_upsample, upsample_sampler, upsample_steps, overwrite,
+            quiet, **knobs):
     """Sample images from a model; rerun the same command to resume an interrupted run."""
-    guidance = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form)
+    guidance = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form,
+                                     guide_model=guide_model, guidance_weight=guidance_weight,
+                                     guidance_interval=guidance_interval, cfg=cfg, cfg_form=cfg_form,
+                                     model_guidance=model_guidance(model))  # checked before any model loads
     if len(guidance) > 1:
-        raise SamplerkitError("sample takes one classifier_scale; a list is a sweep axis (samplerkit sweep)")
+        raise SamplerkitError(f"sample takes one {WEIGHT_OPTION[guidance[0].kind]}; a list is a sweep axis "
+                              "(samplerkit sweep)")
     if then_upsample is None and (upsample_sampler is not None or upsample_steps is not None):
         raise SamplerkitError("--upsample-sampler / --upsample-steps need --then-upsample")
     settings = SampleSettings(model=model, family=family, flags=parse_flags(flags), preset=preset, sampler=sampler,
@@ -89,7 +99,9 @@ def command(model, family, flags, preset, sampler, steps, seeds, batch, class_la
                               overwrite=overwrite, quiet=quiet, speed=speed, classifier=classifier,
                               classifier_flags=guidance[0].flags if guidance else {},
                               classifier_scale=guidance[0].scale if guidance else 1.0,
-                              guidance_form=guidance[0].form if guidance else "score", low_res=low_res)
+                              guidance_form=guidance[0].form if guidance else "score", low_res=low_res,
+                              guide_model=guide_model, guidance_weight=guidance_weight,
+                              guidance_interval=guidance_interval, cfg=cfg, cfg_form=cfg_form)
     if then_upsample is None:
         sample_folder(settings)
         return

@@ -11,12 +11,14 @@ from .. import distributed
 from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from .. import sweep as sweep_lib
+from ..autoencoders import RGBIdentity, autoencoder_of
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..guidance import Guidance
+from ..guidance import Guidance, Guided
+from ..lookup import guidance_loader, model_guidance
 from ..remedies import REMEDY_KNOBS, Remedies
 from ..results import check_experiment
-from ..runs import load_classifier, model_sha256, resolve_sampler
+from ..runs import model_sha256, resolve_sampler
 from ._options import (
     SamplerCommand,
     chosen_options,
@@ -130,8 +132,8 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,
             metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline, eval_seed, show_table,
-            batch, inception, device, speed, classifier, classifier_flags, classifier_scale, guidance_form, quiet,
-            **knobs):
+            batch, inception, device, speed, classifier, classifier_flags, classifier_scale, guidance_form, guide_model,
+            guidance_weight, guidance_interval, cfg, cfg_form, quiet, **knobs):
     """NFE vs FID: every sampler x step count generates the same seeds, one CSV row per cell.
 
     Images come from the same code path as `samplerkit sample` and are measured straight from
@@ -153,6 +155,8 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
       samplerkit sweep --model adm-imagenet256-uncond --classifier adm-imagenet256-classifier \\
           --classifier-scale 1,4,10 --sampler ancestral,ddim --steps 25,50,100 --num-images 5000 \\
           --ref imagenet256.npz --csv guided.csv --plot guided.png     # guidance scale axis (ADM-G)
+      samplerkit sweep --model shapes32-edm --guide-model shapes32-edm-ip --guidance-weight 1,1.5,2 \\
+          --sampler heun --steps 18 --num-images 64 --ref builtin:shapes32 --ref-images 512 --csv w.csv
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     wanted = metrics_lib.parse_metrics(metrics)
@@ -169,7 +173,9 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     if batch < 1:
         raise SamplerkitError(f"--batch must be >= 1, got {batch}")
     sweep_lib.check_options(names, options)
-    guidances = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form)
+    guidances = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form,
+                                      **_second_network(guide_model, guidance_weight, guidance_interval, cfg, cfg_form),
+                                      model_guidance=model_guidance(model))
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
     checked = _check_reference(ref, ref_images, wanted, csv_file, log, fid_mode)
@@ -181,9 +187,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     device = distributed.local_device(device)
     if not distributed.is_main():
         log = lambda s: None  # noqa: E731
-    net = load_model(model, family, flags, preset, device=device).eval()
-    if getattr(net, "img_channels", 3) != 3:
-        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    net, preset_gnet, autoencoder = _load(model, family, flags, preset, device)
     speed = speed or speed_lib.default_mode()
     net, speed_record = speed_lib.for_denoiser(net, speed, min(batch, len(seed_list)), device)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
@@ -200,22 +204,16 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     evaluation = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": eval_seed,
                   "force": force_pipeline}
 
-    sha = model_sha256(model)
-    cells = [(None, model, sha)]  # (guidance, model column, sha256 column)
-    if guidances:  # one cell set per scale; the model and sha256 columns name the classifier too
-        clf = load_classifier(classifier, guidances[0].flags, device)  # loaded once
-        clf_sha = model_sha256(classifier)
-        cells = [(g.load(lambda name, flags: clf), f"{model} + {g.label()}", f"{sha} + {clf_sha}") for g in guidances]
+    cells = _guided_cells(model, model_sha256(model), guidances, preset_gnet, device)
     rows = []
     for guidance, cell_model, cell_sha in cells:
-        label_dim = guidance.label_dim if guidance is not None else net.label_dim
+        label_dim = guidance.label_dim if guidance is not None and guidance.label_dim is not None else net.label_dim
         found = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file,
                               model=cell_model, sha256=cell_sha, metrics=wanted, evaluation=evaluation,
                               bootstrap=bootstrap_rounds, options=options, remedies=remedies, guidance=guidance,
                               batch_size=batch, device=device, class_labels="random" if label_dim else None,
-                              log=log, show_progress=not quiet, speed=speed_record["policy"])
-        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} s={guidance.scale:g}"}
-                                                for r in found]
+                              log=log, show_progress=not quiet, speed=speed_record["policy"], autoencoder=autoencoder)
+        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_axis(guidance)}"} for r in found]
     if not distributed.is_main():
         return
     log(f"wrote {csv_file}")
@@ -237,3 +235,41 @@ def _check_one_experiment(csv_file, model: str, reference, mode: str, n_images: 
     # a guided cell's model column names the classifier after " + "
     check_experiment(csv_file, "sweep rows", experiment,
                      of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
+def _axis(guidance: Guidance) -> str:
+    """How a table's sampler column names a guidance weight: 's=4' (classifier), 'w=2' (guide model), 'cfg=1.5'."""
+    return f"{ {'classifier': 's', 'guided': 'w', 'cfg': 'cfg'}[guidance.kind]}={guidance.scale:g}"
+
+
+def _guided_cells(model: str, sha: str, guidances: list[Guidance], preset_gnet, device) -> list[tuple]:
+    """(guidance, model column, sha256 column) of every cell set: one per guidance weight, its guiding
+    network loaded once (a guided preset's own, already loaded, when the run names no other); the model
+    and sha256 columns name the guiding network too."""
+    if not guidances:
+        return [(None, model, sha)]
+    first = guidances[0]
+    if first.kind == "cfg":
+        return [(g, f"{model} + {g.label()}", sha) for g in guidances]
+    network = preset_gnet if preset_gnet is not None and first.name == getattr(preset_gnet, "name", None) else None
+    network = network if network is not None else guidance_loader(first.kind, device)(first.name, first.flags)
+    g_sha = model_sha256(first.name)
+    loaded = [g.load(lambda name, flags: network, g_sha or None) for g in guidances]
+    return [(g, f"{model} + {g.label()}", f"{sha} + {g_sha}") for g in loaded]
+
+
+def _second_network(guide_model, guidance_weight, guidance_interval, cfg, cfg_form) -> dict:
+    """The guidance options beyond the classifier's, by their Python names."""
+    return {"guide_model": guide_model, "guidance_weight": guidance_weight, "guidance_interval": guidance_interval,
+            "cfg": cfg, "cfg_form": cfg_form}
+
+
+def _load(model: str, family, flags, preset, device):
+    """(the model's network, a guided preset's guiding network or None, its autoencoder), checked: FID
+    needs RGB pixels, which a latent model gives through its autoencoder (whose optional extra must be
+    installed: one line, before any work)."""
+    net = load_model(model, family, flags, preset, device=device).eval()
+    net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)
+    autoencoder = autoencoder_of(net)
+    autoencoder.check()
+    if getattr(net, "img_channels", 3) != 3 and isinstance(autoencoder, RGBIdentity):
+        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    return net, preset_gnet, autoencoder
