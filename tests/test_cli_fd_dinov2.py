@@ -219,3 +219,63 @@ def test_sweep_writes_fid_and_fd_dinov2_columns(tmp_path, weights, inception_pat
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error:") and "another experiment (ref_dinov2" in last
     assert len(sk.sweep.read_csv(csv_path)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# two processes (torchrun's environment) give the numbers of one; a cheap stand-in for the network
+
+
+class PooledDINOv2:
+    """A stand-in for the DINOv2 extractor (its pipeline record, 4x4-pooled pixels as features)."""
+
+    mode, sha256, resize_mode = "dinov2-torch", "d" * 64, "torch"
+
+    def extract(self, images, spatial=False, logits=False):
+        x = sk.metrics.as_uint8(images).astype(np.float64) / 255
+        return x.reshape(len(x), 4, 8, 4, 8, 3).mean((2, 4)).reshape(len(x), -1), None
+
+
+FD_ARGS = ("fid", "--images", "builtin:shapes32?n=64", "--num-images", "50", "--ref", "builtin:shapes32?n=64&seed=1",
+           "--ref-images", "40", "--metrics", "fd_dinov2", "--bootstrap", "10", "--batch", "7", "--json", "--quiet")
+
+
+def fd_command_with_stand_in() -> dict:
+    from samplerkit.cli import fid as fid_cli
+
+    fid_cli.dinov2_extractor = lambda *args, **kwargs: PooledDINOv2()
+    code, out, err = run_cli(*FD_ARGS)
+    assert code == 0, err
+    return json.loads(out) if out.strip() else {}  # under torchrun only rank 0 prints
+
+
+def _worker(rank: int, port: int, out: str, cache: str) -> None:
+    from samplerkit import distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", SAMPLERKIT_CACHE=cache)
+    distributed.init("cpu")
+    try:
+        got = fd_command_with_stand_in()  # the command joins the group torchrun's environment set up
+        if rank == 0:
+            Path(out).write_text(json.dumps(got))
+    finally:
+        distributed.cleanup()
+
+
+def test_fd_dinov2_under_two_processes_gives_the_numbers_of_one(tmp_path, monkeypatch):
+    import socket
+
+    from samplerkit.cli import fid as fid_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_worker, args=(port, str(tmp_path / "out.json"), str(tmp_path / "cache")), nprocs=2,
+                                join=True)
+    two = json.loads((tmp_path / "out.json").read_text())
+    monkeypatch.setattr(fid_cli, "dinov2_extractor", fid_cli.dinov2_extractor)  # restored after the test
+    one = fd_command_with_stand_in()
+    assert (two["n_images"], two["n_ref_dinov2"]) == (one["n_images"], one["n_ref_dinov2"]) == (50, 40)
+    assert one["fd_dinov2"] > 0 and two["fd_dinov2"] == pytest.approx(one["fd_dinov2"], rel=1e-10)
+    assert (two["fd_dinov2_lo"], two["fd_dinov2_hi"]) == pytest.approx((one["fd_dinov2_lo"], one["fd_dinov2_hi"]),
+                                                                       rel=1e-9)

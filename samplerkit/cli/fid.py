@@ -361,7 +361,9 @@ def _check_references(ref, wanted, want_dino, ref_images, recompute_ref, fid_mod
         checked, dino_checked = check_pkl_reference(ref, wanted, want_dino)
     else:
         checked = check_reference(ref, wanted, ref_images, recompute_ref, fid_mode) if wanted else None
-        dino_checked = check_dinov2_reference(ref, ref_images) if want_dino else None
+        dino_checked = None
+        if want_dino:  # reference images already opened and checked for Inception serve DINOv2 too
+            dino_checked = checked if isinstance(checked, tuple) else check_dinov2_reference(ref, ref_images)
     if checked is not None:
         check_stored_mode(checked, fid_mode, force)
     return checked, dino_checked

@@ -128,7 +128,7 @@ def _check_references(ref: str, ref_images, wanted, want_dino: bool, csv_path: P
         if cache.is_file():
             log(f"DINOv2 reference statistics of {ref} from {cache}")
             return checked, metrics_lib.read_reference(cache)[DINO]
-        dino_checked = check_dinov2_reference(ref, ref_images)
+        dino_checked = checked if isinstance(checked, tuple) else check_dinov2_reference(ref, ref_images)
     return checked, dino_checked
 
 
