@@ -97,24 +97,6 @@ def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: s
     return check_reference(ref, metrics, ref_images, mode=mode)
 
 
-def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
-    """The reference statistics: as checked, or computed once (progress bar with total and ETA) and
-    cached beside the CSV."""
-    from .fid import load_reference
-
-    if isinstance(checked, metrics_lib.Statistics):
-        return checked
-    metrics = metrics_lib.reference_metrics(metrics)
-    stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet, checked=checked)
-    if stats.origin:  # stored statistics of an evaluator batch: not a computed cache entry
-        return stats
-    cache = _reference_cache(ref, ref_images, metrics, csv_path, getattr(features, "mode", "clean"))
-    if distributed.is_main():
-        stats.save(cache)
-        log(f"wrote reference statistics of {ref} to {cache}")
-    return stats
-
-
 def _check_references(ref: str, ref_images, wanted, want_dino: bool, csv_path: Path, log, mode: str,
                       resize: str) -> tuple:
     """(Inception, DINOv2) reference as checked before any work: stored statistics (an EDM2 .pkl, a stats
