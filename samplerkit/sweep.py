@@ -118,7 +118,9 @@ def evaluation_id(metrics: Sequence[str], evaluation: dict, bootstrap: int = 0) 
     return json.dumps({k: evaluation.get(k) for k in keys}, sort_keys=True)
 
 
-def _complete(row: dict, metrics: Sequence[str], bootstrap: int = 0, evaluation: str = "") -> bool:
+def _complete(row: dict | None, metrics: Sequence[str], bootstrap: int = 0, evaluation: str = "") -> bool:
+    if row is None:
+        return False
     if evaluation and str(row.get("evaluation") or "") != evaluation:
         return False
     cols = [col for m in metrics for col in _METRIC_COLUMNS[m]]
@@ -188,30 +190,22 @@ def run(
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
-    by a level). ``fd_dinov2`` in ``metrics`` needs ``dinov2`` (a :class:`samplerkit.metrics.dinov2.DINOv2`) and
-    ``dinov2_reference`` (its statistics of the reference): each generated batch goes to both networks, and the
-    rows record the DINOv2 reference (``ref_dinov2``) and pipeline (``dinov2_pipeline``); ``reference`` and
-    ``features`` may be None when only fd_dinov2 is asked.
+    by a level). ``dinov2``, ``dinov2_reference``: fd_dinov2's extractor and reference (:func:`reference_columns`).
     """
     wanted, want_dino, metrics = sweep_metrics(metrics)
-    _check_networks(wanted, want_dino, reference, features, dinov2, dinov2_reference)
+    ref_columns = reference_columns(wanted, want_dino, reference, features, dinov2, dinov2_reference)
     axis = remedy_axis(remedies, eps_scalers)
     seeds = _checked(samplers, seeds, metrics, options, axis)
     evaluation = dict(evaluation or {})
     eval_id = evaluation_id(metrics, evaluation, bootstrap)
     cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
-                         **_reference_columns(reference if wanted else None, dinov2_reference if want_dino else None,
-                                              dinov2),
-                         "evaluation": eval_id})
+                         **ref_columns, "evaluation": eval_id})
              for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
     table = results_csv(csv_path)
     rows = table.read()
     finished = {table.key(r): r for r in rows}
-    todo = [c for c in cells
-            if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
-    baseline_of = {}  # step count -> key of the first sampler's cell (the baseline of the paired differences)
-    for _, row in cells:
-        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    todo = [c for c in cells if not _complete(finished.get(table.key(c[1])), metrics, bootstrap, eval_id)]
+    baseline_of = _baselines(table, cells)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
@@ -235,19 +229,25 @@ def run(
     return [by_key[table.key(row)] for _, row in cells]
 
 
-def _check_networks(wanted, want_dino, reference, features, dinov2, dinov2_reference) -> None:
+def _baselines(table, cells) -> dict:
+    """step count (and remedies) -> key of the first sampler's cell (the baseline of the paired differences)."""
+    baseline_of = {}
+    for _, row in cells:
+        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    return baseline_of
+
+
+def reference_columns(wanted, want_dino: bool, reference, features, dinov2, dinov2_reference) -> dict:
+    """The columns that name the reference, after checking that the metrics asked have what they need: ``ref``
+    (part of a cell's identity; the Inception statistics', else the DINOv2 ones') and, with fd_dinov2 (each
+    generated batch then goes to both networks), ``ref_dinov2`` and ``dinov2_pipeline`` (resize mode, weights)."""
     if wanted and (reference is None or features is None):
         raise SamplerkitError(f"{', '.join(wanted)} need reference statistics and an Inception feature extractor")
     if want_dino and (dinov2 is None or dinov2_reference is None):
         raise SamplerkitError("fd_dinov2 needs a DINOv2 feature extractor (dinov2) and its reference statistics "
                               "(dinov2_reference)")
-
-
-def _reference_columns(reference, dinov2_reference, dinov2) -> dict:
-    """The columns that name the reference: ``ref`` (part of a cell's identity; the Inception statistics',
-    else the DINOv2 ones'), and with fd_dinov2 ``ref_dinov2`` and ``dinov2_pipeline`` (resize mode, weights)."""
-    out = {"ref": (reference or dinov2_reference).fingerprint()}
-    if dinov2_reference is not None:
+    out = {"ref": (reference if wanted else dinov2_reference).fingerprint()}
+    if want_dino:
         out.update(ref_dinov2=dinov2_reference.fingerprint(), dinov2_pipeline=dinov2_pipeline(dinov2))
     return out
 

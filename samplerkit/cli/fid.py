@@ -153,9 +153,8 @@ def check_dinov2_reference(ref: str, num_images: int | None = None):
     """The fd_dinov2 reference before any network: stored DINOv2 statistics, else (source, n) of the
     images to compute them from; a statistics file without DINOv2 statistics is a one-line error."""
     path = Path(ref)
-    if path.suffix.lower() == ".pkl":
-        return refs_edm2.reference_for(DINO, metrics_lib.read_reference(ref), ref)
-    if path.suffix.lower() == ".npz" and path.is_file() and not _npz_has_images(path):
+    suffix = path.suffix.lower()
+    if suffix == ".pkl" or (suffix == ".npz" and path.is_file() and not _npz_has_images(path)):  # statistics only
         return refs_edm2.reference_for(DINO, metrics_lib.read_reference(ref), ref)
     if not ref.startswith("builtin:") and not path.exists():
         raise SamplerkitError(f"reference not found: {ref} (give a statistics .pkl/.npz or an image folder/zip/npz)")

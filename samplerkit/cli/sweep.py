@@ -98,11 +98,20 @@ def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: s
 
 
 def _check_references(ref: str, ref_images, wanted, want_dino: bool, csv_path: Path, log, mode: str,
-                      resize: str) -> tuple:
+                      resize: str, force: bool) -> tuple:
     """(Inception, DINOv2) reference as checked before any work: stored statistics (an EDM2 .pkl, a stats
     .npz, or those cached beside the CSV), the images to compute them from, or None when not asked."""
     if Path(ref).suffix.lower() == ".pkl":
-        return check_pkl_reference(ref, wanted, want_dino)
+        checked, dino_checked = check_pkl_reference(ref, wanted, want_dino)
+    else:
+        checked, dino_checked = _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode,
+                                                        resize)
+    if checked is not None:
+        check_stored_mode(checked, mode, force)
+    return checked, dino_checked
+
+
+def _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode, resize) -> tuple:
     checked = _check_reference(ref, ref_images, wanted, csv_path, log, mode) if wanted else None
     dino_checked = None
     if want_dino:
@@ -137,6 +146,43 @@ def _references(ref: str, checked, dino_checked, ref_images, wanted, features, d
         metrics_lib.save_reference({DINO: dino_ref}, cache)
         log(f"wrote DINOv2 reference statistics of {ref} to {cache}")
     return reference, dino_ref
+
+
+def _evaluators(wanted, want_dino, inception, dinov2, device, batch: int, speed: str, fid_mode: str, dino_checked,
+                force: bool) -> tuple:
+    """(Inception features or None, DINOv2 extractor or None) for the metrics asked; ``dinov2``: (weights, resize)."""
+    features = dino = None
+    if wanted:
+        features = metrics_lib.inception(inception, device, mode=fid_mode)
+        features, _ = speed_lib.for_inception(features, speed, device)
+        if "is" in wanted:
+            metrics_lib.require_logits(features)
+    if want_dino:
+        dino = dinov2_extractor(*dinov2, device, batch, speed)
+        check_dinov2_pipeline(dino, dino_checked, force)
+    return features, dino
+
+
+def _experiment(model: str, n_images: int, reference, dino_ref, features, dino) -> dict:
+    """What every row of the CSV must share: model, reference (and its pipeline), image count."""
+    experiment = {"model": {model}, "ref": {(reference or dino_ref).fingerprint()},
+                  "n_images": {n_images}}  # a guided cell's model column names the classifier after " + "
+    if features is not None:
+        experiment["mode"] = {getattr(features, "mode", "clean")}
+    if dino is not None:
+        experiment.update(ref_dinov2={dino_ref.fingerprint()}, dinov2_pipeline={sweep_lib.dinov2_pipeline(dino)})
+    return experiment
+
+
+def _check_inception_reference(reference, ref: str, wanted, mode: str, kid_subset_size, n_images: int, log) -> None:
+    """KID's subset size against the reference's image count, and the note on which statistics stand for it."""
+    if reference is None:
+        return
+    if "kid" in wanted and kid_subset_size is not None:
+        metrics_lib.check_subset_size(n_images, reference.n or n_images, kid_subset_size)
+    note = note_reference(reference, ref, mode)
+    if note:
+        log(note)
 
 
 @click.command(name="sweep", cls=SamplerCommand, context_settings={"max_content_width": 100})
@@ -193,8 +239,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
           --ref imagenet256.npz --csv guided.csv --plot guided.png     # guidance scale axis (ADM-G)
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    wanted, want_dino = metrics_lib.split_metrics(metrics)
-    every = wanted + ((DINO,) if want_dino else ())
+    wanted, want_dino, every = sweep_lib.sweep_metrics(metrics)
     options = chosen_options(knobs)
     if samplers is None:  # the model's recommended sampler and its settings, as `samplerkit sample` picks them
         rec_sampler, _, options = resolve_sampler(model, None, None, options)
@@ -212,9 +257,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
     checked, dino_checked = _check_references(ref, ref_images, wanted, want_dino, csv_file, log, fid_mode,
-                                              dinov2_resize)
-    if checked is not None:
-        check_stored_mode(checked, fid_mode, force_pipeline)
+                                              dinov2_resize, force_pipeline)
     check_evaluation(every, kid_subsets, kid_subset_size, bootstrap_rounds, len(seed_list))
     warn_small_sample(len(seed_list), every)
 
@@ -228,30 +271,13 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     speed = speed or speed_lib.default_mode()
     net, speed_record = speed_lib.for_denoiser(net, speed, min(batch, len(seed_list)), device)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
-    features = None
-    if wanted:
-        features = metrics_lib.inception(inception, device, mode=fid_mode)
-        features, _ = speed_lib.for_inception(features, speed, device)
-        if "is" in wanted:
-            metrics_lib.require_logits(features)
-    dino = dinov2_extractor(dinov2_weights, dinov2_resize, device, batch, speed) if want_dino else None
-    if dino is not None:
-        check_dinov2_pipeline(dino, dino_checked, force_pipeline)
+    features, dino = _evaluators(wanted, want_dino, inception, (dinov2_weights, dinov2_resize), device, batch, speed,
+                                 fid_mode, dino_checked, force_pipeline)
     reference, dino_ref = _references(ref, checked, dino_checked, ref_images, wanted, features, dino, csv_file, batch,
                                       quiet, log)
-    experiment = {"model": {model}, "ref": {(reference or dino_ref).fingerprint()},
-                  "n_images": {len(seed_list)}}  # a guided cell's model column names the classifier after " + "
-    if features is not None:
-        experiment["mode"] = {getattr(features, "mode", fid_mode)}
-    if dino is not None:
-        experiment.update(ref_dinov2={dino_ref.fingerprint()}, dinov2_pipeline={sweep_lib.dinov2_pipeline(dino)})
-    check_experiment(csv_file, "sweep rows", experiment,
+    check_experiment(csv_file, "sweep rows", _experiment(model, len(seed_list), reference, dino_ref, features, dino),
                      of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
-    if "kid" in wanted and kid_subset_size is not None:
-        metrics_lib.check_subset_size(len(seed_list), reference.n or len(seed_list), kid_subset_size)
-    note = note_reference(reference, ref, fid_mode) if reference is not None else None
-    if note:
-        log(note)
+    _check_inception_reference(reference, ref, wanted, fid_mode, kid_subset_size, len(seed_list), log)
     evaluation = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": eval_seed,
                   "force": force_pipeline}
 
@@ -276,7 +302,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
         return
     log(f"wrote {csv_file}")
     if plot_path:
-        shown = " and ".join(m for m, asked in (("FID", "fid" in wanted), ("FD_DINOv2", want_dino)) if asked) or "FID"
+        shown = " and ".join(m for m, asked in (("FID", "fid" in every), ("FD_DINOv2", want_dino)) if asked) or "FID"
         sweep_lib.plot(rows, plot_path, title=f"{model}: {shown} vs NFE ({len(seed_list)} images)")
         log(f"wrote {plot_path}")
     if show_table:
