@@ -32,7 +32,7 @@ from .autoencoders import autoencoder_of
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
 from .guidance import Guidance
-from .metrics import PR_K, Statistics, StatsBuilder, evaluate, parse_metrics
+from .metrics import PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
 from .metrics import block as metrics_block
 from .remedies import Remedies
 from .results import ResultsCSV
@@ -45,7 +45,17 @@ CSV_COLUMNS = (
 )
 KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
 _METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall"), "kid": ("kid", "kid_std"),
-                   "is": ("is", "is_std")}
+                   "is": ("is", "is_std"), "fd_dinov2": ("fd_dinov2",)}
+DINO = "fd_dinov2"
+INTERVAL_METRICS = ("fid", "kid", DINO)  # the metrics with bootstrap intervals
+
+
+def sweep_metrics(metrics) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+    """(Inception metrics, whether fd_dinov2 is asked, all of them in column order) of a metrics list."""
+    wanted, want_dino = split_metrics(metrics)
+    every = (wanted[:1] + ((DINO,) if want_dino else ()) + wanted[1:]) if wanted[:1] == ("fid",) else (
+        wanted + ((DINO,) if want_dino else ()))
+    return wanted, want_dino, every
 
 
 def seeds_text(seeds: Sequence[int]) -> str:
@@ -109,12 +119,14 @@ def evaluation_id(metrics: Sequence[str], evaluation: dict, bootstrap: int = 0) 
     return json.dumps({k: evaluation.get(k) for k in keys}, sort_keys=True)
 
 
-def _complete(row: dict, metrics: Sequence[str], bootstrap: int = 0, evaluation: str = "") -> bool:
+def _complete(row: dict | None, metrics: Sequence[str], bootstrap: int = 0, evaluation: str = "") -> bool:
+    if row is None:
+        return False
     if evaluation and str(row.get("evaluation") or "") != evaluation:
         return False
     cols = [col for m in metrics for col in _METRIC_COLUMNS[m]]
     if bootstrap:
-        cols += [f"{m}_{end}" for m in metrics if m in ("fid", "kid") for end in ("lo", "hi")]
+        cols += [f"{m}_{end}" for m in metrics if m in INTERVAL_METRICS for end in ("lo", "hi")]
         if str(row.get("bootstrap_rounds", "")) != str(bootstrap):
             return False
     return all(str(row.get(col, "")) != "" for col in cols)
@@ -163,6 +175,8 @@ def run(
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
     speed: str = "", autoencoder=None,
+    dinov2=None,
+    dinov2_reference: Statistics | None = None,
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -178,27 +192,28 @@ def run(
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
     by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded).
+    by a level). ``dinov2``, ``dinov2_reference``: fd_dinov2's extractor and reference (:func:`reference_columns`).
     """
-    metrics = parse_metrics(metrics)
+    wanted, want_dino, metrics = sweep_metrics(metrics)
+    ref_columns = reference_columns(wanted, want_dino, reference, features, dinov2, dinov2_reference)
     axis = remedy_axis(remedies, eps_scalers)
     seeds = _checked(samplers, seeds, metrics, options, axis)
     evaluation = dict(evaluation or {})
     eval_id = evaluation_id(metrics, evaluation, bootstrap)
     cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
-                         "ref": reference.fingerprint(), "evaluation": eval_id})
+                         **ref_columns, "evaluation": eval_id})
              for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
     table = results_csv(csv_path)
     rows = table.read()
     finished = {table.key(r): r for r in rows}
-    todo = [c for c in cells
-            if not (table.key(c[1]) in finished and _complete(finished[table.key(c[1])], metrics, bootstrap, eval_id))]
+    todo = [c for c in cells if not _complete(finished.get(table.key(c[1])), metrics, bootstrap, eval_id)]
     baseline_of = _baselines(table, cells)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     main = distributed.is_main()
     log(f"sweep: {len(todo)} of {len(cells)} cells to run ({len(cells) - len(todo)} already in {csv_path}); "
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
     cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed,
-                 autoencoder if autoencoder is not None else autoencoder_of(net))
+                 autoencoder if autoencoder is not None else autoencoder_of(net), dinov2, dinov2_reference)
     with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
               dynamic_ncols=True) as bar:
         for prepared, row in todo:
@@ -206,15 +221,42 @@ def run(
             values = cell.measure(prepared, bar)
             if bootstrap:  # its time counts as evaluation
                 t0 = time.perf_counter()
-                values.update(_bootstrap_columns(values["_sample"], reference, metrics, bootstrap,
-                                                 evaluation.get("seed", 0), table.key(row),
-                                                 baseline_of[_baseline_key(row)], Path(csv_path), main))
+                values.update(_all_bootstrap_columns(values["_sample"], cell, table.key(row),
+                                                     baseline_of[_baseline_key(row)], Path(csv_path), main))
                 values["eval_seconds"] = round(values["eval_seconds"] + time.perf_counter() - t0, 3)
             table.put(rows, dict(row, **{k: v for k, v in values.items() if k != "_sample"}))
             if main:
                 table.write(rows)
     by_key = {table.key(r): r for r in rows}
     return [by_key[table.key(row)] for _, row in cells]
+
+
+def _baselines(table, cells) -> dict:
+    """step count (and remedies) -> key of the first sampler's cell (the baseline of the paired differences)."""
+    baseline_of = {}
+    for _, row in cells:
+        baseline_of.setdefault(_baseline_key(row), table.key(row))
+    return baseline_of
+
+
+def reference_columns(wanted, want_dino: bool, reference, features, dinov2, dinov2_reference) -> dict:
+    """The columns that name the reference, after checking that the metrics asked have what they need: ``ref``
+    (part of a cell's identity; the Inception statistics', else the DINOv2 ones') and, with fd_dinov2 (each
+    generated batch then goes to both networks), ``ref_dinov2`` and ``dinov2_pipeline`` (resize mode, weights)."""
+    if wanted and (reference is None or features is None):
+        raise SamplerkitError(f"{', '.join(wanted)} need reference statistics and an Inception feature extractor")
+    if want_dino and (dinov2 is None or dinov2_reference is None):
+        raise SamplerkitError("fd_dinov2 needs a DINOv2 feature extractor (dinov2) and its reference statistics "
+                              "(dinov2_reference)")
+    out = {"ref": (reference if wanted else dinov2_reference).fingerprint()}
+    if want_dino:
+        out.update(ref_dinov2=dinov2_reference.fingerprint(), dinov2_pipeline=dinov2_pipeline(dinov2))
+    return out
+
+
+def dinov2_pipeline(dinov2) -> str:
+    """'dinov2-torch 1a2b3c4d5e6f7a8b': the DINOv2 preprocessing and the weights' sha256 (16 hex digits)."""
+    return f"{getattr(dinov2, 'mode', '')} {getattr(dinov2, 'sha256', '')[:16]}".strip()
 
 
 def _checked(samplers, seeds, metrics, options, axis) -> list[int]:
@@ -282,10 +324,13 @@ class _Cell:
     device: object
     speed: str
     autoencoder: object = None  # model space -> uint8 pixels
+    dinov2: object = None
+    dinov2_reference: Statistics | None = None
 
     def measure(self, prepared, bar) -> dict:
-        """The metric and timing columns of one cell ("_sample": its statistics, for the intervals)."""
-        builder = StatsBuilder(self.features, self.metrics, keep_feats=bool(self.bootstrap))
+        """The metric and timing columns of one cell ("_sample": its statistics by metric, for the intervals)."""
+        builder = MultiStatsBuilder.for_metrics(self.metrics, inception=self.features, dinov2=self.dinov2,
+                                                keep_feats=bool(self.bootstrap))
         sample_seconds = eval_seconds = 0.0
         t0 = time.perf_counter()
         for _, x, _ in generate(prepared.net, prepared, self.seeds, self.batch_size, self.class_labels, self.device):
@@ -299,11 +344,33 @@ class _Cell:
         t1 = time.perf_counter()
         builder.gather()
         sample = builder.result()
-        values = evaluate(sample, self.reference, self.metrics, **self.evaluation)
+        wanted = [m for m in self.metrics if m != DINO]
+        values = evaluate(sample["fid"], self.reference, wanted, **self.evaluation) if wanted else {}
+        if DINO in sample:
+            values[DINO] = refs_edm2.frechet(DINO, sample[DINO], self.dinov2_reference,
+                                             self.evaluation.get("force", False))
         eval_seconds += time.perf_counter() - t1
+        if "fid" in sample:
+            values["mode"] = sample["fid"].mode
         return dict(values, seconds=round(sample_seconds, 3), eval_seconds=round(eval_seconds, 3),
                     images_per_s=round(len(self.seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
-                    mode=sample.mode, speed=self.speed, _sample=sample)
+                    speed=self.speed, _sample=sample)
+
+
+def _all_bootstrap_columns(sample: dict, cell: _Cell, key: tuple, baseline: tuple, csv_path: Path, main: bool) -> dict:
+    """The interval columns of one cell for the Inception metrics and FD_DINOv2 (FID's intervals on the DINOv2
+    features, their features kept beside the CSV under their own name)."""
+    seed = cell.evaluation.get("seed", 0)
+    out = {}
+    wanted = [m for m in cell.metrics if m != DINO]
+    if wanted:
+        out.update(_bootstrap_columns(sample["fid"], cell.reference, wanted, cell.bootstrap, seed, key, baseline,
+                                      csv_path, main))
+    if DINO in sample:
+        got = _bootstrap_columns(sample[DINO], cell.dinov2_reference, ["fid"], cell.bootstrap, seed, key + (DINO,),
+                                 baseline + (DINO,), csv_path, main)
+        out.update({(DINO + k[len("fid"):] if k.startswith("fid_") else k): v for k, v in got.items()})
+    return out
 
 
 def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: tuple, baseline: tuple,
@@ -332,8 +399,8 @@ def frame(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)):
     """The sweep's rows as a pandas DataFrame with numeric columns (sampler, steps, nfe, metrics, timing)."""
     import pandas as pd
 
-    wanted = parse_metrics(metrics)
-    intervals = [f"{m}_{end}" for m in ("fid", "kid") if m in wanted
+    wanted = sweep_metrics(metrics)[2]
+    intervals = [f"{m}_{end}" for m in INTERVAL_METRICS if m in wanted
                  for end in ("lo", "hi", "diff", "diff_lo", "diff_hi")]
     cols = ["sampler", "steps", "nfe", *[c for m in wanted for c in _METRIC_COLUMNS[m]],
             *[c for c in intervals if any(str(r.get(c, "")) != "" for r in rows)],
@@ -366,24 +433,32 @@ def table(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)) -> str:
 
 def plot(rows: Sequence[dict], path: str | Path, title: str = ""):
     """FID vs NFE on a log-x axis, one line per sampler (Karras et al. 2022 (EDM), Fig. 2), ticks
-    at the measured NFE values that fit without overlapping. Returns the saved figure."""
-    df = frame(rows)
+    at the measured NFE values that fit without overlapping; FD_DINOv2 vs NFE in a panel beside it when
+    the rows hold it (only that panel when they hold no FID). Returns the saved figure."""
+    shown = [m for m in ("fid", DINO) if any(str(r.get(m, "")) != "" for r in rows)] or ["fid"]
+    df = frame(rows, shown)
     df["line"] = [_line_label(r) for r in rows]
-    fig, ax = plots.figure(figsize=(5.5, 4))
-    for name, group in df.groupby("line", sort=False):
-        group = group.sort_values("nfe")
-        ax.plot(group["nfe"], group["fid"], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("FID")
-    finite = df["fid"][np.isfinite(df["fid"])]
-    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 20:
-        ax.set_yscale("log")
+    fig, axes = plots.figure(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    for ax, metric in zip(axes[0], shown, strict=True):
+        _panel(ax, df, metric)
     if title:
-        ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+        fig.suptitle(title) if len(shown) > 1 else axes[0][0].set_title(title)
     fig.tight_layout()
-    plots.spaced_xticks(fig, ax, [int(v) for v in df["nfe"].dropna()])
+    for ax in axes[0]:
+        plots.spaced_xticks(fig, ax, [int(v) for v in df["nfe"].dropna()])
     plots.save(fig, path)
     return fig
+
+
+def _panel(ax, df, metric: str) -> None:
+    for name, group in df.groupby("line", sort=False):
+        group = group.sort_values("nfe")
+        ax.plot(group["nfe"], group[metric], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel({"fid": "FID", DINO: "FD_DINOv2"}[metric])
+    finite = df[metric][np.isfinite(df[metric])]
+    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 20:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()

@@ -28,7 +28,19 @@ from ._options import (
     parse_flags,
     speed_option,
 )
-from .fid import check_evaluation, check_stored_mode, evaluation_options, note_reference, warn_small_sample
+from .fid import (
+    DINO,
+    check_dinov2_pipeline,
+    check_dinov2_reference,
+    check_evaluation,
+    check_pkl_reference,
+    check_stored_mode,
+    dinov2_extractor,
+    dinov2_options,
+    evaluation_options,
+    note_reference,
+    warn_small_sample,
+)
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -87,22 +99,92 @@ def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: s
     return check_reference(ref, metrics, ref_images, mode=mode)
 
 
-def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path, batch: int, quiet: bool, log):
-    """The reference statistics: as checked, or computed once (progress bar with total and ETA) and
-    cached beside the CSV."""
-    from .fid import load_reference
+def _check_references(ref: str, ref_images, wanted, want_dino: bool, csv_path: Path, log, mode: str,
+                      resize: str, force: bool) -> tuple:
+    """(Inception, DINOv2) reference as checked before any work: stored statistics (an EDM2 .pkl, a stats
+    .npz, or those cached beside the CSV), the images to compute them from, or None when not asked."""
+    if Path(ref).suffix.lower() == ".pkl":
+        checked, dino_checked = check_pkl_reference(ref, wanted, want_dino)
+    else:
+        checked, dino_checked = _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode,
+                                                        resize)
+    if checked is not None:
+        check_stored_mode(checked, mode, force)
+    return checked, dino_checked
 
-    if isinstance(checked, metrics_lib.Statistics):
-        return checked
-    metrics = metrics_lib.reference_metrics(metrics)
-    stats = load_reference(ref, metrics, features, ref_images, batch, quiet=quiet, checked=checked)
-    if stats.origin:  # stored statistics of an evaluator batch: not a computed cache entry
-        return stats
-    cache = _reference_cache(ref, ref_images, metrics, csv_path, getattr(features, "mode", "clean"))
-    if distributed.is_main():
-        stats.save(cache)
-        log(f"wrote reference statistics of {ref} to {cache}")
-    return stats
+
+def _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode, resize) -> tuple:
+    checked = _check_reference(ref, ref_images, wanted, csv_path, log, mode) if wanted else None
+    dino_checked = None
+    if want_dino:
+        cache = _dinov2_cache(ref, ref_images, csv_path, resize)
+        if cache.is_file():
+            log(f"DINOv2 reference statistics of {ref} from {cache}")
+            return checked, metrics_lib.read_reference(cache)[DINO]
+        dino_checked = checked if isinstance(checked, tuple) else check_dinov2_reference(ref, ref_images)
+    return checked, dino_checked
+
+
+def _dinov2_cache(ref: str, ref_images, csv_path: Path, resize: str) -> Path:
+    """Where the DINOv2 reference statistics computed for a sweep are kept: beside the CSV, an EDM2-layout .pkl."""
+    return _reference_cache(ref, ref_images, [DINO], csv_path, f"dinov2-{resize}").with_suffix(".pkl")
+
+
+def _references(ref: str, checked, dino_checked, ref_images, wanted, features, dino, csv_path: Path, batch: int,
+                quiet: bool, log) -> tuple:
+    """(Inception, DINOv2) reference statistics: as checked, or computed (one read of each reference image for
+    both networks) and cached beside the CSV."""
+    from .fid import _references as computed
+
+    reference, dino_ref = computed(ref, wanted, checked, dino_checked, features, dino, ref_images, batch, False, quiet)
+    if isinstance(checked, tuple) and not reference.origin:
+        cache = _reference_cache(ref, ref_images, metrics_lib.reference_metrics(wanted), csv_path,
+                                 getattr(features, "mode", "clean"))
+        if distributed.is_main():
+            reference.save(cache)
+            log(f"wrote reference statistics of {ref} to {cache}")
+    if isinstance(dino_checked, tuple) and distributed.is_main():
+        cache = _dinov2_cache(ref, ref_images, csv_path, dino.resize_mode)
+        metrics_lib.save_reference({DINO: dino_ref}, cache)
+        log(f"wrote DINOv2 reference statistics of {ref} to {cache}")
+    return reference, dino_ref
+
+
+def _evaluators(wanted, want_dino, inception, dinov2, device, batch: int, speed: str, fid_mode: str, dino_checked,
+                force: bool) -> tuple:
+    """(Inception features or None, DINOv2 extractor or None) for the metrics asked; ``dinov2``: (weights, resize)."""
+    features = dino = None
+    if wanted:
+        features = metrics_lib.inception(inception, device, mode=fid_mode)
+        features, _ = speed_lib.for_inception(features, speed, device)
+        if "is" in wanted:
+            metrics_lib.require_logits(features)
+    if want_dino:
+        dino = dinov2_extractor(*dinov2, device, batch, speed)
+        check_dinov2_pipeline(dino, dino_checked, force)
+    return features, dino
+
+
+def _experiment(model: str, n_images: int, reference, dino_ref, features, dino) -> dict:
+    """What every row of the CSV must share: model, reference (and its pipeline), image count."""
+    experiment = {"model": {model}, "ref": {(reference or dino_ref).fingerprint()},
+                  "n_images": {n_images}}  # a guided cell's model column names the classifier after " + "
+    if features is not None:
+        experiment["mode"] = {getattr(features, "mode", "clean")}
+    if dino is not None:
+        experiment.update(ref_dinov2={dino_ref.fingerprint()}, dinov2_pipeline={sweep_lib.dinov2_pipeline(dino)})
+    return experiment
+
+
+def _check_inception_reference(reference, ref: str, wanted, mode: str, kid_subset_size, n_images: int, log) -> None:
+    """KID's subset size against the reference's image count, and the note on which statistics stand for it."""
+    if reference is None:
+        return
+    if "kid" in wanted and kid_subset_size is not None:
+        metrics_lib.check_subset_size(n_images, reference.n or n_images, kid_subset_size)
+    note = note_reference(reference, ref, mode)
+    if note:
+        log(note)
 
 
 @click.command(name="sweep", cls=SamplerCommand, context_settings={"max_content_width": 100})
@@ -114,26 +196,28 @@ def _reference(ref: str, checked, ref_images, metrics, features, csv_path: Path,
 @click.option("--num-images", type=int, default=None, help="Images per cell [default: 1000, or the --seeds count].")
 @click.option("--seeds", default=None, help="Seeds, e.g. 0-49999 [default: 0 .. num-images - 1].")
 @click.option("--ref", required=True,
-              help="Reference: stats .npz (mu, sigma) or an image folder / .zip / .npz / builtin:shapes32 "
-                   "(its statistics are cached beside the CSV).")
+              help="Reference: stats .npz (mu, sigma), an EDM2 statistics .pkl (fid and fd_dinov2) or an image "
+                   "folder / .zip / .npz / builtin:shapes32 (its statistics are cached beside the CSV).")
 @click.option("--ref-images", type=int, default=None, help="Use the first N images of a data-source --ref.")
 @click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
               help="CSV of all cells; a cell already in it is not recomputed.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="FID-vs-NFE PNG.")
-@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr, kid, is.")
+@click.option("--metrics", default="fid", show_default=True, help="Comma list of fid, sfid, pr, kid, is, fd_dinov2.")
 @evaluation_options
 @click.option("--eval-seed", type=int, default=0, show_default=True,
               help="Seed of KID's subsets and the bootstrap (the images' seeds are --seeds).")
 @click.option("--table", "show_table", is_flag=True, help="Print the sweep as a table.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per sampler batch.")
 @click.option("--inception", default=None, type=click.Path(), help="Inception network file or its folder.")
+@dinov2_options
 @device_option()
 @speed_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, family, flags, preset, samplers, steps, num_images, seeds, ref, ref_images, csv_path, plot_path,
             metrics, fid_mode, kid_subsets, kid_subset_size, bootstrap_rounds, force_pipeline, eval_seed, show_table,
-            batch, inception, device, speed, classifier, classifier_flags, classifier_scale, guidance_form, guide_model,
-            guidance_weight, guidance_interval, cfg, cfg_form, quiet, **knobs):
+            batch, inception, dinov2_weights, dinov2_resize, device, speed, classifier, classifier_flags,
+            classifier_scale, guidance_form, guide_model, guidance_weight, guidance_interval, cfg, cfg_form, quiet,
+            **knobs):
     """NFE vs FID: every sampler x step count generates the same seeds, one CSV row per cell.
 
     Images come from the same code path as `samplerkit sample` and are measured straight from
@@ -159,7 +243,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
           --sampler heun --steps 18 --num-images 64 --ref builtin:shapes32 --ref-images 512 --csv w.csv
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    wanted = metrics_lib.parse_metrics(metrics)
+    wanted, want_dino, every = sweep_lib.sweep_metrics(metrics)
     options = chosen_options(knobs)
     if samplers is None:  # the model's recommended sampler and its settings, as `samplerkit sample` picks them
         rec_sampler, _, options = resolve_sampler(model, None, None, options)
@@ -178,10 +262,10 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
                                       model_guidance=model_guidance(model))
     csv_file = Path(csv_path)
     sweep_lib.read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
-    checked = _check_reference(ref, ref_images, wanted, csv_file, log, fid_mode)
-    check_stored_mode(checked, fid_mode, force_pipeline)
-    check_evaluation(wanted, kid_subsets, kid_subset_size, bootstrap_rounds, len(seed_list))
-    warn_small_sample(len(seed_list), wanted)
+    checked, dino_checked = _check_references(ref, ref_images, wanted, want_dino, csv_file, log, fid_mode,
+                                              dinov2_resize, force_pipeline)
+    check_evaluation(every, kid_subsets, kid_subset_size, bootstrap_rounds, len(seed_list))
+    warn_small_sample(len(seed_list), every)
 
     distributed.init(device)  # under torchrun: each process measures its block of the seeds
     device = distributed.local_device(device)
@@ -191,16 +275,13 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     speed = speed or speed_lib.default_mode()
     net, speed_record = speed_lib.for_denoiser(net, speed, min(batch, len(seed_list)), device)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
-    features = metrics_lib.inception(inception, device, mode=fid_mode)
-    features, _ = speed_lib.for_inception(features, speed, device)
-    if "is" in wanted:
-        metrics_lib.require_logits(features)
-    reference = _reference(ref, checked, ref_images, wanted, features, csv_file, batch, quiet, log)
-    _check_one_experiment(csv_file, model, reference, getattr(features, "mode", fid_mode), len(seed_list))
-    _check_kid_subsets(wanted, kid_subset_size, len(seed_list), reference)
-    note = note_reference(reference, ref, fid_mode)
-    if note:
-        log(note)
+    features, dino = _evaluators(wanted, want_dino, inception, (dinov2_weights, dinov2_resize), device, batch, speed,
+                                 fid_mode, dino_checked, force_pipeline)
+    reference, dino_ref = _references(ref, checked, dino_checked, ref_images, wanted, features, dino, csv_file, batch,
+                                      quiet, log)
+    check_experiment(csv_file, "sweep rows", _experiment(model, len(seed_list), reference, dino_ref, features, dino),
+                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
+    _check_inception_reference(reference, ref, wanted, fid_mode, kid_subset_size, len(seed_list), log)
     evaluation = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": eval_seed,
                   "force": force_pipeline}
 
@@ -209,32 +290,23 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
     for guidance, cell_model, cell_sha in cells:
         label_dim = guidance.label_dim if guidance is not None and guidance.label_dim is not None else net.label_dim
         found = sweep_lib.run(net, names, step_list, seed_list, reference, features, csv_path=csv_file,
-                              model=cell_model, sha256=cell_sha, metrics=wanted, evaluation=evaluation,
+                              model=cell_model, sha256=cell_sha, metrics=every, evaluation=evaluation,
                               bootstrap=bootstrap_rounds, options=options, remedies=remedies, guidance=guidance,
                               batch_size=batch, device=device, class_labels="random" if label_dim else None,
-                              log=log, show_progress=not quiet, speed=speed_record["policy"], autoencoder=autoencoder)
+                              log=log, show_progress=not quiet, speed=speed_record["policy"], autoencoder=autoencoder,
+                              dinov2=dino, dinov2_reference=dino_ref)
         rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_axis(guidance)}"} for r in found]
     if not distributed.is_main():
         return
     log(f"wrote {csv_file}")
     if plot_path:
-        sweep_lib.plot(rows, plot_path, title=f"{model}: FID vs NFE ({len(seed_list)} images)")
+        shown = " and ".join(m for m, asked in (("FID", "fid" in every), ("FD_DINOv2", want_dino)) if asked) or "FID"
+        sweep_lib.plot(rows, plot_path, title=f"{model}: {shown} vs NFE ({len(seed_list)} images)")
         log(f"wrote {plot_path}")
     if show_table:
-        click.echo(sweep_lib.table(rows, wanted))
+        click.echo(sweep_lib.table(rows, every))
 
 
-def _check_kid_subsets(wanted, kid_subset_size, n: int, reference) -> None:
-    if "kid" in wanted and kid_subset_size is not None:
-        metrics_lib.check_subset_size(n, reference.n or n, kid_subset_size)
-
-
-def _check_one_experiment(csv_file, model: str, reference, mode: str, n_images: int) -> None:
-    """The CSV holds one experiment: the same model, reference statistics, pipeline and number of images."""
-    experiment = {"model": {model}, "ref": {reference.fingerprint()}, "mode": {mode}, "n_images": {n_images}}
-    # a guided cell's model column names the classifier after " + "
-    check_experiment(csv_file, "sweep rows", experiment,
-                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
 def _axis(guidance: Guidance) -> str:
     """How a table's sampler column names a guidance weight: 's=4' (classifier), 'w=2' (guide model), 'cfg=1.5'."""
     return f"{ {'classifier': 's', 'guided': 'w', 'cfg': 'cfg'}[guidance.kind]}={guidance.scale:g}"

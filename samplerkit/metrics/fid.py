@@ -82,7 +82,8 @@ def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
 def small_sample_warning(n_images: int, metrics: Sequence[str]) -> str | None:
     """One line warning that a Fréchet distance from ``n_images`` < :data:`SMALL_SAMPLE` images is
     biased upward, or None (also when ``metrics`` asks for no Fréchet distance)."""
-    names = [m.upper().replace("SFID", "sFID") for m in metrics if m in ("fid", "sfid")]
+    shown = {"fid": "FID", "sfid": "sFID", "fd_dinov2": "FD_DINOv2"}
+    names = [shown[m] for m in metrics if m in shown]
     if not names or n_images >= SMALL_SAMPLE:
         return None
     verb = "are" if len(names) > 1 else "is"
