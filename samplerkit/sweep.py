@@ -174,9 +174,8 @@ def run(
     device="cpu",
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
-    speed: str = "", autoencoder=None,
-    dinov2=None,
-    dinov2_reference: Statistics | None = None,
+    speed: str = "",
+    autoencoder=None, dinov2=None, dinov2_reference: Statistics | None = None,
 ) -> list[dict]:
     """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
 
@@ -191,8 +190,8 @@ def run(
     ``kid_subset_size``, ``seed``, ``force``); ``bootstrap``: rounds of the FID/KID intervals (0: none).
     ``speed``: the network-execution policy ``net`` runs under (:mod:`samplerkit.speed`), recorded in
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
-    by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded).
-    by a level). ``dinov2``, ``dinov2_reference``: fd_dinov2's extractor and reference (:func:`reference_columns`).
+    by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded);
+    ``dinov2``, ``dinov2_reference``: fd_dinov2's extractor and reference (:func:`reference_columns`).
     """
     wanted, want_dino, metrics = sweep_metrics(metrics)
     ref_columns = reference_columns(wanted, want_dino, reference, features, dinov2, dinov2_reference)

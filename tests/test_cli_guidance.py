@@ -108,12 +108,12 @@ def preset(pickles, monkeypatch):
     """A guided preset in the zoo as EDM2's are registered: net file + {"gnet": zoo name, "weight": 2.0}."""
     monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
     with FileServer() as srv:
-        zoo.register(zoo.ZooEntry(name="x-edm2-small", family="edm2", filename="x-edm2-small.pkl", resolution=8,
+        zoo.register(zoo.ZooEntry(name="x-cli-edm2-small", family="edm2", filename="x-cli-edm2-small.pkl", resolution=8,
                                   urls=(srv.add("/small.pkl", pickles["small"].read_bytes()),)))
-        zoo.register(zoo.ZooEntry(name="x-edm2-autog", family="edm2", filename="x-edm2-cond.pkl", resolution=8,
+        zoo.register(zoo.ZooEntry(name="x-cli-edm2-autog", family="edm2", filename="x-cli-edm2-cond.pkl", resolution=8,
                                   urls=(srv.add("/cond.pkl", pickles["cond"].read_bytes()),),
-                                  guidance={"gnet": "x-edm2-small", "weight": 2.0}))
-        yield "x-edm2-autog"
+                                  guidance={"gnet": "x-cli-edm2-small", "weight": 2.0}))
+        yield "x-cli-edm2-autog"
 
 
 @pytest.mark.parametrize("override", [None, "1.5"])
@@ -127,7 +127,7 @@ def test_guided_preset_as_model_is_net_gnet_and_weight_and_records_both(pickles,
     assert np.array_equal(pngs(tmp_path / "p"), heun_images(net, sk.guidance.guided(net, gnet, weight), 6))
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert manifest["model"] == preset and manifest["model_sha256"] == sk.output.file_sha256(pickles["cond"])
-    assert manifest["guide_model"] == "x-edm2-small"
+    assert manifest["guide_model"] == "x-cli-edm2-small"
     assert manifest["guide_model_sha256"] == sk.output.file_sha256(pickles["small"])
     assert manifest["guidance_weight"] == weight and manifest["guidance_interval"] is None
 
