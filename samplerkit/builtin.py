@@ -8,6 +8,9 @@
   ``retrain --precond edm``, preset ``tiny-edm``), likewise a pair differing only in the regularizer;
   recipe in ``benchmarks/shapes32_edm_recipe.sh``, recommended sampler Heun, 18 steps. Stored the same
   way (float16 state dict) with the preconditioner's class and constructor arguments as flags.
+* ``shapes32-edm-xs``: the guiding network of the autoguidance miniature -- ``shapes32-edm``'s recipe at
+  half the channels (16) and an eighth of the steps (500); recipe in
+  ``benchmarks/shapes32_edm_guide_recipe.sh``. Guide with it: ``--guide-model shapes32-edm-xs``.
 * ``shapes32-ideal``: the exact (ideal) denoiser of the first 1,024 images of the data set
   (Karras et al. 2022 (EDM), Fig. 1b), a model with known behaviour.
 """
@@ -23,7 +26,7 @@ from .data import shapes, to_model_space
 from .train.recommend import recommended_sampler
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHIPPED = ("shapes32-adm", "shapes32-adm-ip", "shapes32-edm", "shapes32-edm-ip")
+SHIPPED = ("shapes32-adm", "shapes32-adm-ip", "shapes32-edm", "shapes32-edm-ip", "shapes32-edm-xs")
 DEFAULT_MODEL = "shapes32-adm-ip" if (MODELS_DIR / "shapes32-adm-ip.pt").is_file() else "shapes32-ideal"
 
 
@@ -80,6 +83,9 @@ BUILTIN_INFO = {
                                   "builtin:shapes32, no regularizer", _SHIPPED_EDM_INFO),
     "shapes32-edm-ip": _shipped_info("shapes32-edm-ip", "EDM-preconditioned DDPM++ (tiny-edm preset) trained on "
                                      "builtin:shapes32 with input perturbation, gamma 0.1", _SHIPPED_EDM_INFO),
+    "shapes32-edm-xs": _shipped_info("shapes32-edm-xs", "a bad version of shapes32-edm to guide it with (autoguidance, "
+                                     "Karras et al. 2024): half the channels, an eighth of the training (500 steps)",
+                                     _SHIPPED_EDM_INFO),
     "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
                            recommended={"sampler": "heun", "steps": 18},
                            notes="exact denoiser of the first 1,024 shapes32 images (analytic, no weights)"),
