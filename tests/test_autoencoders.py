@@ -49,13 +49,23 @@ def test_rgb_identity_encode_inverts_decode_on_the_pixel_grid():
     assert torch.equal(RGBIdentity().decode(RGBIdentity().encode(images)), images)
 
 
+def assert_same_pixels(images: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 kernel rounding: the fixture was made at one thread, and the VAE's convolutions
+    may round differently at another thread count, which moves a pixel that sits on a quantization edge
+    by one level (the upstream decodes truncate to uint8). A wrong scale, bias or pixel range moves
+    nearly every pixel by many levels."""
+    diff = (images.to(torch.int16) - expected.to(torch.int16)).abs()
+    assert images.shape == expected.shape
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01, (int(diff.max()), (diff > 0).sum())
+
+
 def test_stability_vae_decode_equals_edm2(upstream):
     pytest.importorskip("diffusers")
     vae = load_vae(VAE_DIR)
     ae = StabilityVAE.from_scale_bias(vae, upstream["scale"].numpy(), upstream["bias"].numpy(), batch_size=3)
     images = ae.decode(upstream["latents"])
     assert images.dtype == torch.uint8
-    assert torch.equal(images, upstream["images"])
+    assert_same_pixels(images, upstream["images"])
 
 
 def test_stability_vae_defaults_are_edm2s_scale_and_bias(upstream):
@@ -67,7 +77,7 @@ def test_stability_vae_defaults_are_edm2s_scale_and_bias(upstream):
 def test_scaled_vae_decode_equals_dit(upstream):
     pytest.importorskip("diffusers")
     ae = ScaledVAE(load_vae(VAE_DIR))
-    assert torch.equal(ae.decode(upstream["dit_latents"]), upstream["dit_images"])
+    assert_same_pixels(ae.decode(upstream["dit_latents"]), upstream["dit_images"])
 
 
 def test_stability_vae_encode_applies_scale_and_bias_to_the_posterior_sample():
