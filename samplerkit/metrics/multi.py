@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SamplerkitError
 from .dinov2 import as_nchw_uint8
-from .stats import Statistics, StatsBuilder, block, open_images, parse_metrics
+from .stats import Statistics, StatsBuilder, feed_source_block, open_images, parse_metrics
 
 DINOV2_METRIC = "fd_dinov2"
 
@@ -87,13 +85,7 @@ def statistics_of_source_multi(source, n: int, builder: MultiStatsBuilder, batch
                                progress: Callable[[int], None] | None = None) -> dict[str, Statistics]:
     """Statistics of the first ``n`` images of an opened source, each image read once for every extractor
     of ``builder``; under ``torchrun`` each process reads its block and the statistics are gathered."""
-    mine = block(n)
-    for start in range(mine.start, mine.stop, batch_size):
-        images, _ = source.read(np.arange(start, min(start + batch_size, mine.stop)))
-        builder.add(images)
-        if progress is not None:
-            progress(len(images))
-    builder.gather()
+    feed_source_block(source, n, builder, batch_size, progress)
     return builder.result()
 
 

@@ -290,18 +290,25 @@ def block(n: int) -> range:
     return range(rank * n // world, (rank + 1) * n // world)
 
 
-def statistics_of_source_block(source, n: int, features, metrics: Sequence[str] = ("fid",), batch_size: int = 64,
-                               progress: Callable[[int], None] | None = None, keep_feats: bool = False) -> Statistics:
-    """Statistics of the first ``n`` images of an opened source; under ``torchrun`` every process
-    extracts features of its block only and the statistics are gathered (every rank gets them)."""
+def feed_source_block(source, n: int, builder, batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None) -> None:
+    """Feed this process's block of the first ``n`` images of an opened source to ``builder`` (anything
+    with ``add(images)`` and ``gather()``), ``batch_size`` at a time, then gather across processes."""
     mine = block(n)
-    builder = StatsBuilder(features, metrics, keep_feats)
     for start in range(mine.start, mine.stop, batch_size):
         images, _ = source.read(np.arange(start, min(start + batch_size, mine.stop)))
         builder.add(images)
         if progress is not None:
             progress(len(images))
     builder.gather()
+
+
+def statistics_of_source_block(source, n: int, features, metrics: Sequence[str] = ("fid",), batch_size: int = 64,
+                               progress: Callable[[int], None] | None = None, keep_feats: bool = False) -> Statistics:
+    """Statistics of the first ``n`` images of an opened source; under ``torchrun`` every process
+    extracts features of its block only and the statistics are gathered (every rank gets them)."""
+    builder = StatsBuilder(features, metrics, keep_feats)
+    feed_source_block(source, n, builder, batch_size, progress)
     stats = builder.result()
     stats.resolution = int(getattr(source, "resolution", 0) or 0)
     return stats
