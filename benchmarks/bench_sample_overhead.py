@@ -13,7 +13,11 @@ threads' PNG encoding and fsync count) and the overhead alone: the same two loop
 that costs nothing (its eps is 0), whose time difference per image is what the command adds to
 every image, as a fraction of the conv network's per-image time.
 
-    python benchmarks/bench_sample_overhead.py [--images 256] [--batch 64] [--steps 6] [--repeats 3]
+The command runs under ``--speed exact`` unless told otherwise: the bare loop calls the network as it
+is, so only the exact policy compares like with like (``sample`` alone would autotune ``fast``, and the
+ratio would then measure the speed policy, not the overhead).
+
+    python benchmarks/bench_sample_overhead.py [--images 256] [--batch 64] [--steps 6] [--repeats 3] [--speed exact]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--speed", default="exact", help="the command's speed policy (default exact: like for like)")
     args = ap.parse_args()
     print_machine()
     torch.manual_seed(0)
@@ -73,7 +78,8 @@ def main() -> None:
 
     def command(net, out: Path) -> tuple[float, float]:
         settings = SampleSettings(model="bench", sampler="heun", steps=args.steps, seeds=f"0-{args.images - 1}",
-                                  batch=args.batch, out=out, device="cpu", quiet=True)
+                                  batch=args.batch, out=out, device="cpu", quiet=True,
+                                  speed=args.speed)
         return timed(lambda: sample_folder(settings, net=net))
 
     direct(conv)  # warm-up
@@ -92,7 +98,8 @@ def main() -> None:
                 direct(free)
             extra.append((g1[0] + g2[0] - f1[0] - f2[0]) / (2 * args.images))
     net_seconds, added = statistics.median(per_image), statistics.median(extra)
-    print(f"batch {args.batch}, {args.images} images, heun {args.steps} steps (NFE {2 * args.steps - 1}); "
+    print(f"batch {args.batch}, {args.images} images, heun {args.steps} steps (NFE {2 * args.steps - 1}), "
+          f"speed {args.speed}; "
           "sample/direct images/s:")
     print(f"  wall clock: {statistics.median(wall):.3f} median of {args.repeats}, {max(wall):.3f} best")
     print(f"  CPU time:   {statistics.median(cpu):.3f} median")
