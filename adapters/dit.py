@@ -400,6 +400,7 @@ class SiTDenoiser(_Latent, Denoiser):
     (module docstring). sigma_max is inf: every finite sigma is evaluated as given."""
 
     sigma_min, sigma_max = 0.0, float("inf")
+    interpolant = "linear"  # x_t = t y + (1 - t) n: what samplerkit.samplers.sit_sde / sit_ode run on
 
     def __init__(self, network: DiT, num_classes: int):
         super().__init__()
