@@ -117,6 +117,29 @@ def test_a_grid_counts_only_its_steps_and_the_callback_runs_once_per_step(up, ne
     assert seen[-1][1] == pytest.approx(0.04 / 0.96)  # the last step at t1 = 1 - last_step_size
 
 
+class _Counting(torch.nn.Module):
+    interpolant = "linear"
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, sigma, class_labels=None):
+        self.calls += 1
+        return self.net(x, sigma, class_labels)
+
+
+@pytest.mark.parametrize(("knobs", "nfe"), [({}, 7), ({"last_step": "None"}, 6), ({"sde_method": "Heun"}, 13),
+                                            ({"last_step": "Tweedie"}, 7)])
+def test_sde_network_calls_are_the_table_nfe_for_the_defaults_and_as_documented_otherwise(up, net, knobs, nfe):
+    counting = _Counting(net)
+    noise = torch.randn(6, *up["z"].shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sk.samplers.sit_sde(counting, up["z"], 7, up["labels"], randn_like=replay(noise), **knobs)
+    assert counting.calls == nfe
+    assert sk.samplers.nfe("sit_sde", 7) == 7
+
+
 def test_zoo_recommends_sample_ddp_sde_defaults_and_make_sampler_runs_them(up, net):
     rec = sk.zoo.get("sit-xl-2-256").recommended
     assert rec == {"sampler": "sit_sde", "steps": 250, "sde_method": "Euler", "diffusion_form": "sigma",

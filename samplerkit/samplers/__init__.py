@@ -277,6 +277,9 @@ SAMPLERS: dict[str, SamplerInfo] = {
                            _resolve_sit("sit_ode"), _SIT_KNOBS),
 }
 
+# the samplers that run only on a linear-interpolant flow model (SiT; samplers.sit.check_flow)
+FLOW_SAMPLERS = ("sit_sde", "sit_ode")
+
 
 def info(name: str) -> SamplerInfo:
     """The table row of sampler ``name``; an unknown name is an error that lists the choices."""
@@ -295,5 +298,5 @@ __all__ = [
     "SamplerInfo", "TimeSchedule", "check_choices", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "info",
     "ipndm", "knobs", "lms", "nfe", "stochastic", "table_knobs", "unipc",
-    "dpm_adaptive", "dpm_fast", "sit_ode", "sit_sde",
+    "dpm_adaptive", "dpm_fast", "sit_ode", "sit_sde", "FLOW_SAMPLERS",
 ]
