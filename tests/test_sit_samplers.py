@@ -17,6 +17,7 @@ import torch
 import samplerkit as sk
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import make_sampler
+from samplerkit.lookup import resolve_sampler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sit_sampler_outputs.pt"
 TOL = 1e-5  # of the output scale
@@ -152,6 +153,8 @@ def test_zoo_recommends_sample_ddp_sde_defaults_and_make_sampler_runs_them(up, n
         a = prepared.run(up["z"], up["labels"], replay(noise))
         b = sk.samplers.sit_sde(net, up["z"], 6, up["labels"], randn_like=replay(noise))
     assert torch.equal(a, b)
+    # what `samplerkit sample --model sit-xl-2-256` resolves to when no sampler is given
+    assert resolve_sampler("sit-xl-2-256", None, None, {}) == ("sit_sde", 250, knobs)
 
 
 # ---------------------------------------------------------------------------------------------
