@@ -36,24 +36,29 @@ is N points ``linspace(t0, t1, N)`` with N the step count (an int, or len(sigmas
 whose levels are otherwise ignored; ``samplerkit sample --steps 250`` is upstream's
 ``--num-sampling-steps 250``). SDE: t0 = 0, t1 = 1 - last_step_size (1 with no last step); N - 1
 Euler-Maruyama steps of dt = t1 / (N - 1), then the last step at t1 (NFE N; N - 1 without one;
-Heun 2(N - 1) + 1). The last steps: "Mean" x + h [u + w score] (the drift without noise, h =
-last_step_size), "Tweedie" (x + (1 - t)^2 score) / t = D(x; sigma) (Efron 2011), "Euler" x + h u,
-"None" nothing. ODE: t0 = 0, t1 = 1; "euler" and "heun2" (torchdiffeq's fixed-grid methods) take
-N - 1 steps on the grid (NFE N - 1, 2(N - 1)); "dopri5" ignores N and adapts its steps to
-``ode_atol``/``ode_rtol`` (upstream's --atol 1e-6, --rtol 1e-3).
+Heun 2(N - 1) + 1). Upstream evaluates the network twice per drift (once for u, once more for the
+score it derives from u), so its SDE spends twice these NFE for the same numbers. The last steps:
+"Mean" x + h [u + w score] (the drift without noise, h = last_step_size), "Tweedie"
+(x + (1 - t)^2 score) / t = D(x; sigma) (Efron 2011), "Euler" x + h u, "None" nothing.
+ODE: t0 = 0, t1 = 1; "euler" and "heun2" (torchdiffeq's fixed-grid methods) take N - 1 steps on
+the grid (NFE N - 1, 2(N - 1)); "dopri5" ignores N and adapts its steps to ``ode_atol``/``ode_rtol``
+(upstream's --atol 1e-6, --rtol 1e-3).
 
 Diffusion coefficients w_t (SiT's Table 2 / ``path.compute_diffusion``, norm = ``diffusion_norm``):
 "sigma" norm (1 - t) (SiT's default and its FID 2.06), "linear" norm (1 - t) (the same for the
 linear path), "constant" norm, "decreasing" (norm cos(pi t) + 1)^2 / 4, "increasing-decreasing"
 norm sin(pi t)^2. Upstream quirks left out: its "SBDM" form, norm (1 - t) / t, is infinite at SiT's
-t0 = 0 (sample_eps is 0 for velocity models), so it is not offered; "constant" raises a TypeError
+t0 = 0 (sample_eps is 0 for velocity models), so it is not offered (it is the Python default of
+``Sampler.sample_sde``, whose samples are then NaN; the command-line default is "sigma"); "constant" raises a TypeError
 upstream (sqrt of a float) and "increasing-decreasing" is misspelt in its table, so neither runs
 there -- here they are the formulas above.
 
 Noise: one ``randn_like(x)`` per SDE step, in step order (upstream draws ``randn`` of the whole
 batch; with classifier-free guidance it draws for the doubled batch, whose first half is the one
-kept). Arithmetic in float64; the result is x_1 in data space. ``callback`` gets x in x_t-space,
-sigma = (1 - t) / t and D, once per step after its first network call.
+kept). Arithmetic in float64 (near t = 1, u = (D - x_t) / (1 - t) needs D's x_t = t x in float64, as
+SiT's denoiser and samplerkit's wrappers keep it); the result is x_1 in data space. ``callback`` gets
+x in x_t-space, sigma = (1 - t) / t and D, once per step after its first network call (not called by
+dopri5).
 """
 
 from __future__ import annotations
