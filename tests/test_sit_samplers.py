@@ -4,7 +4,8 @@ The fixture ``sit_sampler_outputs.pt`` holds a random-weight SiT (depth 2, hidde
 patch 2, 8x8x4 latents, 10 classes + the null label, learned-sigma head) in the upstream state-dict
 layout, two latents and labels, and what willisma/SiT's ``Sampler.sample_sde`` (with the noise it
 drew) and ``Sampler.sample_ode`` (torchdiffeq 0.2.5) returned on them, unguided and with
-``forward_with_cfg`` at 1.5; ``upstream_commit`` names the commit that ran.
+``forward_with_cfg`` at 1.5; ``upstream_commit`` names the commit that ran
+(947f95bd3a510e9af441d38c1e9f72e0eee873c5).
 """
 
 from __future__ import annotations
