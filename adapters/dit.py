@@ -39,6 +39,13 @@ stand-in for t = 0 (its effect is measured in ``tests/test_adapter_dit.py``). Eu
 on this D is Euler on SiT's ODE dx_t/dt = u in t (the same step, rearranged), so ``euler`` on the
 grid of :func:`samplerkit.schedules.flow` reproduces SiT's fixed-step Euler ODE sampler.
 
+SiT's own samplers (its reverse SDE with the diffusion forms and last steps of ``sample_sde``, and
+``sample_ode``) are :func:`samplerkit.samplers.sit_sde` and :func:`samplerkit.samplers.sit_ode`; they run
+in t-space on this D, with u = (D - x_t) / (1 - t) and the score (t D - x_t) / (1 - t)^2 (derived in
+:mod:`samplerkit.samplers.sit`), and find this denoiser by its ``interpolant = "linear"``. SiT's
+``--num-sampling-steps N`` is N time points, N - 1 steps: its Euler ODE with N is ``euler`` on
+``schedules.flow(N - 1)``.
+
 Latent space: the model lives in the Stable Diffusion VAE's latents times ``latent_scale``
 (0.18215, how DiT and SiT were trained); ``autoencoder=`` names the VAE (a zoo name or a local
 diffusers folder) that ``net.autoencoder`` decodes with.
@@ -400,6 +407,7 @@ class SiTDenoiser(_Latent, Denoiser):
     (module docstring). sigma_max is inf: every finite sigma is evaluated as given."""
 
     sigma_min, sigma_max = 0.0, float("inf")
+    interpolant = "linear"  # x_t = t y + (1 - t) n: what samplerkit.samplers.sit_sde / sit_ode run on
 
     def __init__(self, network: DiT, num_classes: int):
         super().__init__()

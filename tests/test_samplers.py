@@ -244,10 +244,11 @@ def _noise(seed=5):
 
 # dpm_fast and dpm_adaptive use only the grid's end points (steps >= 2); dpm_adaptive's NFE is set
 # by its error control. Both are checked against k-diffusion in test_solvers_kdiffusion.py.
-PER_LEVEL = [name for name in samplers.SAMPLERS if name not in ("dpm_fast", "dpm_adaptive")]
+# SiT's samplers run only on flow models and are tested in test_sit_samplers.py
+PER_LEVEL = [name for name in samplers.SAMPLERS if name not in ("dpm_fast", "dpm_adaptive", *samplers.FLOW_SAMPLERS)]
 
 
-@pytest.mark.parametrize("name", [n for n in samplers.SAMPLERS if n != "dpm_adaptive"])
+@pytest.mark.parametrize("name", [n for n in samplers.SAMPLERS if n not in ("dpm_adaptive", *samplers.FLOW_SAMPLERS)])
 @pytest.mark.parametrize("discrete", [False, True])
 def test_recorded_nfe_is_the_real_number_of_network_calls(name, discrete):
     from samplerkit.generate import make_sampler

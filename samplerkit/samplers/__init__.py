@@ -10,7 +10,9 @@
 * :mod:`.dpm_solver` -- ``dpm_fast``, ``dpm_adaptive`` (Lu et al. 2022, DPM-Solver with fixed and
   adaptive steps; k-diffusion's ``sample_dpm_fast`` / ``sample_dpm_adaptive``: only the grid's end
   points are used, and they stop at sigmas[-2] > 0);
-* :mod:`.multistep` -- ``lms``, ``unipc`` (Zhao et al. 2023), ``ipndm`` (Zhang & Chen 2023).
+* :mod:`.multistep` -- ``lms``, ``unipc`` (Zhao et al. 2023), ``ipndm`` (Zhang & Chen 2023);
+* :mod:`.sit` -- ``sit_sde``, ``sit_ode`` (Ma et al. 2024 (SiT): its reverse-SDE and ODE samplers
+  in t-space, for linear-interpolant flow models only; they use only the grid's step count).
 
 Conventions: latents are standard normal; the sigma-space samplers start at
 ``latents * sigma_0`` (EDM), the discrete-chain ones at ``x_T = latents`` in x_t-space
@@ -54,6 +56,17 @@ from .dpm import (
 from .dpm_solver import check_adaptive, dpm_adaptive, dpm_fast
 from .multistep import UNIPC_VARIANTS, check_order, ipndm, lms, unipc
 from .ode import SCALINGS, SCHEDULES, TimeSchedule, check_churn, euler, heun, stochastic
+from .sit import (
+    DIFFUSION_FORMS,
+    LAST_STEPS,
+    ODE_METHODS,
+    SDE_METHODS,
+    check_flow,
+    check_ode,
+    check_sde,
+    sit_ode,
+    sit_sde,
+)
 
 # arguments every sampler has that are not knobs a user sets
 _NOT_KNOBS = ("net", "latents", "sigmas", "steps_or_sigmas", "class_labels", "randn_like", "callback", "time_shift",
@@ -189,6 +202,33 @@ _DPM_ADAPTIVE_KNOBS = {
     "dcoeff": Knob("dpm_adaptive: derivative coefficient of the PID step-size controller."),
     "accept_safety": Knob("dpm_adaptive: accept a step when its error ratio is at least this."),
 }
+
+
+def _resolve_sit(name: str):
+    def resolve(net, options: dict) -> dict:
+        check_flow(net, name)
+        if name == "sit_sde":
+            check_sde(options["sde_method"], options["diffusion_form"], options["diffusion_norm"],
+                      options["last_step"], options["last_step_size"])
+        else:
+            check_ode(options["ode_method"], options["ode_atol"], options["ode_rtol"])
+        return options
+
+    return resolve
+
+
+# SiT's samplers (Ma et al. 2024; willisma/SiT train_utils.py's SDE/ODE arguments, same defaults)
+_SIT_KNOBS = {
+    "sde_method": Knob("sit_sde: Euler (Euler-Maruyama) or Heun (SiT's --sampling-method).", SDE_METHODS),
+    "diffusion_form": Knob("sit_sde: form of the diffusion coefficient w_t (SiT Table 2).", DIFFUSION_FORMS),
+    "diffusion_norm": Knob("sit_sde: magnitude of w_t."),
+    "last_step": Knob("sit_sde: last step at t = 1 - last_step_size: Mean (drift, no noise), Tweedie (D), "
+                      "Euler (velocity) or None.", LAST_STEPS),
+    "last_step_size": Knob("sit_sde: size of the last step."),
+    "ode_method": Knob("sit_ode: dopri5 (adaptive) or fixed-step euler/heun2 (torchdiffeq's names).", ODE_METHODS),
+    "ode_atol": Knob("sit_ode: absolute error tolerance of dopri5 (SiT's --atol)."),
+    "ode_rtol": Knob("sit_ode: relative error tolerance of dopri5 (SiT's --rtol)."),
+}
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo(euler, "1", lambda n: n, "sigmas", "Karras et al. 2022 (EDM), Alg. 1 without lines 6-8"),
     "heun": SamplerInfo(heun, "2", lambda n: 2 * n - 1, "sigmas", "Karras et al. 2022 (EDM), Alg. 1"),
@@ -227,7 +267,18 @@ SAMPLERS: dict[str, SamplerInfo] = {
                                 "the N of the NFE column is nominal", lambda n: n, "sigmas",
                                 f"Lu et al. 2022 (DPM-Solver), App. C; {_KD} sample_dpm_adaptive", _resolve_dpm_solver,
                                 _DPM_ADAPTIVE_KNOBS),
+    # these two run in SiT's t-space and use only the grid's step count N (see samplers.sit)
+    "sit_sde": SamplerInfo(sit_sde, "1 (SDE; Euler-Maruyama, or sde_method Heun)", lambda n: n, "sigmas",
+                           "Ma et al. 2024 (SiT), Sec. 2.4; willisma/SiT Sampler.sample_sde", _resolve_sit("sit_sde"),
+                           _SIT_KNOBS),
+    "sit_ode": SamplerInfo(sit_ode, "5(4) adaptive (dopri5; NFE set by ode_atol/ode_rtol, N nominal), or 1/2 on "
+                           "N - 1 fixed steps", lambda n: n, "sigmas",
+                           "Ma et al. 2024 (SiT); willisma/SiT Sampler.sample_ode (torchdiffeq odeint)",
+                           _resolve_sit("sit_ode"), _SIT_KNOBS),
 }
+
+# the samplers that run only on a linear-interpolant flow model (SiT; samplers.sit.check_flow)
+FLOW_SAMPLERS = ("sit_sde", "sit_ode")
 
 
 def info(name: str) -> SamplerInfo:
@@ -247,5 +298,5 @@ __all__ = [
     "SamplerInfo", "TimeSchedule", "check_choices", "ancestral", "chain_alpha_bar", "ddim", "dpm_2", "dpm_2_ancestral",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "info",
     "ipndm", "knobs", "lms", "nfe", "stochastic", "table_knobs", "unipc",
-    "dpm_adaptive", "dpm_fast",
+    "dpm_adaptive", "dpm_fast", "sit_ode", "sit_sde", "FLOW_SAMPLERS",
 ]
