@@ -201,6 +201,9 @@ def test_nll_command_names_flags_for_library_errors(tmp_path):
     code, _, err = _cli("nll", "--model", "shapes32-ideal", "--method", "ode", "--respacing", "10",
                         "--csv", str(tmp_path / "x.csv"), "--quiet")
     assert code == 2 and err.count("\n") == 1 and "--respacing" in err and "--method vlb" in err, err
+    code, _, err = _cli("nll", *_model_file(tmp_path), "--respacing", "50", "--csv", str(tmp_path / "x.csv"))
+    assert code == 2 and err.count("\n") == 1 and "--respacing '50'" in err, err
+    assert not (tmp_path / "x.csv").exists()
     code, _, err = _cli("nll", "--num-images", "0", "--csv", str(tmp_path / "x.csv"), "--quiet")
     assert code == 2 and "--num-images must be >= 1" in err, err
 

@@ -164,6 +164,7 @@ def _check_model(net, model: str, settings: Settings) -> None:
                               f"bound; use method='ode'")
     if settings.method == "ode":
         noise_range(net, settings.sigma_min, settings.sigma_max)
+    settings.timesteps(net)  # a respacing the model's T cannot take fails before any image is read
 
 
 def run(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Settings, *, csv_path, model: str,
