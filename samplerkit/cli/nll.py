@@ -69,16 +69,19 @@ def command(models, family, flags, preset, data, num_images, method, respacing, 
 
     VLB (--method vlb, discrete-time models: ADM, iDDPM, ADM-IP, the built-ins): prior + L_t for
     every t + the discretized Gaussian decoder L_0, as improved-diffusion's image_nll.py; T network
-    calls per image. ODE (--method ode, any model): the exact likelihood of the probability-flow
-    ODE with a Hutchinson trace estimate and an adaptive Dormand-Prince solver; bits/dim of the
-    8-bit data = -log p(x) / (D ln 2) + log2(127.5). Several --model: the same images and noise
-    for each, with the paired difference to the first model in the table.
+    calls per image (K with --respacing K: the bound of that respaced chain). ODE (--method ode,
+    any model): the exact likelihood of the probability-flow ODE with a Hutchinson trace estimate
+    and an adaptive Dormand-Prince solver; bits/dim of the 8-bit data = -log p(x) / (D ln 2) +
+    log2(127.5). Several --model: the same images and noise for each, with the paired difference
+    to the first model in the table.
 
     \b
     Examples:
       samplerkit nll --model shapes32-adm --model shapes32-adm-ip --data "builtin:shapes32?seed=1" \\
           --num-images 32 --method vlb --csv nll-vlb.csv
-      samplerkit nll --model shapes32-adm --method ode --atol 1e-3 --rtol 1e-3 --num-images 32 --csv nll-ode.csv
+      samplerkit nll --model shapes32-adm --method ode --atol 1e-3 --rtol 1e-3 --num-images 32 \\
+          --csv nll-ode.csv
+      samplerkit nll --model shapes32-adm --respacing 100 --num-images 32 --csv nll-vlb100.csv
       samplerkit nll --model iddpm-cifar10-vlb --method vlb --data cifar10-test/ --num-images 1000 \\
           --batch 50 --csv cifar.csv
     """
