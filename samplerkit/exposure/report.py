@@ -4,6 +4,7 @@ Fig. 2, Fig. 5, Fig. 6), all read from the CSV rows."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -14,7 +15,9 @@ import numpy as np
 from .. import plots
 from ..data import to_uint8
 from ..output import atomic_write
-from .measures import INTERVAL
+from ..results import cell_text
+from .harness import KEY_COLUMNS, per_image_path
+from .measures import INTERVAL, paired_difference
 
 STATISTIC = {"delta": "delta_mean", "fid": "fid", "nu": "nu", "normality": "sw_reject_rate",
              "eps-norm": "eps_norm_ratio"}
@@ -46,55 +49,184 @@ def _interval(mean, low, high, fmt: str = ".4f") -> str:
     return f"{float(mean):{fmt}} [{float(low):{fmt}}, {float(high):{fmt}}]"
 
 
-def table(rows: Sequence[dict], mode: str) -> str:
-    """A printed table: one line per t, one column per model (Tab. 1 / Tab. 6 layout); for delta
-    with several models also each model's paired difference to the first."""
+# ---------------------------------------------------------------------------------------------
+# paired differences of delta: each remedy variant against its own base model, every model against
+# the first; what the table and the plot show of them (content only: the layout is below)
+
+
+def read_per_image(csv_path: str | Path | None) -> dict:
+    """The per-image delta values the harness keeps beside a CSV (``<stem>.per-image.npz``), by the
+    key of their row (the values of :data:`~samplerkit.exposure.harness.KEY_COLUMNS` as text); {}
+    when there is none."""
+    path = per_image_path(csv_path) if csv_path is not None else None
+    if path is None or not path.is_file():
+        return {}
+    with np.load(path) as f:
+        return {tuple(str(k).split("\x1f")): f[f"v{i}"] for i, k in enumerate(f["keys"])}
+
+
+def _row_key(row: dict) -> tuple[str, ...]:
+    return tuple(cell_text(row.get(k, "")) for k in KEY_COLUMNS)
+
+
+def base_model(name: str, models: Sequence[str]) -> str | None:
+    """The model a remedy variant '<base>+ES..' / '<base>+TS..' was made from (the longest such
+    name among ``models``), or None for a model that is no variant."""
+    bases = [m for m in models if m != name and name.startswith(m + "+")]
+    return max(bases, key=len) if bases else None
+
+
+def time_shift_of(name: str) -> tuple[int, int] | None:
+    """(window, cutoff) of a Time-Shift variant's name ('...+TS80/300', '...+TS80/300ref'), else None."""
+    m = re.search(r"\+TS(\d+)/(\d+)(?:ref)?$", name)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def no_shift(row: dict, same: bool = False) -> str | None:
+    """Why a Time-Shift variant's delta row equals its base model's, or None when it may not: the
+    shift leaves every state at or below the cutoff t_c alone (Li et al. 2024, Alg. 3) and never
+    moves the start x_t, so a chain starting at t - 1 <= t_c (or with window < 2) is the base chain;
+    ``same``: the per-image values were found equal to the base's (no state was moved)."""
+    ts = time_shift_of(row["model"])
+    if ts is None:
+        return None
+    window, cutoff = ts
+    if t_full(row) - 1 <= cutoff:
+        return (f"no shift: the chain starts at t = {t_full(row)} (training timestep {t_full(row) - 1}), at or "
+                f"below the cutoff t_c = {cutoff}")
+    if window < 2:
+        return f"no shift: window {window} holds no other timestep"
+    if same:
+        return "no shift: no state of the chain was moved (every image equals the base model's)"
+    return None
+
+
+def _paired(mine, base) -> dict | None:
+    if mine is None or base is None or np.shape(mine) != np.shape(base):
+        return None
+    s = paired_difference(mine, base)
+    return dict(mean=s["mean"], low=s["ci_low"], high=s["ci_high"], same=bool(np.array_equal(mine, base)))
+
+
+def pairings(rows: Sequence[dict], per_image: dict | None = None) -> list[dict]:
+    """The paired differences of delta rows: for each remedy variant, against its own base model
+    (``kind`` 'remedy': the remedy's effect alone), and for every model after the first, against
+    the first (``kind`` 'first': model and remedy together), unless that is the same pair. Each
+    has model, against, kind, t (label), t_full, mean, low, high (nan without per-image values) and
+    ``no_shift`` (the reason a Time-Shift row equals its base, or None).
+
+    Against the first model the harness's ``diff_*`` columns are used; against another base the
+    per-image values of both rows (``per_image``: :func:`read_per_image`), else the difference of
+    the two means, which is exact, without an interval."""
+    rows = measured_rows(rows, "delta")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by_cell = {(r["model"], t_label(r)): r for r in rows}
+    per_image = per_image or {}
+    out = []
+    for r in rows:
+        base = base_model(r["model"], models)
+        for kind, against in (("remedy", base), ("first", models[0])):
+            if against is None or against == r["model"] or (kind == "first" and against == base):
+                continue
+            other = by_cell.get((against, t_label(r)))
+            if other is None:
+                continue
+            d = _paired(per_image.get(_row_key(r)), per_image.get(_row_key(other)))
+            if d is None and r.get("baseline") == against and str(r.get("diff_mean", "")) != "":
+                d = dict(mean=float(r["diff_mean"]), low=float(r["diff_ci_low"]), high=float(r["diff_ci_high"]),
+                         same=False)
+            if d is None:
+                d = dict(mean=float(r["delta_mean"]) - float(other["delta_mean"]), low=math.nan, high=math.nan,
+                         same=False)
+            same = d.pop("same") or (d["low"] == d["high"] == d["mean"] == 0.0)
+            reason = no_shift(r, same) if kind == "remedy" else None
+            out.append(dict(model=r["model"], against=against, kind=kind, t=t_label(r), t_full=t_full(r),
+                            no_shift=reason, **d))
+    return out
+
+
+def _pair_text(p: dict) -> str:
+    if p["no_shift"]:
+        return "no shift *"
+    if math.isnan(p["low"]):
+        return f"{p['mean']:+.2e} [n/a]"
+    return _interval(p["mean"], p["low"], p["high"], "+.2e")
+
+
+def _cell_text(r: dict, mode: str) -> str:
+    if mode == "delta":
+        return _interval(r["delta_mean"], r["delta_ci_low"], r["delta_ci_high"])
+    if mode == "eps-norm":
+        return (f"{float(r['eps_norm_sample']):.3f} / {float(r['eps_norm_forward']):.3f} = "
+                f"{float(r['eps_norm_ratio']):.4f}")
+    return f"{float(r[STATISTIC[mode]]):.4f}"
+
+
+def _pair_notes(pairs: Sequence[dict], first: str) -> list[str]:
+    notes = ["  differences: per image, same x0 and noise, mean [" + INTERVAL + " interval of the paired mean]"]
+    if any(p["kind"] == "remedy" for p in pairs):
+        notes.append(f"  a remedy variant '<model>+...' minus its own model: the remedy alone; minus {first} "
+                     f"(the first model): model and remedy together")
+    if any(math.isnan(p["low"]) and not p["no_shift"] for p in pairs):
+        notes.append("  [n/a]: no interval, the per-image values of this pair were not given (the harness keeps "
+                     "them beside its CSV: read_per_image); the mean difference is exact")
+    for reason in dict.fromkeys(p["no_shift"] for p in pairs if p["no_shift"]):
+        rows = ", ".join(dict.fromkeys(f"{p['model']} at {p['t']}" for p in pairs if p["no_shift"] == reason))
+        notes.append(f"  * {reason} ({rows})")
+    return notes
+
+
+TITLES = {"delta": f"delta_t (Alg. 4): mean [{INTERVAL} interval]", "fid": "FID of x0_hat vs real (Tab. 1)",
+          "nu": "nu_t (Sec. 5.3): std of e_t = x0_hat - x0", "normality": "Shapiro-Wilk rejection rate (App. A.5)",
+          "eps-norm": "||eps_hat||_2 (Ning et al. 2024, Fig. 6): sampling chain / forward chain = ratio"}
+
+
+def table_content(rows: Sequence[dict], mode: str, per_image: dict | None = None):
+    """What the table of ``mode`` holds: (title, t labels in order, columns [(header, {t label:
+    text})], notes). delta adds the paired differences of :func:`pairings`."""
     rows = measured_rows(rows, mode)
     if not rows:
-        return ""
+        return None
     models = list(dict.fromkeys(r["model"] for r in rows))
-    cell = {(r["model"], t_label(r)): r for r in rows}
     level = {t_label(r): t_full(r) for r in rows}
     labels = sorted(level, key=level.get)
-    title = {"delta": f"delta_t (Alg. 4): mean [{INTERVAL} interval]", "fid": "FID of x0_hat vs real (Tab. 1)",
-             "nu": "nu_t (Sec. 5.3): std of e_t = x0_hat - x0", "normality": "Shapiro-Wilk rejection rate (App. A.5)",
-             "eps-norm": "||eps_hat||_2 (Ning et al. 2024, Fig. 6): sampling chain / forward chain = ratio"}
-    columns = [(m, m) for m in models]
-    diffs = [(m, f"{m} - {r['baseline']}") for m in models for r in rows
-             if mode == "delta" and r["model"] == m and str(r.get("diff_mean", "")) != ""]
-    columns += list(dict.fromkeys(diffs))
-    body = []
-    for label in labels:
-        texts = []
-        for i, (m, _) in enumerate(columns):
-            r = cell.get((m, label))
-            if r is None or (i >= len(models) and str(r.get("diff_mean", "")) == ""):
-                texts.append("-")
-            elif i >= len(models):
-                texts.append(_interval(r["diff_mean"], r["diff_ci_low"], r["diff_ci_high"], "+.2e"))
-            elif mode == "delta":
-                texts.append(_interval(r["delta_mean"], r["delta_ci_low"], r["delta_ci_high"]))
-            elif mode == "eps-norm":
-                texts.append(f"{float(r['eps_norm_sample']):.3f} / {float(r['eps_norm_forward']):.3f} = "
-                             f"{float(r['eps_norm_ratio']):.4f}")
-            else:
-                texts.append(f"{float(r[STATISTIC[mode]]):.4f}")
-        body.append((label, texts))
-    widths = [max(len(name), *(len(texts[i]) for _, texts in body)) + 2 for i, (_, name) in enumerate(columns)]
-    left = max(len(s) for s in labels) + 2
-    head = "".join(f"{name:>{w}s}" for (_, name), w in zip(columns, widths, strict=True))
-    out = [title[mode], f"{'':<{left}s}{head}"]
-    out += [f"{label:<{left}s}" + "".join(f"{text:>{w}s}" for text, w in zip(texts, widths, strict=True))
-            for label, texts in body]
-    if len(columns) > len(models):
-        out.append(f"  differences: per image, same x0 and noise, mean [{INTERVAL} interval of the paired mean]")
+    columns = [(m, {t_label(r): _cell_text(r, mode) for r in rows if r["model"] == m}) for m in models]
+    notes = []
+    if mode == "delta":
+        pairs = pairings(rows, per_image)
+        for key in sorted(dict.fromkeys((p["kind"] != "remedy", p["model"], p["against"]) for p in pairs),
+                          key=lambda k: k[0]):  # the remedies against their own models first
+            cells = {p["t"]: _pair_text(p) for p in pairs if (p["kind"] != "remedy", p["model"], p["against"]) == key}
+            columns.append((f"{key[1]} - {key[2]}", cells))
+        if pairs:
+            notes = _pair_notes(pairs, models[0])
     if mode == "normality":
         for m in models:
             rs = [r for r in rows if r["model"] == m]
             rej = sum(float(r["sw_reject_rate"]) * int(r["sw_tests"]) for r in rs)
             tests = sum(int(r["sw_tests"]) for r in rs)
-            out.append(f"  {m}: overall rejection rate {rej / max(tests, 1):.4f} over {tests} tests")
-    return "\n".join(out)
+            notes.append(f"  {m}: overall rejection rate {rej / max(tests, 1):.4f} over {tests} tests")
+    return TITLES[mode], labels, columns, notes
+
+
+def table(rows: Sequence[dict], mode: str, per_image: dict | None = None) -> str:
+    """A printed table: one line per t, one column per model (Tab. 1 / Tab. 6 layout); for delta
+    also the paired differences (:func:`pairings`: each remedy variant against its own model, each
+    model against the first), with per-image values from ``per_image`` (:func:`read_per_image`)."""
+    content = table_content(rows, mode, per_image)
+    return "" if content is None else layout(*content)
+
+
+def layout(title: str, labels: Sequence[str], columns: Sequence[tuple[str, dict]], notes: Sequence[str]) -> str:
+    """The table as text: a column per (header, cells), right-aligned, '-' where a cell is missing."""
+    body = [(label, [cells.get(label, "-") for _, cells in columns]) for label in labels]
+    widths = [max(len(name), *(len(texts[i]) for _, texts in body)) + 2 for i, (name, _) in enumerate(columns)]
+    left = max(len(s) for s in labels) + 2
+    head = "".join(f"{name:>{w}s}" for (name, _), w in zip(columns, widths, strict=True))
+    out = [title, f"{'':<{left}s}{head}"]
+    out += [f"{label:<{left}s}" + "".join(f"{text:>{w}s}" for text, w in zip(texts, widths, strict=True))
+            for label, texts in body]
+    return "\n".join(out + list(notes))
 
 
 def nu_text(name: str, s: dict) -> str:
@@ -120,14 +252,22 @@ def eps_norm_text(name: str, s: dict) -> str:
             "(samplerkit sweep --eps-scaler ...).")
 
 
-def plot(rows: Sequence[dict], mode: str, path: str | Path):
-    """delta_t (with its 95 % interval), FID, nu_t or the rejection rate against the paper's t
-    (the start level on the full schedule), one line per model; a respaced chain says so in the
-    title. Returns the saved figure, or None when there is nothing to plot."""
+YLABELS = {"delta": r"$\bar\delta_t$ (mean $|x_0-\hat x_0|$)", "fid": "FID", "nu": r"$\nu_t$",
+           "normality": "Shapiro-Wilk rejection rate", "eps-norm": r"$\|\hat\epsilon\|_2$"}
+
+
+def plot(rows: Sequence[dict], mode: str, path: str | Path, per_image: dict | None = None):
+    """delta_t, FID, nu_t or the rejection rate against the paper's t (the start level on the full
+    schedule), one line per model; a respaced chain says so in the title. For delta with several
+    models a second panel holds the paired differences (:func:`pairings`, each with its 95 %
+    interval as error bars), which overlapping per-model bands would hide. Returns the saved
+    figure, or None when there is nothing to plot."""
     rows = measured_rows(rows, mode)
     if not rows:
         return None
-    fig, ax = plots.figure(figsize=(6, 4))
+    pairs = pairings(rows, per_image) if mode == "delta" else []
+    fig, axes = plots.figure(2 if pairs else 1, 1, figsize=(6, 6.5 if pairs else 4), squeeze=False)
+    ax = axes[0][0]
     for m in dict.fromkeys(r["model"] for r in rows):
         rs = sorted((r for r in rows if r["model"] == m), key=t_full)
         t = [t_full(r) for r in rs]
@@ -137,23 +277,41 @@ def plot(rows: Sequence[dict], mode: str, path: str | Path):
                     label=f"{m}: forward")
             continue
         ax.plot(t, [float(r[STATISTIC[mode]]) for r in rs], marker="o" if len(t) < 30 else None, label=m)
-        if mode == "delta":
-            ax.fill_between(t, [float(r["delta_ci_low"]) for r in rs], [float(r["delta_ci_high"]) for r in rs],
-                            alpha=0.2)
-    ylabels = {"delta": r"$\bar\delta_t$ (mean $|x_0-\hat x_0|$)", "fid": "FID", "nu": r"$\nu_t$",
-               "normality": "Shapiro-Wilk rejection rate", "eps-norm": r"$\|\hat\epsilon\|_2$"}
     T_full = max(int(r.get("T_full") or r["T"]) for r in rows)
     respaced = [r for r in rows if int(r["T"]) != int(r.get("T_full") or r["T"])]
-    ax.set_xlabel(f"t (of T = {T_full})")
-    ax.set_ylabel(ylabels[mode])
+    ax.set_ylabel(YLABELS[mode])
     if respaced:
         last = max(respaced, key=t_full)
         ax.set_title(f"respaced chain of {int(last['T'])} steps: {t_label(last)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if pairs:
+        _plot_pairings(axes[1][0], pairs)
+    for row in axes:
+        row[0].set_xlabel(f"t (of T = {T_full})")
+        row[0].grid(alpha=0.3)
+        row[0].legend(fontsize=8)
     fig.tight_layout()
     plots.save(fig, path)
     return fig
+
+
+def _plot_pairings(ax, pairs: Sequence[dict]) -> None:
+    """The paired differences, one series per (model, against), with their intervals as error bars:
+    solid for a remedy against its own model, dashed against the first model; a Time-Shift point
+    where no shift happens is drawn hollow (it equals its base by construction)."""
+    for key in dict.fromkeys((p["model"], p["against"]) for p in pairs):
+        ps = sorted((p for p in pairs if (p["model"], p["against"]) == key), key=lambda p: p["t_full"])
+        t, mean = [p["t_full"] for p in ps], [p["mean"] for p in ps]
+        err = [[p["mean"] - p["low"] for p in ps], [p["high"] - p["mean"] for p in ps]]
+        line, = ax.plot(t, mean, marker="o" if len(t) < 30 else None, label=f"{key[0]} - {key[1]}",
+                        linestyle="-" if ps[0]["kind"] == "remedy" else "--")
+        ax.errorbar(t, mean, yerr=np.nan_to_num(np.asarray(err, dtype=np.float64)), fmt="none",
+                    ecolor=line.get_color(), capsize=3)
+        hollow = [p for p in ps if p["no_shift"]]
+        if hollow:
+            ax.plot([p["t_full"] for p in hollow], [p["mean"] for p in hollow], "o", mfc="white",
+                    color=line.get_color(), label="_no shift")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel(r"paired difference of $\bar\delta_t$ (95 % interval)")
 
 
 def plot_histograms(histograms: dict, path: str | Path):

@@ -1,6 +1,8 @@
 """The variational bound L_vlb of a discrete-time model in bits/dim (Ho et al. 2020, Eq. 5;
 Nichol & Dhariwal 2021, Sec. 2, Eqs. 4-7): prior L_T, the KL terms L_{t-1} and the discretized
-Gaussian decoder L_0 on the 8-bit grid."""
+Gaussian decoder L_0 on the 8-bit grid -- on the full T-step chain, or on a respaced chain of K of
+the training timesteps (Nichol & Dhariwal 2021, Sec. 4, Eq. 19), the bound improved-diffusion's
+``image_nll.py`` computes when given ``--timestep_respacing``."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class VLB:
     0-based timesteps used everywhere else. ``prior`` is L_T = KL(q(x_{T-1} | x0) || N(0, I));
     ``bpd = prior + terms.sum(1)``; improved-diffusion's ``vb`` holds the same terms with t descending.
     ``xstart_mse`` and ``mse``: per-t mean squared errors of the x0 and eps predictions (improved-
-    diffusion's diagnostics).
+    diffusion's diagnostics). On a respaced chain column k is the k-th kept step and ``timesteps[k]``
+    its training timestep (on the full chain ``timesteps[t] = t``).
     """
 
     bpd: torch.Tensor  # [B]
@@ -58,11 +61,28 @@ class VLB:
     terms: torch.Tensor  # [B, T]
     xstart_mse: torch.Tensor  # [B, T]
     mse: torch.Tensor  # [B, T]
+    timesteps: torch.Tensor | None = None  # [K] int64, the training timestep of each column
+
+
+def chain_timesteps(net, timesteps=None) -> torch.Tensor:
+    """The training timesteps (ascending int64) of the chain the bound runs on: all T of ``net``,
+    or the given subset (e.g. :func:`samplerkit.schedules.respace`), checked."""
+    alpha_bar = training_alpha_bar(net)
+    if alpha_bar is None:
+        raise SamplerkitError("the variational bound needs a discrete-time model (a DDPM chain: ADM, iDDPM, "
+                              "ADM-IP); this model is continuous in sigma -- use the ODE likelihood (method='ode')")
+    T = alpha_bar.numel()
+    if timesteps is None:
+        return torch.arange(T)
+    steps = torch.as_tensor(timesteps, dtype=torch.int64).flatten().cpu()
+    if steps.numel() < 1 or bool((steps[1:] <= steps[:-1]).any()) or int(steps[0]) < 0 or int(steps[-1]) >= T:
+        raise SamplerkitError(f"timesteps must be strictly increasing training timesteps in 0 .. {T - 1}")
+    return steps
 
 
 def vlb_terms(net, x0: torch.Tensor, class_labels=None, clip_denoised: bool = True, variance: str = "auto",
-              randn_like: Callable = torch.randn_like, callback: Callable | None = None) -> VLB:
-    """The full variational bound of a discrete-time model (Nichol & Dhariwal 2021, Eqs. 4-7) per image.
+              randn_like: Callable = torch.randn_like, callback: Callable | None = None, timesteps=None) -> VLB:
+    """The variational bound of a discrete-time model (Nichol & Dhariwal 2021, Eqs. 4-7) per image.
 
     For t = T-1 .. 0 (one network call each): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with
     ``eps = randn_like(x0)``; the model's p(x_{t-1} | x_t) has mean mu~(x_t, x0_hat) (Eq. 11, x0_hat
@@ -72,15 +92,18 @@ def vlb_terms(net, x0: torch.Tensor, class_labels=None, clip_denoised: bool = Tr
     the 8-bit grid. This is improved-diffusion's ``calc_bpd_loop`` (``scripts/image_nll.py``): the
     same model, data and noise sequence give the same terms. ``callback(dict(t=t, done=i + 1))``
     runs after each timestep.
+
+    ``timesteps`` (ascending training timesteps S_0 < ... < S_{K-1}, e.g. ``respace(T, "100")``):
+    the bound of the respaced chain instead, K network calls -- improved-diffusion's
+    ``SpacedDiffusion``: betas 1 - abar_{S_k} / abar_{S_{k-1}} (Eq. 19), the learned variance
+    interpolated between that chain's beta and beta~, the decoder at S_0 and the prior at S_{K-1}.
+    It bounds the NLL of the K-step model, not that of the T-step one.
     """
-    alpha_bar = training_alpha_bar(net)
-    if alpha_bar is None:
-        raise SamplerkitError("the variational bound needs a discrete-time model (a DDPM chain: ADM, iDDPM, "
-                              "ADM-IP); this model is continuous in sigma -- use the ODE likelihood (--method ode)")
+    steps = chain_timesteps(net, timesteps)
     variance = resolve_variance(net, variance)
     x = check_images(x0)
-    B, T = x.shape[0], alpha_bar.numel()
-    chain = Chain.from_alpha_bar(alpha_bar).to(x.device)
+    B, T = x.shape[0], steps.numel()
+    chain = Chain.from_alpha_bar(training_alpha_bar(net).to(torch.float64).cpu()[steps]).to(x.device)
     terms, xstart_mse, mse = (x.new_zeros(B, T) for _ in range(3))
     with torch.no_grad():
         for i, t in enumerate(reversed(range(T))):
@@ -107,7 +130,7 @@ def vlb_terms(net, x0: torch.Tensor, class_labels=None, clip_denoised: bool = Tr
                 callback(dict(t=t, done=i + 1))
     ab_T = chain.alpha_bar[-1]  # L_T = KL(q(x_{T-1} | x0) || N(0, I))
     prior = mean_over_dims(normal_kl(ab_T.sqrt() * x, torch.log(1 - ab_T), 0.0, torch.zeros_like(x))) / LN2
-    return VLB(bpd=prior + terms.sum(1), prior=prior, terms=terms, xstart_mse=xstart_mse, mse=mse)
+    return VLB(bpd=prior + terms.sum(1), prior=prior, terms=terms, xstart_mse=xstart_mse, mse=mse, timesteps=steps)
 
 
 def vlb_bpd(net, x0: torch.Tensor, class_labels=None, clip_denoised: bool = True, **kwargs) -> torch.Tensor:
