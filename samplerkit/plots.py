@@ -67,3 +67,30 @@ def spaced_xticks(fig, ax, values, pad_px: float = 4.0) -> list[float]:
         kept.append(v)
     ax.set_xticks(kept)
     return kept
+
+
+def clipped(row: dict) -> bool | None:
+    """Whether a sweep row's sampler clipped x0 to [-1, 1] (its ``clip_denoised`` setting, as a CSV
+    or a settings dict holds it); None when the row does not say."""
+    value = str(row.get("clip_denoised", "")).strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    return None
+
+
+def clip_suffix(row: dict) -> str:
+    """' (clip)' or ' (no clip)' for a legend label: a clipped ddim beside an unclipped heun is not
+    only a solver difference. '' when the row does not say."""
+    return {True: " (clip)", False: " (no clip)", None: ""}[clipped(row)]
+
+
+def with_clip_column(df, rows, after: str = "sampler"):
+    """``df`` (one line per row of ``rows``) with a 'clip' column (yes / no) after ``after`` when
+    any row says whether it clipped."""
+    flags = [clipped(r) for r in rows]
+    if all(f is None for f in flags):
+        return df
+    df.insert(list(df.columns).index(after) + 1, "clip", [{True: "yes", False: "no", None: "-"}[f] for f in flags])
+    return df

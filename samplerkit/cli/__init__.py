@@ -46,7 +46,7 @@ def cli() -> None:
     \b
     Examples:
       samplerkit sample                                   # the built-in model -> out/
-      samplerkit sample --sampler heun --steps 18 --out out-heun18/
+      samplerkit sample --sampler heun --steps 18 --clip --out out-heun18/   # x0 clipped as ADM does
       samplerkit models list
     """
 

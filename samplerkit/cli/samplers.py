@@ -37,8 +37,8 @@ EPILOG = """\b
 Examples:
   samplerkit samplers
   samplerkit samplers --json
-  samplerkit sample --sampler dpmpp_2m --steps 10
-  samplerkit sample --sampler unipc --order 3 --variant bh2 --steps 8
+  samplerkit sample --sampler dpmpp_2m --steps 10 --clip   # the built-in ADM needs x0 clipped
+  samplerkit sample --sampler unipc --order 3 --variant bh2 --steps 8 --clip
 """
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import plots
+from .. import plots, terminal
 from ..data import to_uint8
 from ..output import atomic_write
 from .measures import INTERVAL
@@ -80,12 +80,9 @@ def table(rows: Sequence[dict], mode: str) -> str:
             else:
                 texts.append(f"{float(r[STATISTIC[mode]]):.4f}")
         body.append((label, texts))
-    widths = [max(len(name), *(len(texts[i]) for _, texts in body)) + 2 for i, (_, name) in enumerate(columns)]
-    left = max(len(s) for s in labels) + 2
-    head = "".join(f"{name:>{w}s}" for (_, name), w in zip(columns, widths, strict=True))
-    out = [title[mode], f"{'':<{left}s}{head}"]
-    out += [f"{label:<{left}s}" + "".join(f"{text:>{w}s}" for text, w in zip(texts, widths, strict=True))
-            for label, texts in body]
+    # columns in blocks that fit the terminal's 100 columns, each block with the t labels again
+    out = [title[mode], *terminal.column_blocks(["", *(label for label, _ in body)], [name for _, name in columns],
+                                                [texts for _, texts in body])]
     if len(columns) > len(models):
         out.append(f"  differences: per image, same x0 and noise, mean [{INTERVAL} interval of the paired mean]")
     if mode == "normality":
