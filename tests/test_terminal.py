@@ -107,6 +107,9 @@ def test_models_list_fits_100_columns_and_shows_what_is_known(columns):
     assert table["shapes32-adm"]["sha256"] == zoo.get("shapes32-adm").expected_sha256()
     assert table["adm-imagenet64"]["size"] == "" and table["adm-imagenet64-classifier"]["recommended"] == "-"
     assert table["edm-imagenet64-cond"]["recommended"] == "stochastic 256 S_churn=40 S_min=0.05 S_max=50 S_noise=1.003"
+    code, info, _ = _cli("models", "info", "adm-imagenet64")
+    assert code == 0 and _too_long(info) == [] and "size:        not published" in info
+    assert "--num_channels 192" in " ".join(info.split())  # the wrapped flags are all there
 
 
 def _exposure_rows() -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from dataclasses import asdict
 
 import click
@@ -155,13 +156,18 @@ def info(name: str) -> None:
                         f"({e.eps_scaler['source']})"
          if e.eps_scaler else "-"),
         ("flags", flags or "-"),
-        ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"), ("size", _size(d["size"])),
+        ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"),
+        ("size", _size(d["size"]) if d["size"] else "not published; known once the file is downloaded"),
         ("sha256", _sha256_line(d)),
         ("license", e.license), ("source", e.source), ("cache", d["local_path"] or "-"),
         ("cached", "yes" if d["cached"] else "no"), ("notes", e.notes or "-"),
     ]
     for key, value in lines:
-        click.echo(f"{key + ':':13}{value}")
+        if key == "sha256":  # a digest and where it comes from stay on one line
+            click.echo(f"{key + ':':13}{value}")
+            continue
+        pieces = textwrap.wrap(str(value), terminal.WIDTH - 13, break_long_words=False, break_on_hyphens=False)
+        click.echo(f"{key + ':':13}" + f"\n{'':13}".join(pieces or [""]))  # a URL or a path stays whole
 
 
 @command.command("download")
