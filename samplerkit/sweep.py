@@ -436,7 +436,7 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = ""):
     the rows hold it (only that panel when they hold no FID). Returns the saved figure."""
     shown = [m for m in ("fid", DINO) if any(str(r.get(m, "")) != "" for r in rows)] or ["fid"]
     df = frame(rows, shown)
-    df["line"] = [_line_label(r) + plots.clip_suffix(r) for r in rows]  # legend: clipped or not
+    df["line"] = [_line_label(r) + c for r, c in zip(rows, plots.clip_suffixes(rows), strict=True)]  # clip or not
     fig, axes = plots.figure(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
     for ax, metric in zip(axes[0], shown, strict=True):
         _panel(ax, df, metric)

@@ -4,6 +4,7 @@ images, and a run says when its settings give noise or when its sigma grid is sn
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shlex
 
@@ -11,9 +12,10 @@ import click
 import pytest
 import torch
 from test_cli_sample import _cli
+from test_sweep import PooledPixels
 
 import samplerkit as sk
-from samplerkit import plots, samplers, sweep, terminal, zoo
+from samplerkit import metrics, plots, samplers, sweep, terminal, zoo
 from samplerkit.builtin import DEFAULT_MODEL
 from samplerkit.cli import SHORT_HELP, cli, first_sentence
 from samplerkit.cli._options import flag_of
@@ -272,7 +274,20 @@ def test_the_sweep_table_and_legend_say_whether_a_sampler_clipped(tmp_path):
     assert lines[1].split()[:2] == ["ddim", "yes"] and lines[2].split()[:2] == ["heun", "no"]
     fig = sweep.plot(rows, tmp_path / "s.png")
     assert set(plots.lines(fig.axes[0])) == {"ddim (clip)", "heun (no clip)"}
-    assert plots.clip_suffix({"sampler": "heun"}) == ""
+    unclipped = [dict(r, clip_denoised="False") for r in rows]
+    assert "clip" not in sweep.table(unclipped).splitlines()[0].split()  # no row clipped: no column, no suffix
+    assert set(plots.lines(sweep.plot(unclipped, tmp_path / "u.png").axes[0])) == {"ddim", "heun"}
+    as_run = {"settings": json.dumps({"clip_denoised": True, "disc": "edm"})}  # a sweep CSV keeps it in settings
+    assert plots.clipped(as_run) is True and plots.clipped({"settings": "{}"}) is None
+
+
+def test_a_sweep_of_a_clipped_and_an_unclipped_sampler_says_so(tmp_path):
+    net = sk.load("shapes32-ideal")
+    reference = metrics.statistics_of_source("builtin:shapes32?n=16", PooledPixels(), ("fid",))
+    rows = sweep.run(net, ("ddim", "heun"), (2,), [0, 1], reference, PooledPixels(), csv_path=tmp_path / "s.csv",
+                     model="shapes32-ideal")
+    lines = sweep.table(rows).splitlines()
+    assert [line.split()[:2] for line in lines] == [["sampler", "clip"], ["ddim", "yes"], ["heun", "no"]]
 
 
 def test_load_without_a_name_is_the_default_model():
