@@ -145,6 +145,15 @@ def test_the_exposure_bias_table_fits_100_columns_in_blocks():
     assert blocks >= 3  # the label column is repeated in every block
 
 
+def test_the_exposure_bias_command_prints_its_table_within_100_columns(columns, tmp_path):
+    code, out, err = _cli("exposure-bias", "--model", "shapes32-ideal", "--num-images", "2", "--t", "3,5",
+                          "--device", "cpu", "--eps-scaler", "1.005", "--no-clip", "--quiet",
+                          "--csv", str(tmp_path / "eb.csv"))
+    assert code == 0, err
+    assert "delta_t (Alg. 4)" in out and "shapes32-ideal+ES1.005 - shapes32-ideal" in out
+    assert _too_long(out) == []
+
+
 def test_column_blocks_keep_each_row_on_its_label():
     lines = terminal.column_blocks(["", "r1", "r2"], ["a" * 30, "b" * 30, "c" * 30], [["1", "2", "3"], ["4", "5", "6"]],
                                    width=70)
