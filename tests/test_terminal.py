@@ -51,6 +51,8 @@ def test_every_help_fits_100_columns(columns):
         code, out, err = _cli(*path, "--help")
         assert code == 0, (path, err)
         assert _too_long(out) == [], path
+    code, out, _ = _cli("samplers")  # the sampler table, its knob help wrapped under each sampler
+    assert code == 0 and _too_long(out) == [] and "--s-noise 1.0" in out
 
 
 def test_top_level_summaries_are_whole_sentences(columns):
