@@ -227,9 +227,9 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
     net = prepared.net if guidance is not None else net  # guided: the labels go to the classifier
     if rank == 0 and not s.quiet:
         _notes(prepared, s.dtype, dev)
-        for text in run_notes(guard, prepared, recommended(model)):  # unclipped solver, snapped sigma grid
-            _note(text)
     labels = resolve_labels(net, labels_spec, len(seed_list))
+    for text in run_notes(guard, prepared, recommended(model)) if rank == 0 and not s.quiet else []:
+        _note(text)  # an unclipped solver on a model that clips, a snapped sigma grid
     label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
     family, flags = s.family, dict(s.flags)
     if Path(model).is_file():  # record what the file was built with (a run's flags.json, a preset's flags)
