@@ -59,6 +59,10 @@ class PreparedSampler:
     settings: dict
     run: Callable = field(repr=False)
     net: object = field(default=None, repr=False)  # the denoiser it runs (guided, with its remedies)
+    grid: torch.Tensor | None = field(default=None, repr=False)  # sigmas, or a chain's timesteps
+    requested_sigma_min: float | None = None  # the grid's lowest level as asked, before the model's range
+    outside: int = 0  # output values outside [-1, 1] so far (counted by :func:`generate`)
+    values: int = 0  # output values so far
 
 
 def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=None, rho: float = 7.0) -> torch.Tensor:
@@ -118,7 +122,9 @@ def make_sampler(net, sampler: str, steps: int, *, remedies: Remedies | None = N
     else:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, **kwargs)  # noqa: E731
     settings = {"sampler": sampler, "steps": steps, **opts, **remedies.settings()}
-    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run, net)
+    asked = knobs.get("sigma_min") if knobs.get("sigma_min") is not None else _DEFAULT_RANGE.get(opts.get("disc"),
+                                                                                                 (None,))[0]
+    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run, net, grid, asked)
 
 
 def _remedies(remedies: Remedies | None, options: dict) -> Remedies:
@@ -218,6 +224,8 @@ def generate(
         if not torch.isfinite(x).all():
             bad = [chunk[i] for i in range(len(chunk)) if not torch.isfinite(x[i]).all()]
             raise SamplerkitError(f"non-finite values in the sampler output for seed(s) {bad[:5]}")
+        prepared.outside += int((x.abs() > 1).sum())
+        prepared.values += x.numel()
         yield chunk, x, (y.cpu().numpy() if y is not None else None)
 
 
@@ -241,3 +249,62 @@ def with_precision(net, dtype: str, device: torch.device):
     if dtype not in dtypes:
         raise SamplerkitError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     return net if dtypes[dtype] is None else WithPrecision(net, dtypes[dtype], torch.device(device).type)
+
+
+# ---------------------------------------------------------------------------------------------
+# notes for the person running a sampler: legal settings whose result is rarely what they meant
+
+OUTSIDE_LIMIT = 0.01  # a note when more than 1 % of the output values lie outside [-1, 1]
+SNAP_TOLERANCE = 0.01  # a note when the trained levels move a grid level by more than 1 % (relative)
+
+
+def clip_note(net, prepared: PreparedSampler, recommended: dict | None = None) -> str | None:
+    """One line when a sigma-space solver runs unclipped on a discrete-time model whose own
+    sampler clips x0 to [-1, 1] (guided-/improved-diffusion's ddim and ancestral do, so their
+    models are trained for it; ``recommended``: the model's recommended settings, whose
+    ``clip_denoised=False`` (DiT) says the model does not need it); else None."""
+    row, recommended = samplers.info(prepared.name), recommended or {}
+    if row.grid == "chain" or prepared.settings.get("clip_denoised", True) or training_alpha_bar(net) is None:
+        return None
+    own = recommended.get("sampler")
+    if recommended.get("clip_denoised") is False or (own and samplers.info(own).grid != "chain"):
+        return None
+    return (f"note: {prepared.name} runs unclipped (the default off ddim/ancestral), but this model's own sampler "
+            "clips x0 to [-1, 1] and its images may come out as noise; add --clip (clip_denoised=True)")
+
+
+def outside_note(prepared: PreparedSampler, limit: float = OUTSIDE_LIMIT) -> str | None:
+    """One line when more than ``limit`` of the values :func:`generate` has produced with ``prepared``
+    lie outside [-1, 1] (they are clamped when written); else None."""
+    if not prepared.values or prepared.outside / prepared.values <= limit:
+        return None
+    share = 100 * prepared.outside / prepared.values
+    clip = "" if prepared.settings.get("clip_denoised", True) else "; try --clip (clip_denoised=True)"
+    return (f"note: {share:.1f} % of the output values lie outside [-1, 1] (more than {100 * limit:g} %) and are "
+            f"clamped when saved: the images may be saturated or noise{clip}")
+
+
+def snap_note(net, prepared: PreparedSampler, tolerance: float = SNAP_TOLERANCE) -> str | None:
+    """One line when the sigma grid a solver runs on moves by more than ``tolerance`` (relative)
+    on the model's trained levels: the lowest level asked for below the model's range, or a level
+    rounded to the nearest trained one (``net.round_sigma``); else None. A chain of trained
+    timesteps (ddim/ancestral on a discrete model) is not snapped."""
+    grid = prepared.grid
+    if grid is None or (samplers.info(prepared.name).grid == "chain" and training_alpha_bar(net) is not None):
+        return None
+    head = grid[:-1].to(torch.float64)
+    snapped = torch.as_tensor(net.round_sigma(head), dtype=torch.float64).reshape(-1).cpu()
+    asked = prepared.requested_sigma_min
+    lowest = float(head[-1]) if asked is None or asked >= float(head[-1]) * (1 - tolerance) else asked
+    change = (snapped - head.cpu()).abs() / head.cpu()
+    if abs(float(snapped[-1]) - lowest) <= tolerance * lowest and float(change.max()) <= tolerance:
+        return None
+    i = int(change.argmax())
+    worst = f", e.g. {float(head[i]):.4g} -> {float(snapped[i]):.4g}" if float(change.max()) > tolerance else ""
+    return (f"note: the sigma grid is snapped to the model's trained levels: sigma_min {lowest:.4g} -> "
+            f"{float(snapped[-1]):.4g}{worst} (the model is evaluated only at its trained noise levels)")
+
+
+def run_notes(net, prepared: PreparedSampler, recommended: dict | None = None) -> list[str]:
+    """The notes a run prints before it starts (:func:`clip_note`, :func:`snap_note`)."""
+    return [n for n in (clip_note(net, prepared, recommended), snap_note(net, prepared)) if n]

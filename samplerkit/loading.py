@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .builtin import DEFAULT_MODEL
 from .checkpoint_files import check_intact
 from .denoisers import Denoiser
 from .errors import SamplerkitError
@@ -14,10 +15,12 @@ from .errors import SamplerkitError
 FAMILIES = ("adm", "iddpm", "edm", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "dit", "sit")
 
 
-def load(name_or_path: str | Path, family: str | None = None, device: str | torch.device = "cpu", **flags) -> Denoiser:
+def load(name_or_path: str | Path | None = None, family: str | None = None, device: str | torch.device = "cpu",
+         **flags) -> Denoiser:
     """Load a model as a denoiser D(x; sigma).
 
-    ``name_or_path`` is a zoo name (``samplerkit models list``; downloaded and cached on first
+    ``name_or_path`` is None for the default model (the built-in one ``samplerkit sample`` uses
+    without ``--model``), a zoo name (``samplerkit models list``; downloaded and cached on first
     use) or a local file. For a guided-/improved-diffusion ``.pt`` pass ``family="adm"`` or
     ``"iddpm"`` and the upstream architecture flags (``num_channels=192``,
     ``attention_resolutions="32,16,8"``, ...), or ``preset=<zoo name>`` plus overrides; a
@@ -27,6 +30,8 @@ def load(name_or_path: str | Path, family: str | None = None, device: str | torc
     logits``, upstream ``classifier_*`` flags), ``"adm-superres"`` / ``"iddpm-superres"`` an upsampler
     (``large_size``, ``small_size``, ...; see :mod:`samplerkit.adapters.superres`).
     """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
     path = Path(name_or_path)
     if path.is_file():
         return load_file(path, family=family, device=device, **flags)

@@ -7,6 +7,7 @@ Agg canvas, so plotting works on headless machines and leaves the caller's matpl
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from .output import atomic_write
@@ -67,3 +68,36 @@ def spaced_xticks(fig, ax, values, pad_px: float = 4.0) -> list[float]:
         kept.append(v)
     ax.set_xticks(kept)
     return kept
+
+
+def clipped(row: dict) -> bool | None:
+    """Whether a sweep row's sampler clipped x0 to [-1, 1]: its ``clip_denoised`` setting, as a
+    column or inside the row's JSON ``settings``; None when the row does not say."""
+    value = row.get("clip_denoised", "")
+    if str(value) == "" and str(row.get("settings", "")).startswith("{"):
+        value = json.loads(row["settings"]).get("clip_denoised", "")
+    value = str(value).strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    return None
+
+
+def clip_suffixes(rows) -> list[str]:
+    """' (clip)' / ' (no clip)' for each row's legend label once any row clipped (a clipped ddim
+    beside an unclipped heun is not only a solver difference); all '' when none did."""
+    flags = [clipped(r) for r in rows]
+    if True not in flags:
+        return ["" for _ in flags]
+    return [{True: " (clip)", False: " (no clip)", None: ""}[f] for f in flags]
+
+
+def with_clip_column(df, rows, after: str = "sampler"):
+    """``df`` (one line per row of ``rows``) with a 'clip' column (yes / no) after ``after`` once
+    any row clipped x0; unchanged when none did."""
+    flags = [clipped(r) for r in rows]
+    if True not in flags:
+        return df
+    df.insert(list(df.columns).index(after) + 1, "clip", [{True: "yes", False: "no", None: "-"}[f] for f in flags])
+    return df

@@ -24,7 +24,7 @@ from .autoencoders import RGBIdentity, autoencoder_of
 from .builtin import DEFAULT_MODEL
 from .denoisers import DenoiserWrapper
 from .errors import Interrupted, SamplerkitError
-from .generate import generate, make_sampler, resolve_labels, with_precision
+from .generate import generate, make_sampler, outside_note, resolve_labels, run_notes, with_precision
 from .guidance import WEIGHT_OPTION, Guidance, Guided
 from .loading import file_family_and_flags, load
 from .lookup import guidance_loader, load_classifier, model_guidance, model_sha256, recommended, resolve_sampler
@@ -153,6 +153,8 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
         new_total = run_folder.prepare(out, run.record, s.overwrite, s.fmt, seed_list)
         t_gen = time.perf_counter()
         _make_images(run, s, out, seed_list, dev, world)
+        if rank == 0 and not s.quiet and outside_note(run.prepared):  # this process's images, mostly out of range
+            _note(outside_note(run.prepared))
         distributed.barrier()
         gen_seconds = time.perf_counter() - t_gen
         if not distributed.is_main():
@@ -226,6 +228,8 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
     if rank == 0 and not s.quiet:
         _notes(prepared, s.dtype, dev)
     labels = resolve_labels(net, labels_spec, len(seed_list))
+    for text in run_notes(guard, prepared, recommended(model)) if rank == 0 and not s.quiet else []:
+        _note(text)  # an unclipped solver on a model that clips, a snapped sigma grid
     label_of_seed = dict(zip(seed_list, labels, strict=True)) if isinstance(labels, list) else None
     family, flags = s.family, dict(s.flags)
     if Path(model).is_file():  # record what the file was built with (a run's flags.json, a preset's flags)

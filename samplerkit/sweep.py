@@ -412,7 +412,7 @@ def frame(rows: Sequence[dict], metrics: Sequence[str] = ("fid",)):
         if c == "remedy":
             continue
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df
+    return plots.with_clip_column(df, rows)  # a clipped and an unclipped sampler differ by more than the solver
 
 
 def _line_label(row: dict) -> str:
@@ -436,7 +436,7 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = ""):
     the rows hold it (only that panel when they hold no FID). Returns the saved figure."""
     shown = [m for m in ("fid", DINO) if any(str(r.get(m, "")) != "" for r in rows)] or ["fid"]
     df = frame(rows, shown)
-    df["line"] = [_line_label(r) for r in rows]
+    df["line"] = [_line_label(r) + c for r, c in zip(rows, plots.clip_suffixes(rows), strict=True)]  # clip or not
     fig, axes = plots.figure(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
     for ax, metric in zip(axes[0], shown, strict=True):
         _panel(ax, df, metric)

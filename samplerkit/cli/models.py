@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import textwrap
 from dataclasses import asdict
 
 import click
 
-from .. import download, zoo
+from .. import download, terminal, zoo
 from ..errors import SamplerkitError
 
 
@@ -78,26 +81,63 @@ def command() -> None:
     """
 
 
+_NOT_SAMPLED = ("adm-classifier", "vae")  # families that guide or decode a sampler but are not sampled
+
+
+def _recommended(entry: zoo.ZooEntry, knobs: bool = True) -> str:
+    """The recommended sampler (with its knobs, or a '*' for them), '-' for a classifier or an autoencoder."""
+    rec = entry.recommended
+    if entry.family in _NOT_SAMPLED or not rec:
+        return "-"
+    if knobs:
+        return _sampler(rec)
+    short = _sampler({k: v for k, v in rec.items() if k in ("sampler", "steps")})
+    return short + (" *" if set(rec) - {"sampler", "steps"} else "")
+
+
+def _wide_row(e: zoo.ZooEntry) -> tuple:
+    size, sha = _known_size(e), e.expected_sha256()
+    return (e.name, e.family, str(e.resolution), "yes" if e.conditional else "no", _size(size) if size else "-",
+            "yes" if e.is_cached() else "no", sha[:12] if sha else "-", e.license.split(" (")[0], _recommended(e),
+            e.urls[0] if e.urls else "(built in)")
+
+
+_WIDE = ("NAME", "FAMILY", "RES", "COND", "SIZE", "CACHED", "SHA256", "LICENSE", "RECOMMENDED", "URL")
+_CSV = ("name", "family", "resolution", "conditional", "size", "cached", "sha256", "license", "recommended", "url")
+
+
 @command.command("list")
+@click.option("--wide", is_flag=True, help="Every column: also size, sha256, license and URL (wider than 100).")
+@click.option("--csv", "as_csv", is_flag=True, help="Every column as CSV, unabbreviated.")
 @click.option("--json", "as_json", is_flag=True, help="Print every field of every entry as JSON.")
-def list_models(as_json: bool) -> None:
-    """Every named model: family, resolution, size, sha256, license, recommended sampler, URL."""
+def list_models(wide: bool, as_csv: bool, as_json: bool) -> None:
+    """Every named model: family, resolution, whether cached, recommended sampler.
+
+    --wide adds the file size and sha256 where known (published, or recorded when the file was
+    downloaded; '-' until then), the license and the URL; `samplerkit models info NAME` shows one
+    entry in full.
+    """
     items = zoo.entries()
     if as_json:
         click.echo(json.dumps([_as_dict(e) for e in items], indent=1))
-        return
-    header = ("NAME", "FAMILY", "RES", "COND", "SIZE", "CACHED", "SHA256", "LICENSE", "RECOMMENDED", "URL")
-    rows = [header]
-    for e in items:
-        sha = e.expected_sha256()
-        rows.append((
-            e.name, e.family, str(e.resolution), "yes" if e.conditional else "no", _size(_known_size(e)),
-            "yes" if e.is_cached() else "no", sha[:12] if sha else "-", e.license.split(" (")[0],
-            _sampler(e.recommended), e.urls[0] if e.urls else "(built in)",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    elif as_csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(_CSV)
+        for e in items:
+            row = list(_wide_row(e))
+            row[4], row[6] = _known_size(e) or "", e.expected_sha256() or ""
+            writer.writerow(row)
+        click.echo(buf.getvalue(), nl=False)
+    elif wide:
+        click.echo("\n".join(terminal.wrapped_rows(_WIDE, [_wide_row(e) for e in items], width=10**6)))
+    else:
+        rows = [(e.name, e.family, str(e.resolution), "yes" if e.conditional else "no",
+                 "yes" if e.is_cached() else "no", _recommended(e, knobs=False)) for e in items]
+        header = ("NAME", "FAMILY", "RES", "COND", "CACHED", "RECOMMENDED")
+        click.echo("\n".join(terminal.wrapped_rows(header, rows)))
+        click.echo("* and its knobs: `samplerkit models info NAME`; --wide or --csv for size, sha256, license, URL",
+                   err=True)
 
 
 @command.command("info")
@@ -111,18 +151,23 @@ def info(name: str) -> None:
         ("name", e.name), ("family", e.family), ("dataset", e.dataset), ("resolution", e.resolution),
         ("conditional", f"yes ({e.num_classes} classes)" if e.conditional else "no"),
         ("training", f"T={e.T}, {e.schedule} schedule" if e.T else f"continuous time, {e.schedule}"),
-        ("recommended", _sampler(e.recommended)),
+        ("recommended", _recommended(e)),
         ("eps scaler", f"--eps-scaler {e.eps_scaler['b']} with {e.eps_scaler['sampler']} {e.eps_scaler['steps']} steps "
                         f"({e.eps_scaler['source']})"
          if e.eps_scaler else "-"),
         ("flags", flags or "-"),
-        ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"), ("size", _size(d["size"])),
+        ("urls", " ".join(e.urls) or "(built in)"), ("file", e.filename or "-"),
+        ("size", _size(d["size"]) if d["size"] else "not published; known once the file is downloaded"),
         ("sha256", _sha256_line(d)),
         ("license", e.license), ("source", e.source), ("cache", d["local_path"] or "-"),
         ("cached", "yes" if d["cached"] else "no"), ("notes", e.notes or "-"),
     ]
     for key, value in lines:
-        click.echo(f"{key + ':':13}{value}")
+        if key == "sha256":  # a digest and where it comes from stay on one line
+            click.echo(f"{key + ':':13}{value}")
+            continue
+        pieces = textwrap.wrap(str(value), terminal.WIDTH - 13, break_long_words=False, break_on_hyphens=False)
+        click.echo(f"{key + ':':13}" + f"\n{'':13}".join(pieces or [""]))  # a URL or a path stays whole
 
 
 @command.command("download")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import click
 
-from .. import samplers
+from .. import samplers, terminal
 from ._options import flag_of
 
 
@@ -37,8 +38,8 @@ EPILOG = """\b
 Examples:
   samplerkit samplers
   samplerkit samplers --json
-  samplerkit sample --sampler dpmpp_2m --steps 10
-  samplerkit sample --sampler unipc --order 3 --variant bh2 --steps 8
+  samplerkit sample --sampler dpmpp_2m --steps 10 --clip   # the built-in ADM needs x0 clipped
+  samplerkit sample --sampler unipc --order 3 --variant bh2 --steps 8 --clip
 """
 
 
@@ -54,7 +55,15 @@ def command(as_json: bool) -> None:
     width = max(len(r["name"]) for r in table)
     for r in table:
         kind = "stochastic" if r["stochastic"] else "deterministic"
-        click.echo(f"{r['name']:<{width}}  NFE {r['nfe']:<7}  {kind}, order {r['order']}")
-        click.echo(f"{'':<{width}}  source: {r['source']}")
+        click.echo(_wrapped(f"{r['name']:<{width}}  NFE {r['nfe']:<7}  {kind}, order {r['order']}", width + 15))
+        click.echo(_wrapped(f"{'':<{width}}  source: {r['source']}", width + 10))
         for flag, default in r["knobs"].items():
-            click.echo(f"{'':<{width}}    {_knob_text(flag, default)}: {r['knob_help'][flag]}")
+            click.echo(_wrapped(f"{'':<{width}}    {_knob_text(flag, default)}: {r['knob_help'][flag]}", width + 6))
+
+
+def _wrapped(line: str, indent: int) -> str:
+    """``line`` wrapped to the terminal width, its continuation lines indented by ``indent``."""
+    if len(line) <= terminal.WIDTH:
+        return line
+    return "\n".join(textwrap.wrap(line, terminal.WIDTH, subsequent_indent=" " * indent, break_long_words=False,
+                                   break_on_hyphens=False))

@@ -228,7 +228,7 @@ def command(model, family, flags, preset, samplers, steps, num_images, seeds, re
 
     \b
     Examples:
-      samplerkit sweep --sampler heun,euler --steps 4,8,16 --num-images 256 \\
+      samplerkit sweep --sampler heun,euler --clip --steps 4,8,16 --num-images 256 \\
           --ref builtin:shapes32 --ref-images 2048 --csv sweep.csv --plot sweep.png --table
       samplerkit sweep --model edm-cifar10-cond-vp --sampler heun,euler,ddim --steps 5,10,18,32,64 \\
           --num-images 50000 --ref cifar10-32x32.npz --csv cifar.csv --plot cifar.png

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import plots
+from .. import plots, terminal
 from ..data import to_uint8
 from ..output import atomic_write
 from ..results import cell_text
@@ -220,12 +220,8 @@ def table(rows: Sequence[dict], mode: str, per_image: dict | None = None) -> str
 def layout(title: str, labels: Sequence[str], columns: Sequence[tuple[str, dict]], notes: Sequence[str]) -> str:
     """The table as text: a column per (header, cells), right-aligned, '-' where a cell is missing."""
     body = [(label, [cells.get(label, "-") for _, cells in columns]) for label in labels]
-    widths = [max(len(name), *(len(texts[i]) for _, texts in body)) + 2 for i, (name, _) in enumerate(columns)]
-    left = max(len(s) for s in labels) + 2
-    head = "".join(f"{name:>{w}s}" for (name, _), w in zip(columns, widths, strict=True))
-    out = [title, f"{'':<{left}s}{head}"]
-    out += [f"{label:<{left}s}" + "".join(f"{text:>{w}s}" for text, w in zip(texts, widths, strict=True))
-            for label, texts in body]
+    # columns in blocks that fit the terminal's 100 columns, each block with the t labels again
+    out = [title, *terminal.column_blocks(["", *labels], [name for name, _ in columns], [texts for _, texts in body])]
     return "\n".join(out + list(notes))
 
 
