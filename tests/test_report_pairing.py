@@ -81,7 +81,9 @@ def test_a_remedy_variant_is_paired_with_its_own_model_and_the_first(four_models
             _paired(per["biased+ES1.02"][t], per["plain"][t]), rel=1e-12)
         assert pairs["plain+ES1.02", "plain", t]["kind"] == "remedy"  # its own model is the first: one pair
     text = report.table(rep.current, "delta", stored)
-    header = text.splitlines()[1]
+    # the column headers: the first line of each block of columns (blocks fit 100 columns)
+    header = " | ".join(line for line in text.splitlines() if line.startswith(" ") and " - " in line
+                        and "[" not in line)
     assert "biased+ES1.02 - biased" in header and "biased+ES1.02 - plain" in header
     assert header.count("plain+ES1.02 - plain") == 1
     assert "the remedy alone" in text and "model and remedy together" in text

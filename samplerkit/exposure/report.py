@@ -7,6 +7,7 @@ import io
 import math
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -222,7 +223,9 @@ def layout(title: str, labels: Sequence[str], columns: Sequence[tuple[str, dict]
     body = [(label, [cells.get(label, "-") for _, cells in columns]) for label in labels]
     # columns in blocks that fit the terminal's 100 columns, each block with the t labels again
     out = [title, *terminal.column_blocks(["", *labels], [name for name, _ in columns], [texts for _, texts in body])]
-    return "\n".join(out + list(notes))
+    wrapped = [line for note in notes for line in textwrap.wrap(note, terminal.WIDTH, subsequent_indent="    ",
+                                                                drop_whitespace=False) or [note]]
+    return "\n".join(out + wrapped)
 
 
 def nu_text(name: str, s: dict) -> str:
