@@ -17,9 +17,11 @@ the images and metrics are those of ``exact`` while the run takes less time. ``r
 ``SAMPLERKIT_SPEED`` changes the default of every command; the manifest records the policy used.
 
 An explicit policy is written ``attention=sdpa,memory_format=channels_last,autocast=bfloat16,compile=on``
-(any subset; the rest stay exact). ``compile`` is never picked by ``fast``: compiling takes minutes
-on a CPU and about a minute on a GPU, longer than many runs; ask for it (its kernels are cached under
-the samplerkit cache dir, so a second run compiles from the cache).
+(any subset; the rest stay exact). ``compile`` is not picked by ``fast``: measured on a 2-core CPU
+at one thread (``benchmarks/bench_compile.py``, figures in ``benchmarks/README.md``) it gains at most
+7 % over the best eager variant (DiT), 2 % on the ADM UNet and nothing on the EDM/EDM2 UNets, for
+20–75 CPU seconds of compilation; ask for it (its kernels are cached under the samplerkit cache dir, so
+a second run compiles from the cache).
 """
 
 from __future__ import annotations
