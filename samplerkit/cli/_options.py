@@ -136,8 +136,10 @@ def _knob_params() -> dict[str, str]:
 KNOBS = _knob_params()  # of the built-in tables; chosen_options reads the current ones
 
 
-def _flags() -> dict[str, str]:
-    return {name: knob.flag_of(name) for name, (knob, _, _) in knob_table().items() if name not in _PROSE}
+def _flags(names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python name -> flag of every knob, but the plain words of :data:`_PROSE` unless ``names`` lists them."""
+    return {name: knob.flag_of(name) for name, (knob, _, _) in knob_table().items()
+            if name not in _PROSE or name in names}
 
 
 def flag_of(option: str) -> str | None:
@@ -159,10 +161,12 @@ def with_argument_flags(message: str) -> str:
     return message
 
 
-def with_flag_names(message: str) -> str:
+def with_flag_names(message: str, names: tuple[str, ...] = ()) -> str:
     """``message`` with the options' Python names replaced by their command-line flags: the one place
-    where a library error (raised in Python's words) is given the user's words."""
-    flags = _flags()
+    where a library error (raised in Python's words) is given the user's words. ``names``: the option
+    names the error lists (:attr:`samplerkit.errors.SamplerkitError.names`), shown as flags even where
+    the name is also a plain word."""
+    flags = _flags(tuple(names))
     pattern = re.compile(r"(?<![-\w])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")\b")
     return pattern.sub(lambda m: flags[m.group(1)], message)
 
@@ -253,7 +257,7 @@ class SamplerCommand(click.Command):
         try:
             return super().invoke(ctx)
         except SamplerkitError as e:  # same error (and type), with the flags the user typed
-            e.args = (with_flag_names(str(e)),)
+            e.args = (with_flag_names(str(e), e.names),)
             raise
 
 

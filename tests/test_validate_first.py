@@ -1,0 +1,83 @@
+"""Bad arguments are refused before any network loads or the speed policy autotunes (issue 31, item 5):
+one line, exit 2, and neither a model load nor a ``speed:`` line before it."""
+
+from __future__ import annotations
+
+import pytest
+from test_cli_sample import _cli
+
+from samplerkit import speed, zoo
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model load or speed autotune fails the test loudly."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network was loaded (or autotuned) before the arguments were checked")
+
+    monkeypatch.setattr(zoo.ZooEntry, "load", refuse)
+    monkeypatch.setattr(speed, "for_denoiser", refuse)
+    monkeypatch.setattr(speed, "autotune", refuse)
+
+
+SAMPLE_CASES = [
+    (["--steps", "0"], "number of steps must be an integer >= 1, got 0"),
+    (["--eps-scaler", "0"], "--eps-scaler must be > 0"),
+    (["--class-labels", "3"], "--class-labels given but the model is unconditional"),
+    (["--model", "shapes32-ideal-cond", "--class-labels", "9"], "class labels must lie in [0, 3]"),
+    (["--ts-window", "10"], "--ts-window need(s) --time-shift"),
+    (["--sampler", "heun", "--S-churn", "3"], "option(s) --S-churn do not apply to the heun sampler"),
+    (["--sampler", "heun", "--rho", "0"], "--rho must be > 0"),
+]
+
+
+@pytest.mark.parametrize("args,needle", SAMPLE_CASES)
+def test_sample_refuses_bad_arguments_before_loading(no_loading, tmp_path, args, needle):
+    code, out, err = _cli("sample", "--seeds", "0-1", "--out", str(tmp_path / "o"), *args)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "speed:" not in err + out and "AssertionError" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_knob_error_names_every_option_as_a_flag(no_loading, tmp_path):
+    code, _, err = _cli("sample", "--seeds", "0", "--out", str(tmp_path / "o"), "--sampler", "heun", "--eta", "1")
+    assert code == 2, err
+    listed = err.split("it takes: ")[1].rstrip(")\n").split(", ")
+    assert listed[:4] == ["--disc", "--sigma-min", "--sigma-max", "--rho"], err
+    assert all(name.startswith("--") for name in listed), err  # no Python name (disc, epsilon_s) among flags
+
+
+SWEEP_CASES = [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--eps-scaler", "0"], "--eps-scaler must be > 0"),
+    (["--ts-window", "10"], "--ts-window need(s) --time-shift"),
+    (["--sampler", "heun", "--S-churn", "3"], "--S-churn"),
+    (["--num-images", "1"], "--num-images"),
+]
+
+
+@pytest.mark.parametrize("args,needle", SWEEP_CASES)
+def test_sweep_refuses_bad_arguments_before_loading(no_loading, tmp_path, args, needle):
+    code, out, err = _cli("sweep", "--ref", "builtin:shapes32", "--ref-images", "8", "--num-images", "4",
+                          "--csv", str(tmp_path / "s.csv"), *args)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "speed:" not in err + out and "AssertionError" not in err
+
+
+@pytest.fixture
+def no_autotune(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the speed policy ran before the arguments were checked")
+
+    monkeypatch.setattr(speed, "for_denoiser", refuse)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sampler", "ddim", "--eta", "-1"], "--eta"),  # checked by the sampler's row, which sees the network
+    (["--model", "shapes32-ideal", "--sampler", "ddim", "--respacing", "10"], "respacing needs a discrete"),
+])
+def test_sample_checks_what_needs_the_network_before_autotuning(no_autotune, tmp_path, args, needle):
+    code, out, err = _cli("sample", "--seeds", "0-1", "--out", str(tmp_path / "o"), *args)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "speed:" not in err + out
