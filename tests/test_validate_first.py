@@ -53,7 +53,7 @@ SWEEP_CASES = [
     (["--eps-scaler", "0"], "--eps-scaler must be > 0"),
     (["--ts-window", "10"], "--ts-window need(s) --time-shift"),
     (["--sampler", "heun", "--S-churn", "3"], "--S-churn"),
-    (["--num-images", "1"], "--num-images"),
+    (["--num-images", "1"], "at least 2 images per cell"),
 ]
 
 

@@ -171,6 +171,39 @@ def with_flag_names(message: str, names: tuple[str, ...] = ()) -> str:
     return pattern.sub(lambda m: flags[m.group(1)], message)
 
 
+def param_flags(command: click.Command, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python name -> flag of ``command``'s options whose name is a Python identifier no prose uses (it has
+    an underscore: ``kid_subsets``, ``paired_with``), and of those ``names`` lists (``batch``, ``images``)."""
+    flags = {}
+    for param in command.params:
+        longs = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) else []
+        if longs and not param.hidden and ("_" in param.name or param.name in names):
+            flags[param.name] = longs[0]
+    return flags
+
+
+def with_param_flags(message: str, command: click.Command, names: tuple[str, ...] = ()) -> str:
+    """``message`` with the names of ``command``'s options (:func:`param_flags`) as the flags the user typed."""
+    flags = param_flags(command, tuple(names))
+    if not flags:
+        return message
+    pattern = re.compile(r"(?<![-\w/.])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) +
+                         r")(?![\w/-])")
+    return pattern.sub(lambda m: flags[m.group(1)], message)
+
+
+class ParsedCommand(click.Command):
+    """A command that parses its flags into a library call: a library error it raises (in Python's words)
+    names the flags the user typed (:func:`with_param_flags`)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SamplerkitError as e:  # same error (and type), in the user's words
+            e.args = (with_param_flags(str(e), self, e.names),)
+            raise
+
+
 def knob_option(name: str, knob: Knob, default, takers: list[str]) -> click.Option:
     """The click option of one knob; no default, so only what the user set reaches the run."""
     flag = knob.flag_of(name)
@@ -224,7 +257,7 @@ def _section(name: str) -> str:
     return "sampler" if name in _knob_params() and name not in REMEDY_KNOBS else "other"
 
 
-class SamplerCommand(click.Command):
+class SamplerCommand(ParsedCommand):
     """A command whose sampler (and remedy, guidance) options are generated from the tables when it runs
     or prints its help, after the parameter ``knobs_after``, and whose --help lists its options in
     sections (model, sampler, remedies, guidance, output, execution); a library error it raises names
