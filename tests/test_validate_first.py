@@ -81,3 +81,24 @@ def test_sample_checks_what_needs_the_network_before_autotuning(no_autotune, tmp
     code, out, err = _cli("sample", "--seeds", "0-1", "--out", str(tmp_path / "o"), *args)
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert "speed:" not in err + out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--eps-scaler", "0"], "--eps-scaler must be > 0"),
+    (["--ts-window", "10"], "--ts-window need(s) --time-shift"),
+    (["--num-images", "0"], "--num-images must be >= 1"),
+])
+def test_exposure_bias_refuses_bad_arguments_before_loading(no_loading, tmp_path, args, needle):
+    code, out, err = _cli("exposure-bias", "--num-images", "2", "--t", "3", "--csv", str(tmp_path / "e.csv"), *args)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "speed:" not in err + out and "AssertionError" not in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--t", "5000"], "5000"),  # longer than the model's chain: needs the model, not its speed policy
+    (["--model", "shapes32-edm", "--time-shift"], "--time-shift needs a discrete-time model"),
+])
+def test_exposure_bias_checks_what_needs_the_network_before_autotuning(no_autotune, tmp_path, args, needle):
+    code, out, err = _cli("exposure-bias", "--num-images", "2", "--csv", str(tmp_path / "e.csv"), *args)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "speed:" not in err + out
