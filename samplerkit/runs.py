@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import distributed, output, run_folder, speed, zoo
+from . import distributed, output, run_folder, speed
 from .autoencoders import RGBIdentity, autoencoder_of
 from .builtin import DEFAULT_MODEL
 from .denoisers import DenoiserWrapper
@@ -28,7 +28,14 @@ from .errors import Interrupted, SamplerkitError
 from .generate import check_settings, generate, make_sampler, resolve_labels, with_precision
 from .guidance import WEIGHT_OPTION, Guidance, Guided
 from .loading import file_family_and_flags, load
-from .lookup import guidance_loader, load_classifier, model_guidance, model_sha256, recommended, resolve_sampler
+from .lookup import (
+    ModelRef,
+    guidance_loader,
+    load_classifier,
+    model_sha256,
+    recommended,
+    resolve_sampler,
+)
 from .lowres import LowResImages, low_res_source
 from .run_folder import RunRecord
 from .seeds import parse_seeds
@@ -81,8 +88,8 @@ class SampleSettings:
     speed: str | None = None  # exact | fast | explicit settings (samplerkit.speed); None: speed.default_mode()
     classifier: str | None = None
     classifier_flags: dict = field(default_factory=dict)
-    classifier_scale: float = 1.0
-    guidance_form: str = "score"
+    classifier_scale: float | str | None = None  # None: 1 (with a classifier)
+    guidance_form: str | None = None  # None: score (with a classifier)
     low_res: str | None = None
     guide_model: str | None = None
     guidance_weight: float | str | None = None
@@ -90,14 +97,14 @@ class SampleSettings:
     cfg: float | str | None = None
     cfg_form: str | None = None
 
-    def guidance(self) -> Guidance | None:
-        """The run's guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None."""
+    def guidance(self, model: ModelRef | None = None) -> Guidance | None:
+        """The run's guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None (``model``: the
+        run's model, already looked up)."""
         found = Guidance.from_options(self.classifier, self.classifier_flags,
-                                      None if self.classifier is None else self.classifier_scale,
-                                      None if self.classifier is None else self.guidance_form,
+                                      self.classifier_scale, self.guidance_form,
                                       guide_model=self.guide_model, guidance_weight=self.guidance_weight,
                                       guidance_interval=self.guidance_interval, cfg=self.cfg, cfg_form=self.cfg_form,
-                                      model_guidance=model_guidance(self.model))
+                                      model_guidance=(model or ModelRef.of(self.model)).guidance())
         if len(found) > 1:
             raise SamplerkitError(f"sample takes one {WEIGHT_OPTION[found[0].kind]}; a list is a sweep axis "
                                   "(samplerkit sweep)")
@@ -184,13 +191,13 @@ def _checked(s: SampleSettings, net=None):
         raise SamplerkitError(f"unknown dtype {s.dtype!r}; use float32, float16 or bfloat16")
     dev = pick_device(s.device)
     labels_spec = parse_class_labels(s.class_labels)
-    guidance = s.guidance()
-    model = _model_name(s, net)
+    model = ModelRef.of(_model_name(s, net))  # the one lookup of the model's name in this run
+    guidance = s.guidance(model)
     choice = resolve_sampler(model, s.sampler, s.steps, s.options)
     check_settings(*choice)
     if guidance is None and s.low_res is None and net is None:
-        _check_labels_of_entry(model, labels_spec, len(seed_list))
-    return seed_list, labels_spec, guidance, dev, output.check_writable(s.out), choice
+        _check_labels_of_entry(model.entry, labels_spec, len(seed_list))
+    return seed_list, labels_spec, guidance, dev, output.check_writable(s.out), (model, *choice)
 
 
 def _model_name(s: SampleSettings, net) -> str:
@@ -198,15 +205,11 @@ def _model_name(s: SampleSettings, net) -> str:
     return str(s.model) if s.model else (DEFAULT_MODEL if net is None else type(net).__name__)
 
 
-def _check_labels_of_entry(model: str, labels_spec, n: int) -> None:
+def _check_labels_of_entry(entry, labels_spec, n: int) -> None:
     """A label request on a zoo model, checked against the entry's classes before its network loads
     (the same rule :func:`samplerkit.generate.resolve_labels` applies to the loaded network)."""
-    if labels_spec is None or Path(model).is_file():
+    if labels_spec is None or entry is None:
         return
-    try:
-        entry = zoo.get(model)
-    except SamplerkitError:
-        return  # not a zoo name: loading says so
     if not entry.conditional or entry.num_classes:
         resolve_labels(SimpleNamespace(label_dim=entry.num_classes if entry.conditional else 0), labels_spec, n)
 
@@ -229,11 +232,13 @@ class _Run:
 
 def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: int, choice: tuple) -> _Run:
     """Load (or take) the model, bind its low-res source, put it under the run's speed policy and
-    guidance, and prepare the sampler ``choice`` (sampler, steps, options)."""
-    model = _model_name(s, net)
+    guidance, and prepare the sampler ``choice`` (the model's :class:`~samplerkit.lookup.ModelRef`, sampler,
+    steps, options)."""
+    ref, choice = choice[0], choice[1:]
+    model = ref.name
     if net is None:
-        net = load_model(model, s.family, s.flags, s.preset, device=dev)
-        sha = model_sha256(model) or None
+        net = ref.load(s.family, dev, **s.flags, **({"preset": s.preset} if s.preset else {}))
+        sha = ref.sha256() or None
     else:
         sha = None
     if isinstance(net, Guided) and guidance is not None and guidance.kind == "guided":

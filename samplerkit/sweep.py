@@ -47,12 +47,11 @@ from .evaluation import (
 )
 from .generate import check_settings, generate, make_sampler, sampler_options
 from .guidance import Guidance, Guided
-from .lookup import guidance_loader, model_guidance, model_sha256, resolve_sampler
+from .lookup import ModelRef, guidance_loader, model_sha256, resolve_sampler
 from .metrics import KID_SUBSETS, PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
 from .metrics import block as metrics_block
 from .remedies import REMEDY_KNOBS, Remedies
 from .results import ResultsCSV, check_experiment
-from .runs import load_model
 from .seeds import parse_seeds
 
 # Interval columns (fid_lo, fid_hi, kid_lo, kid_hi; baseline, fid_diff, fid_diff_lo, ...; bootstrap_rounds)
@@ -470,11 +469,13 @@ class SweepSettings:
     remedies: list[Remedies] = field(init=False)
     guidances: list[Guidance] = field(init=False)
     knobs: dict = field(init=False)  # the sampler options but the remedies
+    model_ref: ModelRef = field(init=False)
 
     def __post_init__(self):
+        self.model_ref = ModelRef.of(self.model)  # the one lookup of the model's name in this run
         options = dict(self.options)
         if self.samplers is None:  # the model's recommended sampler and its settings
-            self.samplers, _, options = resolve_sampler(self.model, None, None, options)
+            self.samplers, _, options = resolve_sampler(self.model_ref, None, None, options)
         self.remedies = Remedies.axis(**{k: options.pop(k) for k in REMEDY_KNOBS if k in options})
         self.knobs, self.sampler_names = options, _names(self.samplers, "samplers")
         self.step_list, self.seed_list = _steps(self.steps), _seeds(self.seeds, self.num_images)
@@ -484,7 +485,7 @@ class SweepSettings:
         for name in self.sampler_names:  # what the samplers check without a network
             for n_steps in self.step_list:
                 check_settings(name, n_steps, options_for(name, self.knobs))
-        self.guidances = Guidance.from_options(**self.guidance, model_guidance=model_guidance(self.model))
+        self.guidances = Guidance.from_options(**self.guidance, model_guidance=self.model_ref.guidance())
         check_evaluation(sweep_metrics(self.metrics)[2], self.kid_subsets, self.kid_subset_size,
                          self.bootstrap_rounds, len(self.seed_list))
 
@@ -650,16 +651,16 @@ def _guided_cells(model: str, sha: str, guidances: list[Guidance], preset_gnet, 
     return [(g, f"{model} + {g.label()}", f"{sha} + {g_sha}") for g in loaded]
 
 
-def _load(model: str, family, flags, preset, device):
+def _load(model: ModelRef, family, flags, preset, device):
     """(the model's network, a guided preset's guiding network or None, its autoencoder), checked: FID
     needs RGB pixels, which a latent model gives through its autoencoder (whose optional extra must be
     installed: one line, before any work)."""
-    net = load_model(model, family, flags, preset, device=device).eval()
+    net = model.load(family, device, **flags, **({"preset": preset} if preset else {})).eval()
     net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)
     autoencoder = autoencoder_of(net)
     autoencoder.check()
     if getattr(net, "img_channels", 3) != 3 and isinstance(autoencoder, RGBIdentity):
-        raise SamplerkitError(f"{model} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+        raise SamplerkitError(f"{model.name} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
     return net, preset_gnet, autoencoder
 
 
@@ -675,7 +676,7 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
     distributed.init(s.device)  # under torchrun: each process measures its block of the seeds
     device = distributed.local_device(s.device)
     log = log if distributed.is_main() else (lambda text: None)
-    net, preset_gnet, autoencoder = _load(s.model, s.family, s.flags, s.preset, device)
+    net, preset_gnet, autoencoder = _load(s.model_ref, s.family, s.flags, s.preset, device)
     _cells(net, s.sampler_names, s.step_list, s.remedies, None, s.knobs)  # the checks that need the network
     speed = s.speed or speed_lib.default_mode()
     net, speed_record = speed_lib.for_denoiser(net, speed, min(s.batch, len(s.seed_list)), device)
@@ -691,7 +692,7 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
     evaluation_kw = {"kid_subsets": s.kid_subsets, "kid_subset_size": s.kid_subset_size, "seed": s.eval_seed,
                      "force": s.force_pipeline}
     rows = []
-    for guidance, cell_model, cell_sha in _guided_cells(s.model, model_sha256(s.model), s.guidances, preset_gnet,
+    for guidance, cell_model, cell_sha in _guided_cells(s.model, s.model_ref.sha256(), s.guidances, preset_gnet,
                                                         device):
         label_dim = guidance.label_dim if guidance is not None and guidance.label_dim is not None else net.label_dim
         found = run_cells(net, s.sampler_names, s.step_list, s.seed_list, reference, features, csv_path=csv_file,

@@ -102,3 +102,43 @@ def test_exposure_bias_checks_what_needs_the_network_before_autotuning(no_autotu
     code, out, err = _cli("exposure-bias", "--num-images", "2", "--csv", str(tmp_path / "e.csv"), *args)
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert "speed:" not in err + out
+
+
+# ---------------------------------------------------------------------------------------------
+# one lookup of the model's name per run (issue 27)
+
+
+@pytest.fixture
+def zoo_lookups(monkeypatch):
+    """The names :func:`samplerkit.zoo.get` is asked for during the test."""
+    asked, get = [], zoo.get
+
+    def counting(name, *args, **kwargs):
+        asked.append(name)
+        return get(name, *args, **kwargs)
+
+    monkeypatch.setattr(zoo, "get", counting)
+    return asked
+
+
+@pytest.mark.parametrize("model", ["shapes32-ideal", "shapes32-adm"])
+def test_a_sample_run_looks_its_model_up_once(zoo_lookups, tmp_path, model):
+    code, _, err = _cli("sample", "--model", model, "--seeds", "0-1", "--steps", "2", "--quiet",
+                        "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert zoo_lookups.count(model) == 1, zoo_lookups
+
+
+def test_a_sweep_looks_its_model_up_once(zoo_lookups, tmp_path, monkeypatch):
+    from test_sweep import PooledPixels
+
+    from samplerkit import evaluation, metrics
+
+    monkeypatch.setattr(metrics, "inception", lambda *args, **kwargs: PooledPixels())  # no Inception download
+    monkeypatch.setattr(speed, "for_inception", lambda features, *args, **kwargs: (features, {}))
+    monkeypatch.setattr(evaluation, "_check_dim", lambda stats, where: None)
+    code, _, err = _cli("sweep", "--model", "shapes32-ideal", "--sampler", "euler", "--steps", "2", "--num-images", "4",
+                        "--ref", "builtin:shapes32?n=8", "--csv", str(tmp_path / "s.csv"), "--quiet",
+                        "--speed", "exact")
+    assert code == 0, err
+    assert zoo_lookups.count("shapes32-ideal") == 1, zoo_lookups

@@ -21,11 +21,10 @@ from ..builtin import DEFAULT_MODEL
 from ..data import open_source, to_model_space
 from ..data import resize as resize_images
 from ..errors import SamplerkitError
-from ..lookup import model_sha256
+from ..lookup import ModelRef
 from ..metrics import inception
 from ..remedies import Remedies
 from ..results import check_experiment
-from ..runs import load_model
 from . import report as report_lib
 from .chain import chain_sigmas
 from .harness import ModelSpec, Report, Settings, plan
@@ -72,15 +71,17 @@ class ExposureSettings:
 def run(settings: ExposureSettings, log: Callable[[str], None] = lambda s: None) -> Report:
     """Measure (or resume) the experiment of ``settings``; write its figures and image pairs; return the report."""
     s = settings
-    nets = [load_model(name, s.family, s.flags, s.preset, device=s.device).eval() for name in s.models]
+    refs = [ModelRef.of(name) for name in s.models]  # one lookup of each model's name in this run
+    preset = {"preset": s.preset} if s.preset else {}
+    nets = [ref.load(s.family, s.device, **s.flags, **preset).eval() for ref in refs]
     plan(with_remedies([ModelSpec(name, net) for name, net in zip(s.models, nets, strict=True)], s.measure,
                        s.remedy), s.num_images, s.measure)  # bad t values or remedies fail before the speed policy
     speed = s.speed or speed_lib.default_mode()
     specs = []
-    for name, net in zip(s.models, nets, strict=True):
+    for ref, net in zip(refs, nets, strict=True):
         net, record = speed_lib.for_denoiser(net, speed, s.measure.batch, s.device)
-        log(f"speed: {name}: {record['mode']} -> {record['policy']}")
-        specs.append(ModelSpec(name, net, model_sha256(name)))
+        log(f"speed: {ref.name}: {record['mode']} -> {record['policy']}")
+        specs.append(ModelSpec(ref.name, net, ref.sha256()))
     specs = with_remedies(specs, s.measure, s.remedy)
     x0, labels = load_images(s.data, s.num_images, specs, not s.no_resize, s.measure.seed, log)
     features = real = None
