@@ -204,8 +204,8 @@ def _image_sets(images, paired_with, num_images, wanted) -> list[tuple]:
     if paired_with is not None:
         other, n_other = metrics_lib.open_images(paired_with, num_images)
         if n_other != n:
-            raise SamplerkitError(f"paired_with gives {n_other} images but images gives {n}; a paired comparison "
-                                  "needs the same seeds on both sides", names=("images",))
+            raise SamplerkitError(f"the two image sets differ in size (images: {n}, paired_with: {n_other}); a paired "
+                                  "comparison needs the same seeds on both sides", names=("images",))
         sets.append((paired_with, other, n))
     if "pr" in wanted and n <= metrics_lib.PR_K:
         raise SamplerkitError(f"precision/recall (k = {metrics_lib.PR_K}) need more than {metrics_lib.PR_K} images, "
@@ -337,7 +337,7 @@ class FidSettings:
 
     def __post_init__(self):
         if self.batch < 1:
-            raise SamplerkitError(f"batch must be >= 1, got {self.batch}")
+            raise SamplerkitError(f"batch must be >= 1, got {self.batch}", names=("batch",))
         metrics_lib.split_metrics(self.metrics)  # an unknown metric fails here
 
     @property
@@ -439,13 +439,13 @@ class ReferenceSettings:
     def __post_init__(self):
         suffix = Path(self.out).suffix.lower()
         if suffix not in (".npz", ".pkl"):
-            raise SamplerkitError(f"out must end in .npz or .pkl, got {self.out}")
+            raise SamplerkitError(f"out must end in .npz or .pkl, got {self.out}", names=("out",))
         if self.wanted[1] and suffix != ".pkl":
             raise SamplerkitError(f"fd_dinov2 statistics are written in EDM2's .pkl layout; give out a .pkl name, "
-                                  f"not {self.out}")
+                                  f"not {self.out}", names=("out",))
         check_new_statistics_file(self.out, self.overwrite)
         if self.batch < 1:
-            raise SamplerkitError(f"batch must be >= 1, got {self.batch}")
+            raise SamplerkitError(f"batch must be >= 1, got {self.batch}", names=("batch",))
 
     @property
     def wanted(self) -> tuple[tuple[str, ...], bool]:

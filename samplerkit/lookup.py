@@ -49,8 +49,10 @@ class ModelRef:
             return file_sha256(self.name)
         return (self.entry.expected_sha256() or "") if self.entry is not None else ""
 
-    def load(self, family: str | None = None, device="cpu", **flags):
-        """The denoiser (:func:`samplerkit.load`; a zoo entry loads without a second lookup)."""
+    def load(self, family: str | None = None, flags: dict | None = None, preset: str | None = None, device="cpu"):
+        """The denoiser (:func:`samplerkit.load` with the upstream ``flags`` and ``preset``); a zoo entry loads
+        without a second lookup."""
+        flags = {**(flags or {}), **({"preset": preset} if preset else {})}
         if self.entry is not None:
             return self.entry.load(device=device, family=family, **flags)
         return load(self.name, family=family, device=device, **flags)

@@ -237,7 +237,7 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
     ref, choice = choice[0], choice[1:]
     model = ref.name
     if net is None:
-        net = ref.load(s.family, dev, **s.flags, **({"preset": s.preset} if s.preset else {}))
+        net = load_model(model, s.family, s.flags, s.preset, device=dev)  # runs.load_model: what tests replace
         sha = ref.sha256() or None
     else:
         sha = None

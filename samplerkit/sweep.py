@@ -655,7 +655,7 @@ def _load(model: ModelRef, family, flags, preset, device):
     """(the model's network, a guided preset's guiding network or None, its autoencoder), checked: FID
     needs RGB pixels, which a latent model gives through its autoencoder (whose optional extra must be
     installed: one line, before any work)."""
-    net = model.load(family, device, **flags, **({"preset": preset} if preset else {})).eval()
+    net = model.load(family, flags, preset, device).eval()
     net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)
     autoencoder = autoencoder_of(net)
     autoencoder.check()

@@ -72,8 +72,7 @@ def run(settings: ExposureSettings, log: Callable[[str], None] = lambda s: None)
     """Measure (or resume) the experiment of ``settings``; write its figures and image pairs; return the report."""
     s = settings
     refs = [ModelRef.of(name) for name in s.models]  # one lookup of each model's name in this run
-    preset = {"preset": s.preset} if s.preset else {}
-    nets = [ref.load(s.family, s.device, **s.flags, **preset).eval() for ref in refs]
+    nets = [ref.load(s.family, s.flags, s.preset, s.device).eval() for ref in refs]
     plan(with_remedies([ModelSpec(name, net) for name, net in zip(s.models, nets, strict=True)], s.measure,
                        s.remedy), s.num_images, s.measure)  # bad t values or remedies fail before the speed policy
     speed = s.speed or speed_lib.default_mode()
