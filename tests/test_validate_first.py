@@ -142,3 +142,11 @@ def test_a_sweep_looks_its_model_up_once(zoo_lookups, tmp_path, monkeypatch):
                         "--speed", "exact")
     assert code == 0, err
     assert zoo_lookups.count("shapes32-ideal") == 1, zoo_lookups
+
+
+def test_an_exposure_bias_run_looks_each_model_up_once(zoo_lookups, tmp_path):
+    code, _, err = _cli("exposure-bias", "--model", "shapes32-ideal", "--model", "shapes32-ideal-cond",
+                        "--num-images", "2", "--t", "3", "--quiet", "--speed", "exact",
+                        "--csv", str(tmp_path / "e.csv"))
+    assert code == 0, err
+    assert zoo_lookups.count("shapes32-ideal") == 1 and zoo_lookups.count("shapes32-ideal-cond") == 1, zoo_lookups
