@@ -516,7 +516,7 @@ def _seeds(spec, num_images: int | None) -> list[int]:
         return list(range(1000 if num_images is None else num_images))
     seeds = parse_seeds(spec) if isinstance(spec, str) else [int(s) for s in spec]
     if num_images is not None and len(seeds) != num_images:
-        raise SamplerkitError(f"seeds {spec} gives {len(seeds)} seeds but num_images is {num_images}; "
+        raise SamplerkitError(f"seeds {spec} is {len(seeds)} images but num_images is {num_images}; "
                               "give one of them or make them agree", names=("seeds",))
     return seeds
 
