@@ -4,8 +4,14 @@
 class SamplerkitError(Exception):
     """A user-facing error: the message says what was wrong and what to do.
 
-    The command line prints ``str(err)`` as one line and exits non-zero.
+    The command line prints ``str(err)`` as one line and exits non-zero. ``names``: the Python option
+    names the message lists (the command line shows each as its flag, even one that is also a plain
+    word such as ``disc``).
     """
+
+    def __init__(self, *args, names: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.names = tuple(names)
 
 
 class Interrupted(SamplerkitError):

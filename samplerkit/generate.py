@@ -136,18 +136,37 @@ def _remedies(remedies: Remedies | None, options: dict) -> Remedies:
     return remedies or Remedies()
 
 
-def _options(net, sampler: str, knobs: dict) -> dict:
-    """The sampler's options as the run uses them: the user's over the defaults, each checked once."""
+def check_settings(sampler: str, steps: int, knobs: dict, remedies: Remedies | None = None) -> Remedies:
+    """What :func:`make_sampler` checks without a network, checked before any model loads: the sampler
+    name, the step count, each knob (does the sampler take it, is it one of its choices) and the remedies
+    (returned). The checks that need the network (a discrete chain, a variance the model has) stay in
+    :func:`make_sampler`."""
+    remedies = _remedies(remedies, {k: knobs[k] for k in REMEDY_KNOBS if k in knobs})
+    samplers.info(sampler)
+    schedules._check_steps(steps)
+    _checked_options(sampler, {k: v for k, v in knobs.items() if k not in REMEDY_KNOBS})
+    return remedies
+
+
+def _checked_options(sampler: str, knobs: dict) -> dict:
+    """The user's options over the sampler's defaults, each checked once (no network needed)."""
     row = samplers.info(sampler)
     defaults = sampler_options(sampler)
     unknown = sorted(k for k, v in knobs.items() if k not in defaults and v is not None)
     if unknown:
         raise SamplerkitError(f"option(s) {', '.join(unknown)} do not apply to the {sampler} sampler "
-                              f"(it takes: {', '.join(defaults)})")
+                              f"(it takes: {', '.join(defaults)})", names=(*unknown, *defaults))
     opts = {k: (knobs[k] if knobs.get(k) is not None else v) for k, v in defaults.items()}
     if opts["rho"] <= 0:
         raise SamplerkitError(f"rho must be > 0, got {opts['rho']}")
     samplers.check_choices(sampler, {k: v for k, v in opts.items() if k in row.knobs})
+    return opts
+
+
+def _options(net, sampler: str, knobs: dict) -> dict:
+    """The sampler's options as the run uses them: the user's over the defaults, each checked once."""
+    row = samplers.info(sampler)
+    opts = _checked_options(sampler, knobs)
     return row.resolve(net, opts) if row.resolve is not None else opts  # so that a run fails before it starts
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,10 +25,17 @@ from .autoencoders import RGBIdentity, autoencoder_of
 from .builtin import DEFAULT_MODEL
 from .denoisers import DenoiserWrapper
 from .errors import Interrupted, SamplerkitError
-from .generate import generate, make_sampler, outside_note, resolve_labels, run_notes, with_precision
+from .generate import check_settings, generate, make_sampler, outside_note, resolve_labels, run_notes, with_precision
 from .guidance import WEIGHT_OPTION, Guidance, Guided
 from .loading import file_family_and_flags, load
-from .lookup import guidance_loader, load_classifier, model_guidance, model_sha256, recommended, resolve_sampler
+from .lookup import (
+    ModelRef,
+    guidance_loader,
+    load_classifier,
+    model_sha256,
+    recommended,
+    resolve_sampler,
+)
 from .lowres import LowResImages, low_res_source
 from .run_folder import RunRecord
 from .seeds import parse_seeds
@@ -80,8 +88,8 @@ class SampleSettings:
     speed: str | None = None  # exact | fast | explicit settings (samplerkit.speed); None: speed.default_mode()
     classifier: str | None = None
     classifier_flags: dict = field(default_factory=dict)
-    classifier_scale: float = 1.0
-    guidance_form: str = "score"
+    classifier_scale: float | str | None = None  # None: 1 (with a classifier)
+    guidance_form: str | None = None  # None: score (with a classifier)
     low_res: str | None = None
     guide_model: str | None = None
     guidance_weight: float | str | None = None
@@ -89,14 +97,14 @@ class SampleSettings:
     cfg: float | str | None = None
     cfg_form: str | None = None
 
-    def guidance(self) -> Guidance | None:
-        """The run's guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None."""
+    def guidance(self, model: ModelRef | None = None) -> Guidance | None:
+        """The run's guidance (:class:`samplerkit.guidance.Guidance`, not loaded), or None (``model``: the
+        run's model, already looked up)."""
         found = Guidance.from_options(self.classifier, self.classifier_flags,
-                                      None if self.classifier is None else self.classifier_scale,
-                                      None if self.classifier is None else self.guidance_form,
+                                      self.classifier_scale, self.guidance_form,
                                       guide_model=self.guide_model, guidance_weight=self.guidance_weight,
                                       guidance_interval=self.guidance_interval, cfg=self.cfg, cfg_form=self.cfg_form,
-                                      model_guidance=model_guidance(self.model))
+                                      model_guidance=(model or ModelRef.of(self.model)).guidance())
         if len(found) > 1:
             raise SamplerkitError(f"sample takes one {WEIGHT_OPTION[found[0].kind]}; a list is a sweep axis "
                                   "(samplerkit sweep)")
@@ -144,12 +152,12 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
     (:mod:`samplerkit.speed`) and is put back to ``exact`` afterwards.
     """
     s, t_start = settings, time.perf_counter()
-    seed_list, labels_spec, guidance, dev, out = _checked(s)  # before any model loads
+    seed_list, labels_spec, guidance, dev, out, choice = _checked(s, net)  # before any model loads
     joined_already = distributed.is_initialized()  # e.g. called from a training script: leave its group alone
     rank, world = distributed.init(dev)
     try:
         dev = distributed.local_device(dev)
-        run = _start(s, net, seed_list, labels_spec, guidance, dev, rank)
+        run = _start(s, net, seed_list, labels_spec, guidance, dev, rank, choice)
         new_total = run_folder.prepare(out, run.record, s.overwrite, s.fmt, seed_list)
         t_gen = time.perf_counter()
         _make_images(run, s, out, seed_list, dev, world)
@@ -172,8 +180,10 @@ def sample_folder(settings: SampleSettings, net=None) -> dict | None:
             distributed.cleanup()
 
 
-def _checked(s: SampleSettings):
-    """(seeds, label request, guidance, device, output folder) of the settings, checked."""
+def _checked(s: SampleSettings, net=None):
+    """(seeds, label request, guidance, device, output folder, (sampler, steps, options)) of the settings,
+    checked before any network loads: the sampler's knobs, step count and remedies, and a label request
+    on a zoo model that is unconditional (its entry says so)."""
     seed_list = parse_seeds(s.seeds)
     if s.batch < 1:
         raise SamplerkitError(f"batch must be >= 1, got {s.batch}")
@@ -183,7 +193,27 @@ def _checked(s: SampleSettings):
         raise SamplerkitError(f"unknown dtype {s.dtype!r}; use float32, float16 or bfloat16")
     dev = pick_device(s.device)
     labels_spec = parse_class_labels(s.class_labels)
-    return seed_list, labels_spec, s.guidance(), dev, output.check_writable(s.out)
+    model = ModelRef.of(_model_name(s, net))  # the one lookup of the model's name in this run
+    guidance = s.guidance(model)
+    choice = resolve_sampler(model, s.sampler, s.steps, s.options)
+    check_settings(*choice)
+    if guidance is None and s.low_res is None and net is None:
+        _check_labels_of_entry(model.entry, labels_spec, len(seed_list))
+    return seed_list, labels_spec, guidance, dev, output.check_writable(s.out), (model, *choice)
+
+
+def _model_name(s: SampleSettings, net) -> str:
+    """The model a run names: the settings', else the built-in default (or a given network's class)."""
+    return str(s.model) if s.model else (DEFAULT_MODEL if net is None else type(net).__name__)
+
+
+def _check_labels_of_entry(entry, labels_spec, n: int) -> None:
+    """A label request on a zoo model, checked against the entry's classes before its network loads
+    (the same rule :func:`samplerkit.generate.resolve_labels` applies to the loaded network)."""
+    if labels_spec is None or entry is None:
+        return
+    if not entry.conditional or entry.num_classes:
+        resolve_labels(SimpleNamespace(label_dim=entry.num_classes if entry.conditional else 0), labels_spec, n)
 
 
 @dataclass
@@ -202,27 +232,30 @@ class _Run:
     autoencoder: object = None  # model space -> uint8 pixels (samplerkit.autoencoders)
 
 
-def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: int) -> _Run:
+def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: int, choice: tuple) -> _Run:
     """Load (or take) the model, bind its low-res source, put it under the run's speed policy and
-    guidance, and prepare the sampler."""
+    guidance, and prepare the sampler ``choice`` (the model's :class:`~samplerkit.lookup.ModelRef`, sampler,
+    steps, options)."""
+    ref, choice = choice[0], choice[1:]
+    model = ref.name
     if net is None:
-        model = s.model or DEFAULT_MODEL
-        net = load_model(model, s.family, s.flags, s.preset, device=dev)
-        sha = model_sha256(model) or None
+        net = load_model(model, s.family, s.flags, s.preset, device=dev)  # runs.load_model: what tests replace
+        sha = ref.sha256() or None
     else:
-        model, sha = str(s.model or type(net).__name__), None
+        sha = None
     if isinstance(net, Guided) and guidance is not None and guidance.kind == "guided":
         net, guidance = _preset_networks(net, guidance)  # a guided preset (EDM2): the Guidance applies its gnet
     low_res, conditioning = low_res_source(net, s, seed_list, labels_spec)
     if low_res is not None:  # a super-resolution model: each batch's low-res images are bound to it
         net, labels_spec = low_res, low_res.labels_spec
+    make_sampler(net, choice[0], choice[1], **choice[2])  # the checks that need the network, before autotuning
     fast_net, speed_record = _speed(net, s, min(s.batch, len(seed_list)), dev, rank)
     if guidance is not None:  # the guiding network itself runs exact
         guidance = guidance.load(guidance_loader(guidance.kind, dev), model_sha256(guidance.name) or None)
         conditioning.update(guidance.settings())
     autoencoder = _autoencoder(net, conditioning)
     guard = _FiniteGuard(with_precision(fast_net, s.dtype, dev))
-    sampler, steps, options = resolve_sampler(model, s.sampler, s.steps, s.options)
+    sampler, steps, options = choice
     prepared = make_sampler(guard, sampler, steps, guidance=guidance, **options)
     net = prepared.net if guidance is not None else net  # guided: the labels go to the classifier
     if rank == 0 and not s.quiet:

@@ -17,25 +17,42 @@ and rank 0 writes the CSV.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import distributed, plots
+from . import distributed, evaluation, plots
+from . import metrics as metrics_lib
 from . import samplers as samplers_table
-from .autoencoders import autoencoder_of
+from . import speed as speed_lib
+from .autoencoders import RGBIdentity, autoencoder_of
+from .builtin import DEFAULT_MODEL
 from .errors import SamplerkitError
-from .generate import generate, make_sampler, sampler_options
-from .guidance import Guidance
-from .metrics import PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
+from .evaluation import (
+    DINO,
+    check_dinov2_pipeline,
+    check_dinov2_reference,
+    check_evaluation,
+    check_pkl_reference,
+    check_stored_mode,
+    dinov2_extractor,
+    note_reference,
+    warn_small_sample,
+)
+from .generate import check_settings, generate, make_sampler, sampler_options
+from .guidance import Guidance, Guided
+from .lookup import ModelRef, guidance_loader, model_sha256, resolve_sampler
+from .metrics import KID_SUBSETS, PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
 from .metrics import block as metrics_block
-from .remedies import Remedies
-from .results import ResultsCSV
+from .remedies import REMEDY_KNOBS, Remedies
+from .results import ResultsCSV, check_experiment
+from .seeds import parse_seeds
 
 # Interval columns (fid_lo, fid_hi, kid_lo, kid_hi; baseline, fid_diff, fid_diff_lo, ...; bootstrap_rounds)
 # and the feature mode follow these, sorted, in the rows that have them.
@@ -46,7 +63,6 @@ CSV_COLUMNS = (
 KEY_COLUMNS = ("model", "sha256", "sampler", "steps", "settings", "n_images", "seeds", "ref")
 _METRIC_COLUMNS = {"fid": ("fid",), "sfid": ("sfid",), "pr": ("precision", "recall"), "kid": ("kid", "kid_std"),
                    "is": ("is", "is_std"), "fd_dinov2": ("fd_dinov2",)}
-DINO = "fd_dinov2"
 INTERVAL_METRICS = ("fid", "kid", DINO)  # the metrics with bootstrap intervals
 
 
@@ -151,33 +167,17 @@ def _save_feats(path: Path, feats: np.ndarray) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def run(
-    net,
-    samplers: Sequence[str],
-    steps: Sequence[int],
-    seeds: Sequence[int],
-    reference: Statistics,
-    features,
-    *,
-    csv_path: str | Path,
-    model: str = "",
-    sha256: str = "",
-    metrics: Sequence[str] = ("fid",),
-    evaluation: dict | None = None,
-    bootstrap: int = 0,
-    options: dict | None = None,
-    eps_scalers: Sequence[float] | None = None,
-    remedies: Sequence[Remedies] | dict | None = None,
-    guidance: Guidance | None = None,
-    batch_size: int = 64,
-    class_labels=None,
-    device="cpu",
-    log: Callable[[str], None] = lambda s: None,
-    show_progress: bool = False,
-    speed: str = "",
+def run_cells(
+    net, samplers: Sequence[str], steps: Sequence[int], seeds: Sequence[int], reference: Statistics, features, *,
+    csv_path: str | Path, model: str = "", sha256: str = "", metrics: Sequence[str] = ("fid",),
+    evaluation: dict | None = None, bootstrap: int = 0, options: dict | None = None,
+    eps_scalers: Sequence[float] | None = None, remedies: Sequence[Remedies] | dict | None = None,
+    guidance: Guidance | None = None, batch_size: int = 64, class_labels=None, device="cpu",
+    log: Callable[[str], None] = lambda s: None, show_progress: bool = False, speed: str = "",
     autoencoder=None, dinov2=None, dinov2_reference: Statistics | None = None,
 ) -> list[dict]:
-    """Run (or resume) the sweep; return its rows (one per sampler x steps, in that order).
+    """Run (or resume) the cells of a loaded network ``net``; return its rows (one per sampler x steps, in
+    that order). :func:`run` with :class:`SweepSettings` loads the model and the references first.
 
     ``features``: an :class:`samplerkit.metrics.Inception` (or any object with ``extract(images,
     spatial)``, or a ``callable(uint8 NHWC) -> [n, d]``); ``reference``: the statistics to
@@ -202,10 +202,7 @@ def run(
     cells = [(prepared, {"model": model, "sha256": sha256, **row, "n_images": len(seeds), "seeds": seeds_text(seeds),
                          **ref_columns, "evaluation": eval_id})
              for prepared, row in _cells(net, samplers, steps, axis, guidance, options)]
-    table = results_csv(csv_path)
-    rows = table.read()
-    finished = {table.key(r): r for r in rows}
-    todo = [c for c in cells if not _complete(finished.get(table.key(c[1])), metrics, bootstrap, eval_id)]
+    table, rows, todo = _todo(csv_path, cells, metrics, bootstrap, eval_id)
     baseline_of = _baselines(table, cells)
     mine = [seeds[i] for i in metrics_block(len(seeds))]  # this process's block (all seeds in one process)
     main = distributed.is_main()
@@ -213,21 +210,51 @@ def run(
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
     cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed,
                  autoencoder if autoencoder is not None else autoencoder_of(net), dinov2, dinov2_reference)
-    with tqdm(total=len(todo) * len(mine), unit="img", disable=not (show_progress and main),
-              dynamic_ncols=True) as bar:
+    _run_todo(todo, cell, table, rows, baseline_of, Path(csv_path), show_progress and main, main)
+    by_key = {table.key(r): r for r in rows}
+    return [by_key[table.key(row)] for _, row in cells]
+
+
+def _run_todo(todo, cell: _Cell, table: ResultsCSV, rows: list, baseline_of: dict, csv_path: Path, progress: bool,
+              main: bool) -> None:
+    """Measure each cell still to do, its row put into ``rows`` and the CSV rewritten (by rank 0) after each."""
+    bootstrap = cell.bootstrap
+    with tqdm(total=len(todo) * len(cell.seeds), unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for prepared, row in todo:
             bar.set_description(f"{row['sampler']} {row['steps']} steps")
             values = cell.measure(prepared, bar)
             if bootstrap:  # its time counts as evaluation
                 t0 = time.perf_counter()
                 values.update(_all_bootstrap_columns(values["_sample"], cell, table.key(row),
-                                                     baseline_of[_baseline_key(row)], Path(csv_path), main))
+                                                     baseline_of[_baseline_key(row)], csv_path, main))
                 values["eval_seconds"] = round(values["eval_seconds"] + time.perf_counter() - t0, 3)
             table.put(rows, dict(row, **{k: v for k, v in values.items() if k != "_sample"}))
             if main:
                 table.write(rows)
-    by_key = {table.key(r): r for r in rows}
-    return [by_key[table.key(row)] for _, row in cells]
+
+
+def _todo(csv_path, cells, metrics, bootstrap: int, eval_id: str) -> tuple:
+    """(the CSV, its rows, the cells not yet in it with these metrics and evaluation settings)."""
+    table = results_csv(csv_path)
+    rows = table.read()
+    finished = {table.key(r): r for r in rows}
+    todo = [c for c in cells if not _complete(finished.get(table.key(c[1])), metrics, bootstrap, eval_id)]
+    return table, rows, todo
+
+
+def run(settings, *args, log: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
+    """Run (or resume) a sweep; return its rows on rank 0 (and [] on the other ranks under ``torchrun``).
+
+    ``run(SweepSettings(...), log=print)``: the library call behind ``samplerkit sweep`` (the model and the
+    references are loaded here, and the plot written when the settings name one). ``run(net, samplers,
+    steps, seeds, reference, features, ...)``: the cells of an already loaded network (:func:`run_cells`)."""
+    if not isinstance(settings, SweepSettings):
+        return run_cells(settings, *args, log=log, **kwargs)
+    rows = _run_settings(settings, log)
+    if not distributed.is_main():
+        return []
+    _finish(settings, rows, log)
+    return rows
 
 
 def _baselines(table, cells) -> dict:
@@ -388,6 +415,304 @@ def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: 
         paired = intervals(base, reference, metrics, rounds, seed, other=sample)
         out.update({k: v for k, v in paired.items() if "_diff" in k}, baseline=f"{baseline[2]} {baseline[3]} steps")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a sweep from its settings: the library call behind `samplerkit sweep`
+
+
+@dataclass
+class SweepSettings:
+    """What ``samplerkit sweep`` runs; checked where it is made, before any network loads.
+
+    ``samplers``: names (a comma list or sequence; None: the model's recommended sampler with its settings,
+    as :func:`samplerkit.runs.sample_folder` picks them). ``steps``: step counts. ``seeds``: a spec ('0-999')
+    or a list; ``num_images`` alone means seeds 0 .. num_images - 1 (1000 when neither is given).
+    ``options``: sampler knobs by their Python names; the remedy options among them (``eps_scaler`` a comma
+    list) become the remedies axis. ``ref``: reference statistics or images (statistics computed from images
+    are cached beside ``csv_path``). Guidance: the options of :meth:`samplerkit.guidance.Guidance.from_options`
+    (a list of weights is one more axis). ``eval_seed``: KID's subsets and the bootstrap.
+    """
+
+    ref: str
+    csv_path: str | Path
+    model: str = DEFAULT_MODEL
+    family: str | None = None
+    flags: dict = field(default_factory=dict)
+    preset: str | None = None
+    samplers: str | Sequence[str] | None = None
+    steps: str | Sequence[int] = "5,10,18,32,64"
+    seeds: str | Sequence[int] | None = None
+    num_images: int | None = None
+    options: dict = field(default_factory=dict)
+    ref_images: int | None = None
+    plot_path: str | Path | None = None
+    metrics: str | Sequence[str] = "fid"
+    fid_mode: str = "clean"
+    kid_subsets: int = KID_SUBSETS
+    kid_subset_size: int | None = None
+    bootstrap_rounds: int = 0
+    force_pipeline: bool = False
+    eval_seed: int = 0
+    batch: int = 64
+    inception: str | None = None
+    dinov2_weights: str | None = None
+    dinov2_resize: str = "torch"
+    device: str = "cpu"
+    speed: str | None = None
+    guidance: dict = field(default_factory=dict)  # classifier, classifier_flags, classifier_scale, guide_model, ...
+    quiet: bool = False
+    # made from the fields above when the settings are made
+    sampler_names: list[str] = field(init=False)
+    step_list: list[int] = field(init=False)
+    seed_list: list[int] = field(init=False)
+    remedies: list[Remedies] = field(init=False)
+    guidances: list[Guidance] = field(init=False)
+    knobs: dict = field(init=False)  # the sampler options but the remedies
+    model_ref: ModelRef = field(init=False)
+
+    def __post_init__(self):
+        self.model_ref = ModelRef.of(self.model)  # the one lookup of the model's name in this run
+        options = dict(self.options)
+        if self.samplers is None:  # the model's recommended sampler and its settings
+            self.samplers, _, options = resolve_sampler(self.model_ref, None, None, options)
+        self.remedies = Remedies.axis(**{k: options.pop(k) for k in REMEDY_KNOBS if k in options})
+        self.knobs, self.sampler_names = options, _names(self.samplers, "samplers")
+        self.step_list, self.seed_list = _steps(self.steps), _seeds(self.seeds, self.num_images)
+        if self.batch < 1:
+            raise SamplerkitError(f"batch must be >= 1, got {self.batch}", names=("batch",))
+        _checked(self.sampler_names, self.seed_list, sweep_metrics(self.metrics)[2], self.knobs, self.remedies)
+        for name in self.sampler_names:  # what the samplers check without a network
+            for n_steps in self.step_list:
+                check_settings(name, n_steps, options_for(name, self.knobs))
+        self.guidances = Guidance.from_options(**self.guidance, model_guidance=self.model_ref.guidance())
+        check_evaluation(sweep_metrics(self.metrics)[2], self.kid_subsets, self.kid_subset_size,
+                         self.bootstrap_rounds, len(self.seed_list))
+
+
+def _names(text, what: str) -> list[str]:
+    items = str(text).split(",") if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
+    if not names:
+        raise SamplerkitError(f"{what} is empty", names=(what,))
+    return names
+
+
+def _steps(text) -> list[int]:
+    try:
+        steps = [int(v) for v in _names(text, "steps")]
+    except ValueError:
+        raise SamplerkitError(f"bad steps {text!r}; use comma-separated integers like 5,10,18,32,64",
+                              names=("steps",)) from None
+    if any(s < 1 for s in steps):
+        raise SamplerkitError(f"steps must be >= 1, got {text}", names=("steps",))
+    return steps
+
+
+def _seeds(spec, num_images: int | None) -> list[int]:
+    """The seeds of every cell: ``spec`` (its count must equal ``num_images`` when both are given), else
+    0 .. num_images - 1 (1000 images when neither is given)."""
+    if spec is None:
+        return list(range(1000 if num_images is None else num_images))
+    seeds = parse_seeds(spec) if isinstance(spec, str) else [int(s) for s in spec]
+    if num_images is not None and len(seeds) != num_images:
+        raise SamplerkitError(f"seeds {spec} is {len(seeds)} images but num_images is {num_images}; "
+                              "give one of them or make them agree", names=("seeds",))
+    return seeds
+
+
+def _reference_cache(ref: str, ref_images, metrics, csv_path: Path, mode: str = "clean") -> Path:
+    """Where the reference statistics computed for a sweep are kept: beside the CSV, named for the
+    reference (path, size and mtime), the image count, the metrics and the feature mode."""
+    path = Path(ref)
+    stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else ""
+    tag = hashlib.sha256(f"{ref}|{stamp}|{ref_images}|{','.join(metrics)}|{mode}".encode()).hexdigest()[:12]
+    return csv_path.with_name(f"{csv_path.stem}.ref-{tag}.npz")
+
+
+def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: str = "clean"):
+    """Before any work: the statistics held by --ref or cached beside the CSV, else the checked
+    images to compute them from (see :func:`samplerkit.evaluation.check_reference`)."""
+    metrics = metrics_lib.reference_metrics(metrics)
+    cache = _reference_cache(ref, ref_images, metrics, csv_path, mode)
+    stats = metrics_lib.load_statistics(cache) if cache.is_file() else None
+    if stats is not None and set(metrics) <= set(stats.metrics()):
+        evaluation._check_dim(stats, str(cache))
+        log(f"reference statistics of {ref} from {cache}")
+        return stats
+    return evaluation.check_reference(ref, metrics, ref_images, mode=mode)
+
+
+def _check_references(ref: str, ref_images, wanted, want_dino: bool, csv_path: Path, log, mode: str,
+                      resize: str, force: bool) -> tuple:
+    """(Inception, DINOv2) reference as checked before any work: stored statistics (an EDM2 .pkl, a stats
+    .npz, or those cached beside the CSV), the images to compute them from, or None when not asked."""
+    if Path(ref).suffix.lower() == ".pkl":
+        checked, dino_checked = check_pkl_reference(ref, wanted, want_dino)
+    else:
+        checked, dino_checked = _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode,
+                                                        resize)
+    if checked is not None:
+        check_stored_mode(checked, mode, force)
+    return checked, dino_checked
+
+
+def _check_image_references(ref, ref_images, wanted, want_dino, csv_path, log, mode, resize) -> tuple:
+    checked = _check_reference(ref, ref_images, wanted, csv_path, log, mode) if wanted else None
+    dino_checked = None
+    if want_dino:
+        cache = _dinov2_cache(ref, ref_images, csv_path, resize)
+        if cache.is_file():
+            log(f"DINOv2 reference statistics of {ref} from {cache}")
+            return checked, metrics_lib.read_reference(cache)[DINO]
+        dino_checked = checked if isinstance(checked, tuple) else check_dinov2_reference(ref, ref_images)
+    return checked, dino_checked
+
+
+def _dinov2_cache(ref: str, ref_images, csv_path: Path, resize: str) -> Path:
+    """Where the DINOv2 reference statistics computed for a sweep are kept: beside the CSV, an EDM2-layout .pkl."""
+    return _reference_cache(ref, ref_images, [DINO], csv_path, f"dinov2-{resize}").with_suffix(".pkl")
+
+
+def _references(ref: str, checked, dino_checked, ref_images, wanted, features, dino, csv_path: Path, batch: int,
+                quiet: bool, log) -> tuple:
+    """(Inception, DINOv2) reference statistics: as checked, or computed (one read of each reference image for
+    both networks) and cached beside the CSV."""
+    reference, dino_ref = evaluation._references(ref, wanted, checked, dino_checked, features, dino, ref_images,
+                                                 batch, False, quiet)
+    if isinstance(checked, tuple) and not reference.origin:
+        cache = _reference_cache(ref, ref_images, metrics_lib.reference_metrics(wanted), csv_path,
+                                 getattr(features, "mode", "clean"))
+        if distributed.is_main():
+            reference.save(cache)
+            log(f"wrote reference statistics of {ref} to {cache}")
+    if isinstance(dino_checked, tuple) and distributed.is_main():
+        cache = _dinov2_cache(ref, ref_images, csv_path, dino.resize_mode)
+        metrics_lib.save_reference({DINO: dino_ref}, cache)
+        log(f"wrote DINOv2 reference statistics of {ref} to {cache}")
+    return reference, dino_ref
+
+
+def _evaluators(wanted, want_dino, inception, dinov2, device, batch: int, speed: str, fid_mode: str, dino_checked,
+                force: bool) -> tuple:
+    """(Inception features or None, DINOv2 extractor or None) for the metrics asked; ``dinov2``: (weights, resize)."""
+    features = dino = None
+    if wanted:
+        features = metrics_lib.inception(inception, device, mode=fid_mode)
+        features, _ = speed_lib.for_inception(features, speed, device)
+        if "is" in wanted:
+            metrics_lib.require_logits(features)
+    if want_dino:
+        dino = dinov2_extractor(*dinov2, device, batch, speed)
+        check_dinov2_pipeline(dino, dino_checked, force)
+    return features, dino
+
+
+def _experiment(model: str, n_images: int, reference, dino_ref, features, dino) -> dict:
+    """What every row of the CSV must share: model, reference (and its pipeline), image count."""
+    experiment = {"model": {model}, "ref": {(reference or dino_ref).fingerprint()},
+                  "n_images": {n_images}}  # a guided cell's model column names the classifier after " + "
+    if features is not None:
+        experiment["mode"] = {getattr(features, "mode", "clean")}
+    if dino is not None:
+        experiment.update(ref_dinov2={dino_ref.fingerprint()}, dinov2_pipeline={dinov2_pipeline(dino)})
+    return experiment
+
+
+def _check_inception_reference(reference, ref: str, wanted, mode: str, kid_subset_size, n_images: int, log) -> None:
+    """KID's subset size against the reference's image count, and the note on which statistics stand for it."""
+    if reference is None:
+        return
+    if "kid" in wanted and kid_subset_size is not None:
+        metrics_lib.check_subset_size(n_images, reference.n or n_images, kid_subset_size)
+    note = note_reference(reference, ref, mode)
+    if note:
+        log(note)
+
+
+def _axis(guidance: Guidance) -> str:
+    """How a table's sampler column names a guidance weight: 's=4' (classifier), 'w=2' (guide model), 'cfg=1.5'."""
+    return f"{ {'classifier': 's', 'guided': 'w', 'cfg': 'cfg'}[guidance.kind]}={guidance.scale:g}"
+
+
+def _guided_cells(model: str, sha: str, guidances: list[Guidance], preset_gnet, device) -> list[tuple]:
+    """(guidance, model column, sha256 column) of every cell set: one per guidance weight, its guiding
+    network loaded once (a guided preset's own, already loaded, when the run names no other); the model
+    and sha256 columns name the guiding network too."""
+    if not guidances:
+        return [(None, model, sha)]
+    first = guidances[0]
+    if first.kind == "cfg":
+        return [(g, f"{model} + {g.label()}", sha) for g in guidances]
+    network = preset_gnet if preset_gnet is not None and first.name == getattr(preset_gnet, "name", None) else None
+    network = network if network is not None else guidance_loader(first.kind, device)(first.name, first.flags)
+    g_sha = model_sha256(first.name)
+    loaded = [g.load(lambda name, flags: network, g_sha or None) for g in guidances]
+    return [(g, f"{model} + {g.label()}", f"{sha} + {g_sha}") for g in loaded]
+
+
+def _load(model: ModelRef, family, flags, preset, device):
+    """(the model's network, a guided preset's guiding network or None, its autoencoder), checked: FID
+    needs RGB pixels, which a latent model gives through its autoencoder (whose optional extra must be
+    installed: one line, before any work)."""
+    net = model.load(family, flags, preset, device).eval()
+    net, preset_gnet = (net.inner, net.gnet) if isinstance(net, Guided) else (net, None)
+    autoencoder = autoencoder_of(net)
+    autoencoder.check()
+    if getattr(net, "img_channels", 3) != 3 and isinstance(autoencoder, RGBIdentity):
+        raise SamplerkitError(f"{model.name} makes {net.img_channels}-channel images; FID needs RGB (3 channels)")
+    return net, preset_gnet, autoencoder
+
+
+def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
+    """The sweep of ``s``: references checked before any work, the model loaded and its samplers checked
+    on it before the speed policy tunes it, then every guidance weight's cells."""
+    wanted, want_dino, every = sweep_metrics(s.metrics)
+    csv_file = Path(s.csv_path)
+    read_csv(csv_file)  # an unreadable CSV or a bad reference fails before any work
+    checked, dino_checked = _check_references(s.ref, s.ref_images, wanted, want_dino, csv_file, log, s.fid_mode,
+                                              s.dinov2_resize, s.force_pipeline)
+    warn_small_sample(len(s.seed_list), every)
+    distributed.init(s.device)  # under torchrun: each process measures its block of the seeds
+    device = distributed.local_device(s.device)
+    log = log if distributed.is_main() else (lambda text: None)
+    net, preset_gnet, autoencoder = _load(s.model_ref, s.family, s.flags, s.preset, device)
+    _cells(net, s.sampler_names, s.step_list, s.remedies, None, s.knobs)  # the checks that need the network
+    speed = s.speed or speed_lib.default_mode()
+    net, speed_record = speed_lib.for_denoiser(net, speed, min(s.batch, len(s.seed_list)), device)
+    log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
+    features, dino = _evaluators(wanted, want_dino, s.inception, (s.dinov2_weights, s.dinov2_resize), device,
+                                 s.batch, speed, s.fid_mode, dino_checked, s.force_pipeline)
+    reference, dino_ref = _references(s.ref, checked, dino_checked, s.ref_images, wanted, features, dino, csv_file,
+                                      s.batch, s.quiet, log)
+    check_experiment(csv_file, "sweep rows", _experiment(s.model, len(s.seed_list), reference, dino_ref, features,
+                                                         dino),
+                     of_row={"model": lambda row: (row.get("model") or "").split(" + ")[0]})
+    _check_inception_reference(reference, s.ref, wanted, s.fid_mode, s.kid_subset_size, len(s.seed_list), log)
+    evaluation_kw = {"kid_subsets": s.kid_subsets, "kid_subset_size": s.kid_subset_size, "seed": s.eval_seed,
+                     "force": s.force_pipeline}
+    rows = []
+    for guidance, cell_model, cell_sha in _guided_cells(s.model, s.model_ref.sha256(), s.guidances, preset_gnet,
+                                                        device):
+        label_dim = guidance.label_dim if guidance is not None and guidance.label_dim is not None else net.label_dim
+        found = run_cells(net, s.sampler_names, s.step_list, s.seed_list, reference, features, csv_path=csv_file,
+                          model=cell_model, sha256=cell_sha, metrics=every, evaluation=evaluation_kw,
+                          bootstrap=s.bootstrap_rounds, options=s.knobs, remedies=s.remedies, guidance=guidance,
+                          batch_size=s.batch, device=device, class_labels="random" if label_dim else None, log=log,
+                          show_progress=not s.quiet, speed=speed_record["policy"], autoencoder=autoencoder,
+                          dinov2=dino, dinov2_reference=dino_ref)
+        rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_axis(guidance)}"} for r in found]
+    return rows
+
+
+def _finish(s: SweepSettings, rows: list[dict], log) -> None:
+    """Rank 0's last words: where the CSV is, and the plot of FID (and FD_DINOv2) vs NFE when asked."""
+    log(f"wrote {s.csv_path}")
+    if s.plot_path:
+        _, want_dino, every = sweep_metrics(s.metrics)
+        shown = " and ".join(m for m, asked in (("FID", "fid" in every), ("FD_DINOv2", want_dino)) if asked) or "FID"
+        plot(rows, s.plot_path, title=f"{s.model}: {shown} vs NFE ({len(s.seed_list)} images)")
+        log(f"wrote {s.plot_path}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ FD_ARGS = ("fid", "--images", "builtin:shapes32?n=64", "--num-images", "50", "--
 
 
 def fd_command_with_stand_in() -> dict:
-    from samplerkit.cli import fid as fid_cli
+    from samplerkit import evaluation as fid_cli
 
     fid_cli.dinov2_extractor = lambda *args, **kwargs: PooledDINOv2()
     code, out, err = run_cli(*FD_ARGS)
@@ -265,7 +265,7 @@ def _worker(rank: int, port: int, out: str, cache: str) -> None:
 def test_fd_dinov2_under_two_processes_gives_the_numbers_of_one(tmp_path, monkeypatch):
     import socket
 
-    from samplerkit.cli import fid as fid_cli
+    from samplerkit import evaluation as fid_cli
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

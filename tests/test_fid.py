@@ -576,7 +576,7 @@ def test_no_small_sample_warning_from_2000_images_or_without_a_frechet_distance(
 
 
 def test_computing_reference_statistics_shows_the_total_and_an_eta(monkeypatch, tmp_path):
-    from samplerkit.cli.fid import load_reference
+    from samplerkit.evaluation import load_reference
 
     class SlowFeatures(CountingFeatures):  # slower than tqdm's 0.1 s refresh, so every batch is drawn
         def extract(self, images, spatial=False):

@@ -382,7 +382,7 @@ def colour_moment_features(monkeypatch):
 
     features = ModeFeatures("clean", "f" * 64)
     use_stand_in(monkeypatch, features)
-    monkeypatch.setattr("samplerkit.cli.fid._check_dim", lambda stats, where: None)
+    monkeypatch.setattr("samplerkit.evaluation._check_dim", lambda stats, where: None)
     return features
 
 
@@ -419,8 +419,8 @@ FID_ARGS = ("fid", "--images", "builtin:shapes32?n=64", "--num-images", "50", "-
 
 def fid_command_with_stand_in() -> dict:
     """`samplerkit FID_ARGS` with :class:`MomentFeatures` in place of Inception (in this process)."""
+    from samplerkit import evaluation as fid_cli
     from samplerkit import speed
-    from samplerkit.cli import fid as fid_cli
 
     features = MomentFeatures()
     metrics.inception = lambda path=None, device="cpu", batch_size=32, mode="clean": features
@@ -470,8 +470,8 @@ def test_two_processes_give_the_statistics_and_metrics_of_one(two_processes):
 
 
 def test_the_fid_command_under_two_processes_gives_the_numbers_of_one(two_processes, monkeypatch, tmp_path):
+    from samplerkit import evaluation as fid_cli
     from samplerkit import speed
-    from samplerkit.cli import fid as fid_cli
 
     monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
     for module, name in ((metrics, "inception"), (speed, "for_inception"), (fid_cli, "_check_dim")):

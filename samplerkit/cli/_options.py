@@ -136,8 +136,10 @@ def _knob_params() -> dict[str, str]:
 KNOBS = _knob_params()  # of the built-in tables; chosen_options reads the current ones
 
 
-def _flags() -> dict[str, str]:
-    return {name: knob.flag_of(name) for name, (knob, _, _) in knob_table().items() if name not in _PROSE}
+def _flags(names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python name -> flag of every knob, but the plain words of :data:`_PROSE` unless ``names`` lists them."""
+    return {name: knob.flag_of(name) for name, (knob, _, _) in knob_table().items()
+            if name not in _PROSE or name in names}
 
 
 def flag_of(option: str) -> str | None:
@@ -159,12 +161,47 @@ def with_argument_flags(message: str) -> str:
     return message
 
 
-def with_flag_names(message: str) -> str:
+def with_flag_names(message: str, names: tuple[str, ...] = ()) -> str:
     """``message`` with the options' Python names replaced by their command-line flags: the one place
-    where a library error (raised in Python's words) is given the user's words."""
-    flags = _flags()
+    where a library error (raised in Python's words) is given the user's words. ``names``: the option
+    names the error lists (:attr:`samplerkit.errors.SamplerkitError.names`), shown as flags even where
+    the name is also a plain word."""
+    flags = _flags(tuple(names))
     pattern = re.compile(r"(?<![-\w])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")\b")
     return pattern.sub(lambda m: flags[m.group(1)], message)
+
+
+def param_flags(command: click.Command, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python name -> flag of ``command``'s options whose name is a Python identifier no prose uses (it has
+    an underscore: ``kid_subsets``, ``paired_with``), and of those ``names`` lists (``batch``, ``images``)."""
+    flags = {}
+    for param in command.params:
+        longs = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) else []
+        if longs and not param.hidden and ("_" in param.name or param.name in names):
+            flags[param.name] = longs[0]
+    return flags
+
+
+def with_param_flags(message: str, command: click.Command, names: tuple[str, ...] = ()) -> str:
+    """``message`` with the names of ``command``'s options (:func:`param_flags`) as the flags the user typed."""
+    flags = param_flags(command, tuple(names))
+    if not flags:
+        return message
+    pattern = re.compile(r"(?<![-\w/.])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) +
+                         r")(?![\w/-])")
+    return pattern.sub(lambda m: flags[m.group(1)], message)
+
+
+class ParsedCommand(click.Command):
+    """A command that parses its flags into a library call: a library error it raises (in Python's words)
+    names the flags the user typed (:func:`with_param_flags`)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SamplerkitError as e:  # same error (and type), in the user's words
+            e.args = (with_param_flags(str(e), self, e.names),)
+            raise
 
 
 def knob_option(name: str, knob: Knob, default, takers: list[str]) -> click.Option:
@@ -220,7 +257,7 @@ def _section(name: str) -> str:
     return "sampler" if name in _knob_params() and name not in REMEDY_KNOBS else "other"
 
 
-class SamplerCommand(click.Command):
+class SamplerCommand(ParsedCommand):
     """A command whose sampler (and remedy, guidance) options are generated from the tables when it runs
     or prints its help, after the parameter ``knobs_after``, and whose --help lists its options in
     sections (model, sampler, remedies, guidance, output, execution); a library error it raises names
@@ -253,7 +290,7 @@ class SamplerCommand(click.Command):
         try:
             return super().invoke(ctx)
         except SamplerkitError as e:  # same error (and type), with the flags the user typed
-            e.args = (with_flag_names(str(e)),)
+            e.args = (with_flag_names(str(e), e.names),)
             raise
 
 

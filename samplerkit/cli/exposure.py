@@ -1,22 +1,18 @@
-"""``samplerkit exposure-bias``: the exposure-bias report of Ning et al. 2023 (Sec. 4, 5.3, App. A.1, A.5)."""
+"""``samplerkit exposure-bias``: the exposure-bias report of Ning et al. 2023 (Sec. 4, 5.3, App. A.1, A.5). The
+command parses its flags into :class:`samplerkit.exposure.experiment.ExposureSettings` and calls
+:func:`samplerkit.exposure.experiment.run`."""
 
 from __future__ import annotations
 
-import re
-
 import click
-import numpy as np
-import torch
 
 from .. import exposure
-from .. import speed as speed_lib
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..remedies import Remedies
-from ..results import check_experiment
-from ..runs import model_sha256
+from ..exposure.experiment import ExposureSettings
+from ..exposure.experiment import run as run_experiment
 from ..samplers import VARIANCES
-from ._options import SamplerCommand, device_option, hidden_alias, load_model, model_options, speed_option
+from ._options import SamplerCommand, device_option, hidden_alias, model_options, parse_flags, speed_option
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -29,93 +25,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def _load_models(names, family, flags, preset, device, speed="exact", batch: int = 64,
-                 log=lambda s: None) -> list[exposure.ModelSpec]:
-    """The models, each under the run's speed policy (:mod:`samplerkit.speed`), which is logged."""
-
-    specs = []
-    for name in names:
-        net = load_model(name, family, flags, preset, device=device)
-        net, record = speed_lib.for_denoiser(net.eval(), speed, batch, device)
-        log(f"speed: {name}: {record['mode']} -> {record['policy']}")
-        specs.append(exposure.ModelSpec(name, net, model_sha256(name)))
-    return specs
-
-
-def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
-    """The first n images of the source as [-1, 1] NCHW float64 at the models' resolution, and labels."""
-    from ..data import open_source, to_model_space
-    from ..data import resize as resize_images
-
-    resolutions = {int(getattr(s.net, "img_resolution", 0)) for s in specs} - {0}
-    if len(resolutions) > 1:
-        raise SamplerkitError(f"the models have different resolutions {sorted(resolutions)}; run them separately")
-    for s in specs:
-        if getattr(s.net, "img_channels", 3) != 3:
-            raise SamplerkitError(f"{s.name} has {s.net.img_channels} channels; the data sources are RGB (3 channels)")
-    src = open_source(data)
-    if n > len(src):
-        log(f"note: {data} holds {len(src)} images; using all of them instead of {n}")
-        n = len(src)
-    resolution = resolutions.pop() if resolutions else src.resolution
-    if src.resolution != resolution and not resize:
-        raise SamplerkitError(f"{data} has {src.resolution}x{src.resolution} images but the model expects "
-                              f"{resolution}x{resolution}; drop --no-resize to centre-crop and resize them")
-    chunks, labels = [], []
-    for images, lab in src.batches(256, limit=n):
-        chunks.append(to_model_space(resize_images(images, resolution) if resize else images).double())
-        labels.append(lab)
-    x0 = torch.cat(chunks)
-    lab = np.concatenate(labels) if all(v is not None for v in labels) else None
-    label_dim = max(int(getattr(s.net, "label_dim", 0)) for s in specs)
-    if label_dim == 0:
-        return x0, None
-    if lab is None or int(lab.max()) >= label_dim:
-        log(f"note: {data} has no usable class labels for a {label_dim}-class model; "
-            f"drawing them at random (seed {seed})")
-        lab = np.random.default_rng([seed, 1]).integers(label_dim, size=n)
-    return x0, torch.as_tensor(lab, dtype=torch.int64)
-
-
-def _with_remedies(specs, settings, remedies: Remedies) -> list[exposure.ModelSpec]:
-    """Every model as given, each followed by its remedied variants: '<name>+ES<b>' (Epsilon
-    Scaling, Ning et al. 2024) and '<name>+TS<w>/<c>' (time shift, Li et al. 2024), so that the
-    delta table pairs them with the first model on the same images and noise."""
-    out = []
-    es = Remedies(remedies.eps_scaler, remedies.slope) if remedies.eps_scaler is not None else None
-    ts = Remedies(time_shift=remedies.time_shift) if remedies.time_shift is not None else None
-    for spec in specs:
-        out.append(spec)
-        chain = settings.chain(spec.net)
-        if es is not None:
-            net, _ = es.apply(spec.net, exposure.chain_sigmas(chain.alpha_bar))
-            out.append(exposure.ModelSpec(spec.name + es.label(), net, spec.sha256))
-        if ts is not None:
-            ts.time_shift.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
-            out.append(exposure.ModelSpec(spec.name + ts.label(), spec.net, spec.sha256, time_shift=ts.time_shift))
-    return out
-
-
 def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
     modes = tuple(dict.fromkeys(m.strip() for v in values for m in v.split(",") if m.strip()))
     return modes or ("delta",)
-
-
-def _fid_features(device, speed="exact"):
-    """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
-    from ..metrics import inception
-
-    return speed_lib.for_inception(inception(device=device), speed, device)[0]
-
-
-def _fid_reference(path: str | None):
-    if path is None:
-        return None
-    try:
-        with np.load(path) as f:
-            return f["mu"], f["sigma"]
-    except (OSError, KeyError, ValueError) as e:
-        raise SamplerkitError(f"{path}: not an npz with 'mu' and 'sigma' ({type(e).__name__})") from None
 
 
 @click.command(name="exposure-bias", cls=SamplerCommand, sampler_knobs=False, guidance=False,
@@ -191,27 +103,14 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
       samplerkit exposure-bias --mode eps-norm --respacing 50 --stride 5 --csv eps.csv --plot eps.png
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    reference = old_reference or reference  # --ref and --clip-denoised: the spellings before 0.x, hidden
-    clip_denoised = clip_denoised if old_clip_denoised is None else old_clip_denoised
-    if num_images < 1:
-        raise SamplerkitError(f"--num-images must be >= 1, got {num_images}")
-    settings = exposure.Settings(modes=_modes(modes), t_values=_int_list(t_values, "--t"),
-                                 batch=batch, seed=seed, respacing=respacing, reference=reference, stride=stride,
-                                 clip_denoised=clip_denoised, variance=variance,
-                                 data=data + (";noresize" if no_resize else ""))
-    speed = speed or speed_lib.default_mode()
-    specs = _load_models(models, family, flags, preset, device, speed, batch, log)
-    specs = _with_remedies(specs, settings, Remedies.from_options(**remedies))
-    exposure.plan(specs, num_images, settings)  # bad t values fail before any data is read
-    x0, labels = _load_images(data, num_images, specs, not no_resize, seed, log)
-    features = real = None
-    if "fid" in settings.modes:
-        features = _fid_features(device, speed)
-        real = _fid_reference(fid_ref)
-    _check_one_experiment(csv_path, specs, len(x0), settings.data)
-    report = exposure.run(specs, x0, labels, settings, csv_path=csv_path, features=features, real_features=real,
-                          device=device, log=log, show_progress=not quiet)
-    for mode in settings.modes:
+    measure = exposure.Settings(modes=_modes(modes), t_values=_int_list(t_values, "--t"), batch=batch, seed=seed,
+                                respacing=respacing, reference=old_reference or reference,  # --ref: hidden alias
+                                stride=stride, variance=variance,
+                                clip_denoised=clip_denoised if old_clip_denoised is None else old_clip_denoised)
+    settings = ExposureSettings(models, family, parse_flags(flags), preset, data, num_images, measure, remedies,
+                                fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet)
+    report = run_experiment(settings, log)
+    for mode in measure.modes:
         text = exposure.table(report.current, mode)
         if text:
             click.echo(text)
@@ -219,29 +118,3 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
         click.echo(exposure.nu_text(name, summary))
     for name, summary in report.eps_norm.items():
         click.echo(exposure.eps_norm_text(name, summary))
-    if plot_path:
-        for mode in settings.modes:
-            path = exposure.companion_path(plot_path, mode, settings.modes[0])
-            if exposure.plot(report.current, mode, path) is not None:
-                log(f"wrote {path}")
-        hist = exposure.companion_path(plot_path, "histograms")
-        if exposure.plot_histograms(report.histograms, hist) is not None:
-            log(f"wrote {hist}")
-    if pairs_dir and report.pairs:
-        written = exposure.save_pairs(report.pairs, pairs_dir)
-        log(f"wrote {len(written)} image-pair PNGs to {pairs_dir}")
-    if csv_path:
-        log(f"wrote {csv_path}")
-
-
-def _settings_part(text: str, name: str) -> str | None:
-    """The value of ``name=`` in an exposure-bias row's settings column (parts joined by ';' in the
-    order chain, data, clip, ...; a data source may itself hold ';noresize')."""
-    m = re.search(rf"(?:^|;){name}=(.*?)(?:;clip=|$)", text)
-    return m.group(1) if m else None
-
-
-def _check_one_experiment(csv_path, specs, n: int, data: str) -> None:
-    """The CSV holds one experiment: the same models (remedy variants included), images and data."""
-    check_experiment(csv_path, "exposure-bias rows", {"model": [s.name for s in specs], "n": {n}, "data": {data}},
-                     of_row={"data": lambda row: _settings_part(row.get("settings", ""), "data")})

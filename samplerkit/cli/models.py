@@ -204,7 +204,29 @@ def verify(names: tuple[str, ...], reset: bool) -> None:
     if reset and not names:
         raise SamplerkitError("--reset needs the NAMES of the models whose recorded digest to forget")
     cache = download.default_cache_dir()
-    targets: dict = {}  # path -> (label, url, expected sha256 or None)
+    targets = _verify_targets(names, reset, cache)
+    if not targets:
+        click.echo(f"nothing cached in {cache}")
+        return
+    bad = []
+    for path, (label, url, expected) in targets.items():
+        status = _verify_file(path, url, expected)
+        if status in ("MISSING", "MISMATCH"):
+            bad.append(f"{label} {status.lower()}")
+        click.echo(f"{status:9}{label:28}{path}")
+    if bad:
+        raise SamplerkitError(
+            f"{len(bad)} of {len(targets)} cache file(s) failed: {', '.join(bad)}; "
+            "re-download with `samplerkit models download NAME`, or if the cached copy is the good one, "
+            "forget the recorded digest with `samplerkit models verify NAME --reset`"
+        )
+
+
+def _verify_targets(names: tuple[str, ...], reset: bool, cache) -> dict:
+    """path -> (label, url, expected sha256 or None) of the files `models verify` checks: the named zoo
+    entries (their recorded digest forgotten with ``reset``), else every cached zoo file and every other
+    file with a download record in ``cache``."""
+    targets: dict = {}
     for e in (zoo.get(n) for n in names) if names else zoo.entries():
         if e.family == "builtin":
             if reset:
@@ -224,29 +246,18 @@ def verify(names: tuple[str, ...], reset: bool) -> None:
             record = download.read_record(path)
             if record and path not in targets:
                 targets[path] = (path.name, record.get("url", ""), download.trusted_sha256(path))
-    if not targets:
-        click.echo(f"nothing cached in {cache}")
-        return
-    bad = []
-    for path, (label, url, expected) in targets.items():
-        if not path.is_file():
-            status = "MISSING"
-        else:
-            actual = download.sha256_file(path)
-            if expected is None:
-                download.write_record(path, url, actual, trusted=False)
-                status = "PENDING"
-            elif actual == expected:
-                download.write_record(path, url, actual, trusted=True)
-                status = "OK"
-            else:
-                status = "MISMATCH"
-        if status in ("MISSING", "MISMATCH"):
-            bad.append(f"{label} {status.lower()}")
-        click.echo(f"{status:9}{label:28}{path}")
-    if bad:
-        raise SamplerkitError(
-            f"{len(bad)} of {len(targets)} cache file(s) failed: {', '.join(bad)}; "
-            "re-download with `samplerkit models download NAME`, or if the cached copy is the good one, "
-            "forget the recorded digest with `samplerkit models verify NAME --reset`"
-        )
+    return targets
+
+
+def _verify_file(path, url: str, expected: str | None) -> str:
+    """MISSING, PENDING (digest recorded now, trusted once the file loads), OK or MISMATCH."""
+    if not path.is_file():
+        return "MISSING"
+    actual = download.sha256_file(path)
+    if expected is None:
+        download.write_record(path, url, actual, trusted=False)
+        return "PENDING"
+    if actual == expected:
+        download.write_record(path, url, actual, trusted=True)
+        return "OK"
+    return "MISMATCH"

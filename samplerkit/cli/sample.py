@@ -11,8 +11,6 @@ import click
 
 from ..builtin import DEFAULT_MODEL
 from ..errors import SamplerkitError
-from ..guidance import WEIGHT_OPTION, Guidance
-from ..lookup import model_guidance
 from ..runs import DTYPES, FORMATS, SampleSettings, sample_folder, two_stage
 from ._options import (
     SamplerCommand,
@@ -84,22 +82,14 @@ def command(model, family, flags, preset, sampler, steps, seeds, batch, class_la
             guidance_interval, cfg, cfg_form, low_res, then_upsample, upsample_sampler, upsample_steps, overwrite,
             quiet, **knobs):
     """Sample images from a model; rerun the same command to resume an interrupted run."""
-    guidance = Guidance.from_options(classifier, parse_flags(classifier_flags), classifier_scale, guidance_form,
-                                     guide_model=guide_model, guidance_weight=guidance_weight,
-                                     guidance_interval=guidance_interval, cfg=cfg, cfg_form=cfg_form,
-                                     model_guidance=model_guidance(model))  # checked before any model loads
-    if len(guidance) > 1:
-        raise SamplerkitError(f"sample takes one {WEIGHT_OPTION[guidance[0].kind]}; a list is a sweep axis "
-                              "(samplerkit sweep)")
     if then_upsample is None and (upsample_sampler is not None or upsample_steps is not None):
         raise SamplerkitError("--upsample-sampler / --upsample-steps need --then-upsample")
     settings = SampleSettings(model=model, family=family, flags=parse_flags(flags), preset=preset, sampler=sampler,
                               steps=steps, options=chosen_options(knobs), seeds=seeds, batch=batch,
                               class_labels=class_labels, out=out, fmt=fmt, grid=grid, device=device, dtype=dtype,
                               overwrite=overwrite, quiet=quiet, speed=speed, classifier=classifier,
-                              classifier_flags=guidance[0].flags if guidance else {},
-                              classifier_scale=guidance[0].scale if guidance else 1.0,
-                              guidance_form=guidance[0].form if guidance else "score", low_res=low_res,
+                              classifier_flags=parse_flags(classifier_flags), classifier_scale=classifier_scale,
+                              guidance_form=guidance_form, low_res=low_res,
                               guide_model=guide_model, guidance_weight=guidance_weight,
                               guidance_interval=guidance_interval, cfg=cfg, cfg_form=cfg_form)
     if then_upsample is None:

@@ -21,6 +21,7 @@ from ..data import to_uint8
 from ..denoisers import DenoiserWrapper
 from ..diffusion import q_sample, sigma_from_alpha_bar
 from ..errors import SamplerkitError
+from ..metrics import frechet_distance
 from ..output import atomic_write
 from ..results import ResultsCSV, cell_text
 from ..seeds import StackedRandomGenerator
@@ -246,83 +247,146 @@ def sampling_eps_norms(spec: ModelSpec, n: int, labels, settings: Settings, *, p
     return torch.cat(rows, dim=1)
 
 
+@dataclass
+class _Measurement:
+    """One cell being measured: the model, t, the images and how to report progress."""
+
+    spec: ModelSpec
+    t: int
+    x0: torch.Tensor
+    labels: torch.Tensor | None
+    settings: Settings
+    alpha_bar: torch.Tensor
+    device: object
+    progress: Callable[[int], None] | None = None
+    features: Callable | None = None
+    real_features: tuple | None = None
+    memo: dict = field(default_factory=dict)
+
+    def batches(self):
+        """(images, labels, per-image noise generator) of each batch; the noise of an image depends on
+        (seed, index, t) only (:func:`_image_seed`)."""
+        n, batch, net = self.x0.shape[0], self.settings.batch, self.spec.net
+        with torch.no_grad():
+            for lo in range(0, n, batch):
+                hi = min(lo + batch, n)
+                gen = StackedRandomGenerator(self.device, [_image_seed(self.settings.seed, i, self.t)
+                                                           for i in range(lo, hi)])
+                yield (self.x0[lo:hi].to(self.device, torch.float64), _batch_labels(net, self.labels, lo, hi,
+                                                                                    self.device), gen)
+
+    def report(self, count: int) -> None:
+        if self.progress is not None:
+            self.progress(count)
+
+    def x_t(self, xb: torch.Tensor, gen) -> torch.Tensor:
+        """x_t of a batch by the forward process (Ning et al. 2023 (IP), Eq. 4)."""
+        return q_sample(xb, self.alpha_bar[self.t - 1], gen.randn(xb.shape, dtype=torch.float64))
+
+
+def _pairs(pairs, xb, x_hat, k: int):
+    """The first batch's (x0, x0_hat) image pairs (k of them) for the figures."""
+    return pairs if pairs is not None or k <= 0 else (xb[:k].cpu(), x_hat[:k].cpu())
+
+
+def _measure_delta(m: _Measurement) -> tuple[dict, dict]:
+    """delta_t: the L1 distance of x0 to the DDPM mean chain's x0 estimate from x_t (IP paper, Fig. 1)."""
+    deltas, pairs = [], None
+    for xb, lb, gen in m.batches():
+        x_hat = ddpm_mean_chain(m.spec.net, m.x_t(xb, gen), m.t, m.alpha_bar, lb,
+                                clip_denoised=m.settings.clip_denoised, progress=m.progress,
+                                time_shift=m.spec.time_shift)
+        deltas.append(l1_per_image(xb, x_hat).cpu())
+        pairs = _pairs(pairs, xb, x_hat, m.settings.pairs)
+    per_image = torch.cat(deltas).numpy()
+    s = summarize(per_image)
+    stats = {"delta_mean": s["mean"], "delta_std": s["std"], "delta_ci_low": s["ci_low"], "delta_ci_high": s["ci_high"]}
+    return stats, {"pairs": pairs, "per_image": per_image}
+
+
+def _measure_fid(m: _Measurement) -> tuple[dict, dict]:
+    """FID of the ancestral chain's x0 from x_t against the real images (IP paper, Tab. 1)."""
+    feats, pairs = [], None
+    for xb, lb, gen in m.batches():
+        x_hat = ancestral_chain(m.spec.net, m.x_t(xb, gen), m.t, m.alpha_bar, lb, variance=m.settings.variance,
+                                randn_like=gen.randn_like, clip_denoised=m.settings.clip_denoised,
+                                time_shift=m.spec.time_shift)
+        feats.append(np.asarray(m.features(to_uint8(x_hat.float()))))
+        m.report(len(xb) * m.t)
+        pairs = _pairs(pairs, xb, x_hat, m.settings.pairs)
+    stats = {"fid": frechet_distance(*feature_stats(np.concatenate(feats)), *m.real_features)}
+    return stats, {"pairs": pairs}
+
+
+def _measure_eps_norm(m: _Measurement) -> tuple[dict, dict]:
+    """||eps_hat|| along a sampling chain against the forward chain at the same t (Ning et al. 2024 (ES), Fig. 6)."""
+    norms = []
+    ab = m.alpha_bar[m.t - 1]
+    sigma = sigma_from_alpha_bar(ab)
+    for xb, lb, gen in m.batches():
+        x = q_sample(xb, ab, gen.randn(xb.shape, dtype=torch.float64)) / ab.sqrt()
+        norms.append(eps_norms(x, m.spec.net(x, sigma, lb), sigma).cpu())
+        m.report(len(xb))
+    name = m.spec.name
+    if name not in m.memo:
+        m.memo[name] = sampling_eps_norms(m.spec, m.x0.shape[0], m.labels, m.settings, progress=m.progress,
+                                          device=m.device)
+    sample, forward = float(m.memo[name][m.t - 1].mean()), float(torch.cat(norms).mean())
+    return {"eps_norm_sample": sample, "eps_norm_forward": forward, "eps_norm_ratio": sample / forward}, {}
+
+
+def _prediction_errors(m: _Measurement, draws: int, keep: bool) -> tuple[float, float, list]:
+    """(mean, std) of the one-step prediction error e_t over every pixel, image and draw, and the errors
+    themselves when ``keep`` (IP paper, App. A.5)."""
+    s1 = s2 = count = 0.0
+    errors = []
+    for xb, lb, gen in m.batches():
+        for _ in range(draws):
+            e = prediction_error(m.spec.net, xb, m.t, m.alpha_bar, gen.randn(xb.shape, dtype=torch.float64), lb,
+                                 clip_denoised=m.settings.clip_denoised)
+            s1, s2, count = s1 + float(e.sum()), s2 + float((e**2).sum()), count + e.numel()
+            if keep:
+                errors.append(e.to(torch.float32).cpu())
+            m.report(len(xb))
+    mean = s1 / count
+    return mean, math.sqrt(max(s2 / count - mean**2, 0.0)), errors
+
+
+def _measure_nu(m: _Measurement) -> tuple[dict, dict]:
+    """nu_t: the standard deviation of the prediction error (IP paper, App. A.5)."""
+    mean, nu, _ = _prediction_errors(m, 1, keep=False)
+    return {"e_mean": mean, "nu": nu}, {}
+
+
+def _measure_normality(m: _Measurement) -> tuple[dict, dict]:
+    """nu_t plus the Shapiro-Wilk rejection rate of the prediction error and its histograms (IP paper, Fig. 6)."""
+    settings = m.settings
+    mean, nu, errors = _prediction_errors(m, settings.draws_for(m.x0.shape[0]), keep=True)
+    pool = torch.cat(errors)
+    rejected, tests = shapiro_rejections(pool, settings.num_values, settings.alpha,
+                                         np.random.default_rng([settings.seed, m.t]))
+    stats = {"e_mean": mean, "nu": nu, "sw_reject_rate": rejected / tests if tests else float("nan"),
+             "sw_tests": tests}
+    return stats, {"histogram": {i: pool.flatten(1)[:, i].numpy() for i in _histogram_pixels(pool.shape[1:])}}
+
+
+# mode -> the function that measures one cell of it
+MEASURES: dict[str, Callable[[_Measurement], tuple[dict, dict]]] = {
+    "delta": _measure_delta, "fid": _measure_fid, "nu": _measure_nu, "normality": _measure_normality,
+    "eps-norm": _measure_eps_norm,
+}
+
+
 def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.Tensor | None,
             settings: Settings, *, features: Callable | None = None, real_features=None,
             progress: Callable[[int], None] | None = None, device="cpu", memo: dict | None = None) -> tuple[dict, dict]:
-    """One cell: the statistics of ``mode`` at chain length t over the images ``x0`` ([N, C, H, W]
-    in [-1, 1]). Returns (statistics, extras: image pairs, histograms, per-image delta).
+    """One cell: the statistics of ``mode`` (:data:`MEASURES`) at chain length t over the images ``x0``
+    ([N, C, H, W] in [-1, 1]). Returns (statistics, extras: image pairs, histograms, per-image delta).
     ``memo``: where the eps-norm mode keeps a model's sampling chain between its cells."""
-    net = spec.net
-    alpha_bar = settings.chain(net).alpha_bar.to(device)
-    clip = settings.clip_denoised
-    n = x0.shape[0]
-    draws = settings.draws_for(n) if mode == "normality" else 1
-    deltas, feats, errors, pairs = [], [], [], None
-    s1 = s2 = count = 0.0
-    with torch.no_grad():
-        for lo in range(0, n, settings.batch):
-            hi = min(lo + settings.batch, n)
-            xb = x0[lo:hi].to(device, torch.float64)
-            lb = _batch_labels(net, labels, lo, hi, device)
-            gen = StackedRandomGenerator(device, [_image_seed(settings.seed, i, t) for i in range(lo, hi)])
-            if mode in ("delta", "fid"):
-                x_t = q_sample(xb, alpha_bar[t - 1], gen.randn(xb.shape, dtype=torch.float64))  # Eq. 4
-                if mode == "delta":
-                    x_hat = ddpm_mean_chain(net, x_t, t, alpha_bar, lb, clip_denoised=clip, progress=progress,
-                                            time_shift=spec.time_shift)
-                    deltas.append(l1_per_image(xb, x_hat).cpu())
-                else:
-                    x_hat = ancestral_chain(net, x_t, t, alpha_bar, lb, variance=settings.variance,
-                                            randn_like=gen.randn_like, clip_denoised=clip, time_shift=spec.time_shift)
-                    feats.append(np.asarray(features(to_uint8(x_hat.float()))))
-                    if progress is not None:
-                        progress((hi - lo) * t)
-                if pairs is None and settings.pairs > 0:
-                    pairs = (xb[: settings.pairs].cpu(), x_hat[: settings.pairs].cpu())
-            elif mode == "eps-norm":  # Ning et al. 2024 (ES), Fig. 6: the forward chain at the same t
-                ab = alpha_bar[t - 1]
-                x = q_sample(xb, ab, gen.randn(xb.shape, dtype=torch.float64)) / ab.sqrt()
-                sigma = sigma_from_alpha_bar(ab)
-                feats.append(eps_norms(x, net(x, sigma, lb), sigma).cpu())
-                if progress is not None:
-                    progress(hi - lo)
-            else:
-                for _ in range(draws):
-                    e = prediction_error(net, xb, t, alpha_bar, gen.randn(xb.shape, dtype=torch.float64), lb,
-                                         clip_denoised=clip)
-                    s1, s2, count = s1 + float(e.sum()), s2 + float((e**2).sum()), count + e.numel()
-                    if mode == "normality":
-                        errors.append(e.to(torch.float32).cpu())
-                    if progress is not None:
-                        progress(hi - lo)
-    extras: dict = {}
-    if mode == "delta":
-        per_image = torch.cat(deltas).numpy()
-        s = summarize(per_image)
-        stats = {"delta_mean": s["mean"], "delta_std": s["std"],
-                 "delta_ci_low": s["ci_low"], "delta_ci_high": s["ci_high"]}
-        extras.update(pairs=pairs, per_image=per_image)
-    elif mode == "eps-norm":
-        memo = {} if memo is None else memo
-        if spec.name not in memo:
-            memo[spec.name] = sampling_eps_norms(spec, n, labels, settings, progress=progress, device=device)
-        sample, forward = float(memo[spec.name][t - 1].mean()), float(torch.cat(feats).mean())
-        stats = {"eps_norm_sample": sample, "eps_norm_forward": forward, "eps_norm_ratio": sample / forward}
-    elif mode == "fid":
-        from ..metrics import frechet_distance
-
-        stats = {"fid": frechet_distance(*feature_stats(np.concatenate(feats)), *real_features)}
-        extras["pairs"] = pairs
-    else:
-        mean = s1 / count
-        stats = {"e_mean": mean, "nu": math.sqrt(max(s2 / count - mean**2, 0.0))}
-        if mode == "normality":
-            pool = torch.cat(errors)
-            rng = np.random.default_rng([settings.seed, t])
-            rejected, tests = shapiro_rejections(pool, settings.num_values, settings.alpha, rng)
-            stats.update(sw_reject_rate=rejected / tests if tests else float("nan"), sw_tests=tests)
-            extras["histogram"] = {i: pool.flatten(1)[:, i].numpy() for i in _histogram_pixels(pool.shape[1:])}
-    return stats, extras
+    alpha_bar = settings.chain(spec.net).alpha_bar.to(device)
+    m = _Measurement(spec, t, x0, labels, settings, alpha_bar, device, progress, features, real_features,
+                     {} if memo is None else memo)
+    return MEASURES[mode](m)
 
 
 def _histogram_pixels(shape) -> list[int]:
@@ -394,12 +458,8 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
     per_image = _read_per_image(csv_path)
     done = {table.key(r) for r in existing}
     todo = [c for c in cells if table.key(_cell_row(c, n, settings, {}, 0.0)) not in done]
-    if "fid" in settings.modes and any(c.mode == "fid" for c in todo):
-        if features is None:
-            raise SamplerkitError("the fid mode needs an Inception feature extractor (samplerkit.metrics.inception)")
-        if real_features is None:
-            chunks = [x0[i : i + settings.batch].float() for i in range(0, n, settings.batch)]
-            real_features = feature_stats(np.concatenate([np.asarray(features(to_uint8(c))) for c in chunks]))
+    if any(c.mode == "fid" for c in todo):
+        real_features = _real_features(x0, settings.batch, features, real_features)
     log(cost_summary(cells, todo, n))
     report = Report(rows=list(existing))
     hist_ts, memo = {}, {}
@@ -427,18 +487,33 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
     by_key = {table.key(r): r for r in report.rows}
     current_keys = [table.key(_cell_row(c, n, settings, {}, 0.0)) for c in cells]
     report.current = [by_key[k] for k in current_keys if k in by_key]
+    _summaries(report, models, settings.clip_denoised)
+    return report
+
+
+def _real_features(x0: torch.Tensor, batch: int, features: Callable | None, real_features: tuple | None) -> tuple:
+    """The fid mode's reference statistics (mu, sigma): as given, else those of the images ``x0``."""
+    if features is None:
+        raise SamplerkitError("the fid mode needs an Inception feature extractor (samplerkit.metrics.inception)")
+    if real_features is None:
+        chunks = [x0[i : i + batch].float() for i in range(0, x0.shape[0], batch)]
+        real_features = feature_stats(np.concatenate([np.asarray(features(to_uint8(c))) for c in chunks]))
+    return real_features
+
+
+def _summaries(report: Report, models: Sequence[ModelSpec], clip_denoised: bool) -> None:
+    """Per model, from this run's rows: the nu_t summary and the Epsilon Scaling value the eps norms suggest."""
     for spec in models:
         nus = sorted((int(r.get("t_full") or r["t"]), float(r["nu"])) for r in report.current
                      if r["model"] == spec.name and r["mode"] == "nu")
         if nus:
             report.nu[spec.name] = dict(nu_summary([t for t, _ in nus], [v for _, v in nus]),
-                                        clip_denoised=settings.clip_denoised)
+                                        clip_denoised=clip_denoised)
         ratios = [float(r["eps_norm_ratio"]) for r in report.current
                   if r["model"] == spec.name and r["mode"] == "eps-norm" and str(r.get("eps_norm_ratio", "")) != ""]
         if ratios:
             report.eps_norm[spec.name] = {"suggested_eps_scaler": suggested_eps_scaler(ratios), "points": len(ratios),
-                                          "clip_denoised": settings.clip_denoised}
-    return report
+                                          "clip_denoised": clip_denoised}
 
 
 def cost_summary(cells: Sequence[Cell], todo: Sequence[Cell], n: int) -> str:
