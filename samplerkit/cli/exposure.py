@@ -111,7 +111,7 @@ def command(models, family, flags, preset, data, t_values, num_images, batch, se
                                 fid_ref, csv_path, plot_path, pairs_dir, no_resize, device, speed, quiet)
     report = run_experiment(settings, log)
     for mode in measure.modes:
-        text = exposure.table(report.current, mode)
+        text = exposure.table(report.current, mode, report.per_image)
         if text:
             click.echo(text)
     for name, summary in report.nu.items():

@@ -100,7 +100,7 @@ def _write_outputs(report: Report, s: ExposureSettings, log) -> None:
     if s.plot_path:
         for mode in modes:
             path = report_lib.companion_path(s.plot_path, mode, modes[0])
-            if report_lib.plot(report.current, mode, path) is not None:
+            if report_lib.plot(report.current, mode, path, report.per_image) is not None:
                 log(f"wrote {path}")
         hist = report_lib.companion_path(s.plot_path, "histograms")
         if report_lib.plot_histograms(report.histograms, hist) is not None:

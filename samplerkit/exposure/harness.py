@@ -147,6 +147,7 @@ class Report:
     histograms: dict = field(default_factory=dict)  # (model, t) -> {pixel index: values}
     nu: dict = field(default_factory=dict)  # model -> nu_summary(...) and the clip setting
     eps_norm: dict = field(default_factory=dict)  # model -> suggested eps_scaler and what it is from
+    per_image: dict = field(default_factory=dict)  # row key -> per-image delta values (paired differences)
 
 
 def results_csv(path: str | Path | None) -> ResultsCSV:
@@ -159,7 +160,9 @@ def per_image_path(csv_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.per-image.npz")
 
 
-def _read_per_image(csv_path) -> dict:
+def read_per_image(csv_path) -> dict:
+    """The per-image delta values kept beside a CSV (:func:`per_image_path`), by the key of their row
+    (the values of :data:`KEY_COLUMNS` as text); {} when there is none."""
     path = per_image_path(csv_path) if csv_path is not None else None
     if path is None or not path.is_file():
         return {}
@@ -455,7 +458,7 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
     cells = plan(models, n, settings)
     table = results_csv(csv_path)
     existing = table.read()
-    per_image = _read_per_image(csv_path)
+    per_image = read_per_image(csv_path)
     done = {table.key(r) for r in existing}
     todo = [c for c in cells if table.key(_cell_row(c, n, settings, {}, 0.0)) not in done]
     if any(c.mode == "fid" for c in todo):
@@ -487,6 +490,7 @@ def run(models: Sequence[ModelSpec], x0: torch.Tensor, labels: torch.Tensor | No
     by_key = {table.key(r): r for r in report.rows}
     current_keys = [table.key(_cell_row(c, n, settings, {}, 0.0)) for c in cells]
     report.current = [by_key[k] for k in current_keys if k in by_key]
+    report.per_image = per_image
     _summaries(report, models, settings.clip_denoised)
     return report
 

@@ -17,7 +17,7 @@ from .. import plots, terminal
 from ..data import to_uint8
 from ..output import atomic_write
 from ..results import cell_text
-from .harness import KEY_COLUMNS, per_image_path
+from .harness import KEY_COLUMNS, read_per_image  # noqa: F401 -- read_per_image: the report's input too
 from .measures import INTERVAL, paired_difference
 
 STATISTIC = {"delta": "delta_mean", "fid": "fid", "nu": "nu", "normality": "sw_reject_rate",
@@ -53,17 +53,6 @@ def _interval(mean, low, high, fmt: str = ".4f") -> str:
 # ---------------------------------------------------------------------------------------------
 # paired differences of delta: each remedy variant against its own base model, every model against
 # the first; what the table and the plot show of them (content only: the layout is below)
-
-
-def read_per_image(csv_path: str | Path | None) -> dict:
-    """The per-image delta values the harness keeps beside a CSV (``<stem>.per-image.npz``), by the
-    key of their row (the values of :data:`~samplerkit.exposure.harness.KEY_COLUMNS` as text); {}
-    when there is none."""
-    path = per_image_path(csv_path) if csv_path is not None else None
-    if path is None or not path.is_file():
-        return {}
-    with np.load(path) as f:
-        return {tuple(str(k).split("\x1f")): f[f"v{i}"] for i, k in enumerate(f["keys"])}
 
 
 def _row_key(row: dict) -> tuple[str, ...]:
