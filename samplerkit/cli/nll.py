@@ -3,6 +3,7 @@ discrete chain (Nichol & Dhariwal 2021) or the probability-flow ODE likelihood (
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -71,10 +72,15 @@ def _load_images(data: str, n: int, resolution: int, log):
                    "sigma_min^2)) [default: the model's].")
 @click.option("--sigma-max", "sigma_max", type=float, default=None,
               help="ODE: upper end, where the prior N(0, sigma_max^2) is taken [default: the model's].")
+@click.option("--timesteps", type=click.Choice(["trained", "continuous", "both"]), default="trained",
+              show_default=True,
+              help="ODE on a discrete eps-model (ADM, iDDPM): the network at the trained level nearest to sigma "
+                   "(trained), or at the real timestep between levels (continuous: a deviation from the trained "
+                   "levels, continuous in sigma, fewer NFE); both: a row per model for each.")
 @device_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(models, family, flags, preset, data, num_images, method, csv_path, batch, seed, clip, variance, atol,
-            rtol, probes, probe, dequantize, sigma_min, sigma_max, device, quiet):
+            rtol, probes, probe, dequantize, sigma_min, sigma_max, timesteps, device, quiet):
     """Bits/dim of data under a model: the variational bound or the probability-flow ODE likelihood.
 
     VLB (--method vlb, discrete-time models: ADM, iDDPM, ADM-IP, the built-ins): prior + L_t for
@@ -100,7 +106,10 @@ def command(models, family, flags, preset, data, num_images, method, csv_path, b
     settings = nll.Settings(method=method, clip_denoised=clip, variance=variance, atol=atol, rtol=rtol,
                             probes=probes, probe=probe, dequantize=dequantize, sigma_min=sigma_min,
                             sigma_max=sigma_max, seed=seed)
-    settings.check()
+    modes = ("trained", "continuous") if timesteps == "both" else (timesteps,)
+    runs = [replace(settings, timesteps=t) for t in modes]
+    for s in runs:
+        s.check()
     csv_file = Path(csv_path)
     nll.results_csv(csv_file).read()  # an unreadable CSV fails before any work
     names = list(dict.fromkeys(models))
@@ -110,15 +119,18 @@ def command(models, family, flags, preset, data, num_images, method, csv_path, b
         if images is None:
             images = _load_images(data, num_images, int(getattr(net, "img_resolution", 0) or 0), log)
             check_experiment(csv_file, "likelihood rows", {"model": names, "method": {method}, "data": {data},
-                                                           "settings": {settings.for_csv()}, "image": images[2]})
+                                                           "settings": {s.for_csv() for s in runs},
+                                                           "image": images[2]})
         x0, labels, indices = images
         lab = None
         if getattr(net, "label_dim", 0):
             if labels is None:
                 raise SamplerkitError(f"{name} is class-conditional but {data} has no class labels")
             lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
-        rows_by_model[name] = nll.run(net, x0.to(device), indices, lab, settings, csv_path=csv_file, model=name,
-                                      sha256=model_sha256(name), data=data, batch_size=batch, log=log,
-                                      show_progress=not quiet)
+        for s in runs:
+            label = name if s.timesteps == "trained" else f"{name} (continuous t)"
+            rows_by_model[label] = nll.run(net, x0.to(device), indices, lab, s, csv_path=csv_file, model=name,
+                                           sha256=model_sha256(name), data=data, batch_size=batch, log=log,
+                                           show_progress=not quiet)
     log(f"wrote {csv_file}")
     click.echo(nll.table(nll.summary(rows_by_model)))

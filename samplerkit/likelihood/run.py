@@ -24,7 +24,7 @@ from ..denoisers import training_alpha_bar
 from ..errors import SamplerkitError
 from ..results import ResultsCSV
 from ..seeds import StackedRandomGenerator
-from .ode import DEQUANTIZE, PROBES, noise_range, ode_nll
+from .ode import DEQUANTIZE, PROBES, TIMESTEPS, noise_range, ode_nll, with_timesteps
 from .vlb import vlb_terms
 
 METHODS = ("vlb", "ode")
@@ -47,6 +47,7 @@ class Settings:
     sigma_min: float | None = None  # ode; None: the model's
     sigma_max: float | None = None  # ode; None: the model's
     seed: int = 0
+    timesteps: str = "trained"  # ode; 'continuous': a discrete eps-model at real timesteps (a deviation)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -59,11 +60,16 @@ class Settings:
             raise SamplerkitError("probes must be >= 1 and atol, rtol > 0")
         if self.method == "vlb" and (self.sigma_min is not None or self.sigma_max is not None):
             raise SamplerkitError("sigma_min and sigma_max set the ODE's interval; the VLB runs on the model's chain")
+        if self.timesteps not in TIMESTEPS or (self.method == "vlb" and self.timesteps != "trained"):
+            raise SamplerkitError(f"timesteps must be one of {', '.join(TIMESTEPS)} (continuous with the ODE only), "
+                                  f"got {self.timesteps!r}")
 
     def for_csv(self) -> str:
         keep = {"vlb": ("clip_denoised", "variance", "seed"),
-                "ode": ("atol", "rtol", "probes", "probe", "dequantize", "sigma_min", "sigma_max", "seed")}[self.method]
-        return json.dumps({k: v for k, v in asdict(self).items() if k in keep and v is not None}, sort_keys=True)
+                "ode": ("atol", "rtol", "probes", "probe", "dequantize", "sigma_min", "sigma_max", "seed",
+                        "timesteps")}[self.method]
+        drop = (None, "trained")  # the trained levels are the default, so earlier CSVs keep their keys
+        return json.dumps({k: v for k, v in asdict(self).items() if k in keep and v not in drop}, sort_keys=True)
 
 
 def results_csv(path: str | Path | None, T: int = 0) -> ResultsCSV:
@@ -115,7 +121,7 @@ def measure(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Set
     u = _uniform(gen, x0.shape) if settings.dequantize == "uniform" else None
     r = ode_nll(net, x0, labels, settings.atol, settings.rtol, settings.probes, probe=settings.probe,
                 dequantize=settings.dequantize, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max,
-                probe_noise=probe_noise, uniform_noise=u, callback=step)
+                probe_noise=probe_noise, uniform_noise=u, callback=step, timesteps=settings.timesteps)
     seconds = time.perf_counter() - t0
     D = x0[0].numel()
     return [dict(image=int(i), bpd=float(r.bpd[b]), prior_bpd=float(-r.prior[b] / (D * math.log(2))),
@@ -134,7 +140,7 @@ def run(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Setting
         raise SamplerkitError(f"{model} is continuous in sigma (no discrete chain), so it has no variational "
                               f"bound; use --method ode")
     if settings.method == "ode":
-        noise_range(net, settings.sigma_min, settings.sigma_max)
+        noise_range(with_timesteps(net, settings.timesteps), settings.sigma_min, settings.sigma_max)
     per_image = nfe_per_image(net, settings)
     table = results_csv(csv_path, per_image or 0)
     rows = table.read()
