@@ -124,3 +124,9 @@ def test_nll_command_reports_both_timestep_modes(tmp_path):
     assert "shapes32-adm (continuous t)" in out and "shapes32-adm " in out
     lines = [ln for ln in out.splitlines() if ln.startswith("shapes32-adm")]
     assert len(lines) == 2 and all(str(int(float(r["nfe"]))) in " ".join(lines) for r in rows)
+
+
+def test_settings_of_trained_timesteps_keep_the_csv_keys_of_earlier_runs():
+    trained, cont = run.Settings(method="ode"), run.Settings(method="ode", timesteps="continuous")
+    assert "timesteps" not in trained.for_csv()
+    assert '"timesteps": "continuous"' in cont.for_csv() and cont.for_csv() != trained.for_csv()
