@@ -109,7 +109,7 @@ def test_continuous_timesteps_on_a_continuous_model_is_a_one_line_error():
     assert "\n" not in str(e.value)
     with pytest.raises(SamplerkitError, match="unknown timesteps"):
         sk.likelihood.ode_nll(_net(), _images(1), timesteps="real")
-    with pytest.raises(SamplerkitError, match="ODE only"):
+    with pytest.raises(SamplerkitError, match="apply to the ODE likelihood"):
         run.Settings(method="vlb", timesteps="continuous").check()
 
 
