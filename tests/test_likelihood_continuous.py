@@ -124,6 +124,7 @@ def test_nll_command_reports_both_timestep_modes(tmp_path):
     assert "shapes32-adm (continuous t)" in out and "shapes32-adm " in out
     lines = [ln for ln in out.splitlines() if ln.startswith("shapes32-adm")]
     assert len(lines) == 2 and all(str(int(float(r["nfe"]))) in " ".join(lines) for r in rows)
+    assert len({ln.index(" ode ") for ln in out.splitlines()[:3] if " ode " in ln}) == 1  # columns aligned
 
 
 def test_settings_of_trained_timesteps_keep_the_csv_keys_of_earlier_runs():

@@ -204,11 +204,12 @@ def summary(rows_by_model: dict[str, list[dict]], level: float = 0.95) -> list[d
 def table(lines: list[dict], level: float = 0.95) -> str:
     """The summary as plain text."""
     pct = f"{100 * level:g}%"
-    head = f"{'model':<24} {'method':<6} {'images':>6} {'bits/dim':>10} {pct + ' CI':>9} {'NFE':>7}" \
+    w = max([24] + [len(ln["model"]) for ln in lines])  # a "(continuous t)" row keeps the columns aligned
+    head = f"{'model':<{w}} {'method':<6} {'images':>6} {'bits/dim':>10} {pct + ' CI':>9} {'NFE':>7}" \
            f"  paired diff vs {lines[0]['model'] if lines else ''} ({pct} CI)"
     out = [head]
     for ln in lines:
         diff = f"  {ln['diff']:+.4f} +- {ln['diff_ci']:.4f}" if "diff" in ln else ""
-        out.append(f"{ln['model']:<24} {ln['method']:<6} {ln['n']:>6d} {ln['bpd']:>10.4f} {ln['ci']:>9.4f} "
+        out.append(f"{ln['model']:<{w}} {ln['method']:<6} {ln['n']:>6d} {ln['bpd']:>10.4f} {ln['ci']:>9.4f} "
                    f"{ln['nfe']:>7.0f}{diff}")
     return "\n".join(out)
