@@ -346,11 +346,7 @@ def load_pickle(path: str | Path, device="cpu", dtype: torch.dtype | None = None
     the pickle's scale and bias stay). No code from the file runs.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = safe_pickle.load(f, name=path.name)
-    except OSError as err:
-        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+    data = safe_pickle.load_path(path)
     net = from_pickle_data(data, path.name, device=device, dtype=dtype, variant=variant)
     net.path = str(path)
     if autoencoder is not None:
@@ -401,55 +397,8 @@ def build_network(record: safe_pickle.PersistentRecord) -> Precond:
             net = Precond(**kwargs)
     except (TypeError, ValueError, ZeroDivisionError, SamplerkitError) as err:
         raise SamplerkitError(f"cannot build EDM2 Precond from its pickled arguments: {err}") from None
-    tensors: dict[str, torch.Tensor] = {}
-    _collect_tensors(record, net, "", tensors)
-    expected = net.state_dict().keys()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise SamplerkitError(f"the pickled EDM2 Precond does not match its architecture: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-    shapes = {k: v.shape for k, v in net.state_dict().items()}
-    wrong = [k for k, v in tensors.items() if v.shape != shapes[k]]
-    if wrong:
-        raise SamplerkitError(f"the pickled EDM2 Precond does not match its architecture: {wrong[0]} has shape "
-                              f"{list(tensors[wrong[0]].shape)}, expected {list(shapes[wrong[0]])}")
-    net.load_state_dict(tensors, strict=True, assign=True)
-    return net
-
-
-def _collect_tensors(record, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """The pickled ``_parameters``/``_buffers`` of ``record`` and its children, walked alongside our
-    ``module`` (class names must agree), into ``out`` by state-dict name, dtype kept."""
-    where = prefix.rstrip(".") or "network"
-    expected = "ModuleDict" if isinstance(module, nn.ModuleDict) else type(module).__name__
-    if getattr(record, "class_name", None) != expected:
-        found = getattr(record, "class_name", type(record).__name__)
-        raise SamplerkitError(f"pickled EDM2 module {where} is a {found}, expected {expected}")
-    state = record.state
-    if not isinstance(state, Mapping):
-        raise SamplerkitError(f"pickled EDM2 module {where} has no state dict")
-    for kind in ("_parameters", "_buffers"):
-        entries = state.get(kind) or {}
-        if not isinstance(entries, Mapping):
-            raise SamplerkitError(f"pickled EDM2 module {where} has malformed {kind}")
-        for key, tensor in entries.items():
-            if tensor is None:
-                continue
-            if not isinstance(tensor, torch.Tensor) or tensor.dtype not in (torch.float16, torch.float32,
-                                                                            torch.bfloat16, torch.float64):
-                raise SamplerkitError(f"pickled {prefix}{key} is not a floating-point tensor")
-            out[f"{prefix}{key}"] = tensor
-    children = state.get("_modules") or {}
-    if not isinstance(children, Mapping):
-        raise SamplerkitError(f"pickled EDM2 module {where} has malformed _modules")
-    for key, child in children.items():
-        ours = module._modules.get(key)
-        if child is None and ours is None:
-            continue
-        if ours is None or child is None:
-            raise SamplerkitError(f"pickled EDM2 submodule {prefix}{key} does not match the architecture built "
-                                  "from its arguments")
-        _collect_tensors(child, ours, f"{prefix}{key}.", out)
+    tensors = safe_pickle.collect_tensors(record, net, {}, family="EDM2 ")
+    return safe_pickle.assign_tensors(net, tensors, "the pickled EDM2 Precond")
 
 
 def build_autoencoder(record, name: str = "the pickle"):

@@ -27,6 +27,7 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -340,3 +341,75 @@ def load(file: BinaryIO, name: str = "the pickle") -> Any:
 def loads(data: bytes, name: str = "the pickle") -> Any:
     """:func:`load` from bytes."""
     return load(io.BytesIO(data), name=name)
+
+
+def load_path(path: str | Path) -> Any:
+    """:func:`load` of the file ``path``, named by its file name in messages; an unreadable file is a
+    one-line error."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return load(f, name=path.name)
+    except OSError as err:
+        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the tensors of a pickled torch.nn.Module tree (EDM's and EDM2's persistence layer), assigned to ours
+
+
+def collect_tensors(record, module: torch.nn.Module, out: dict[str, torch.Tensor], prefix: str = "",
+                    family: str = "") -> dict[str, torch.Tensor]:
+    """The pickled ``_parameters``/``_buffers`` of ``record`` and its children, walked alongside our
+    ``module`` (class names must agree, so the record tree is only followed where our architecture
+    has a submodule), into ``out`` by state-dict name in their stored dtype; returns ``out``.
+    ``family`` ("EDM2 ", or "") names the pickle in messages."""
+    where = prefix.rstrip(".") or "network"
+    expected = "ModuleDict" if isinstance(module, torch.nn.ModuleDict) else type(module).__name__
+    if getattr(record, "class_name", None) != expected:
+        found = getattr(record, "class_name", type(record).__name__)
+        raise SamplerkitError(f"pickled {family}module {where} is a {found}, expected {expected}")
+    state = record.state
+    if not isinstance(state, Mapping):
+        raise SamplerkitError(f"pickled {family}module {where} has no state dict")
+    for kind in ("_parameters", "_buffers"):
+        entries = state.get(kind) or {}
+        if not isinstance(entries, Mapping):
+            raise SamplerkitError(f"pickled {family}module {where} has malformed {kind}")
+        for key, tensor in entries.items():
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise SamplerkitError(f"pickled {prefix}{key} is not a floating-point tensor")
+            out[f"{prefix}{key}"] = tensor
+    children = state.get("_modules") or {}
+    if not isinstance(children, Mapping):
+        raise SamplerkitError(f"pickled {family}module {where} has malformed _modules")
+    for key, child in children.items():
+        ours = module._modules.get(key)
+        if child is None and ours is None:
+            continue
+        if ours is None or child is None:
+            raise SamplerkitError(f"pickled {family}submodule {prefix}{key} does not match the architecture built "
+                                  "from its arguments")
+        collect_tensors(child, ours, out, f"{prefix}{key}.", family)
+    return out
+
+
+def assign_tensors(net: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """``net`` with ``tensors`` assigned by state-dict name (strict: the same names and shapes, else a
+    one-line error naming ``what``, e.g. "the pickled EDMPrecond"); returns ``net``."""
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise SamplerkitError(f"{what} does not match its architecture: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    wrong = [k for k, v in tensors.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise SamplerkitError(f"{what} does not match its architecture: {wrong[0]} has shape "
+                              f"{list(tensors[wrong[0]].shape)}, expected {list(expected[wrong[0]].shape)}")
+    try:
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as err:
+        raise SamplerkitError(f"{what} does not match its architecture: {' '.join(str(err).split())}") from None
+    return net

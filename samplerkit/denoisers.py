@@ -173,6 +173,21 @@ class DiscreteEpsDenoiser(Denoiser):
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device)
         return self.sigmas[self.timestep(sigma)]
 
+    def continuous_timestep(self, sigma) -> torch.Tensor:
+        """The real timestep index of sigma (float64, same shape): t = i + (ln sigma - ln sigma_i) /
+        (ln sigma_{i+1} - ln sigma_i) between the trained levels sigma_i <= sigma <= sigma_{i+1}, so
+        t equals i at the trained levels and rises continuously and monotonically between them; clamped
+        to [0, T-1] outside them. It inverts the discrete schedule piecewise linearly in ln sigma; score-SDE
+        (Song et al. 2021) likewise feeds a DDPM network the real index t (N - 1) of its continuous time."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device)
+        log_levels = self.sigmas.log()
+        s = sigma.reshape(-1).log().clamp(float(log_levels[0]), float(log_levels[-1]))
+        if log_levels.numel() == 1:
+            return torch.zeros_like(sigma)
+        i = (torch.searchsorted(log_levels, s, right=True) - 1).clamp(0, log_levels.numel() - 2)
+        frac = (s - log_levels[i]) / (log_levels[i + 1] - log_levels[i])
+        return (i.to(torch.float64) + frac.clamp(0, 1)).reshape(sigma.shape)
+
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, class_labels=None):
         """(eps, v) of the network in x_t-space, both float64; v is None without learned variance."""
         out = self.eps_fn(x_t.to(self.dtype), t, class_labels).to(torch.float64)
@@ -187,8 +202,13 @@ class DiscreteEpsDenoiser(Denoiser):
 
     def denoise_with_variance(self, x: torch.Tensor, sigma, class_labels=None):
         """(D(x; sigma), v) from one forward pass; v is None without learned variance."""
+        return self.denoise_at(x, sigma, class_labels, self.timestep)
+
+    def denoise_at(self, x: torch.Tensor, sigma, class_labels, timestep: Callable):
+        """(D(x; sigma), v) with the network fed ``timestep(sigma)`` [B] (the nearest trained index,
+        or :meth:`continuous_timestep`); c_in and c_out are those of sigma itself."""
         sigma = _per_sample(sigma, x)
-        t = self.timestep(sigma.flatten()).to(x.device)
+        t = timestep(sigma.flatten()).to(x.device)
         _, c_out, c_in = iddpm_preconditioning(sigma)
         eps, v = self.eps(c_in * x.to(torch.float64), t, class_labels)
         return x.to(torch.float64) + c_out * eps, v
@@ -238,3 +258,25 @@ class DenoiserWrapper(Denoiser):
 
     def forward(self, x, sigma, class_labels=None):
         return self.denoise_with_variance(x, sigma, class_labels)[0]
+
+
+class ContinuousTimestep(DenoiserWrapper):
+    """A discrete epsilon-model evaluated at real timesteps: D(x; sigma) = x - sigma eps(x / sqrt(sigma^2+1),
+    t(sigma)) with t(sigma) the real index of :meth:`DiscreteEpsDenoiser.continuous_timestep` instead
+    of the nearest trained level -- a deviation from the levels the network was trained on (its
+    timestep embedding takes real t, as score-SDE evaluates DDPM models; Song et al. 2021).
+    It equals the wrapped denoiser exactly at the trained levels and is continuous in sigma between
+    them, which is what an adaptive ODE solver needs (the likelihood's ``timesteps='continuous'``).
+    """
+
+    def __init__(self, inner: DiscreteEpsDenoiser):
+        if not isinstance(inner, DiscreteEpsDenoiser):
+            raise SamplerkitError(f"continuous timesteps apply to discrete epsilon-models (DiscreteEpsDenoiser), "
+                                  f"not {type(inner).__name__}")
+        super().__init__(inner)
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        return self.inner.denoise_at(x, sigma, class_labels, self.inner.continuous_timestep)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import pickletools
 import sys
-import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +31,9 @@ from samplerkit.adapters import edm, safe_pickle
 from torch import nn
 
 import samplerkit as sk
+from samplerkit.testing import Persistent, dump_upstream, upstream_module_names  # noqa: F401 (benchmarks)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks run fastest on one thread
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PLACEHOLDER_SRC = "# module source of training/networks.py would be here; it must never run\n"
@@ -108,48 +109,6 @@ def recording_init_arguments():
             cls.__init__ = original
 
 
-def _stand_in_reconstruct(meta):
-    raise AssertionError("the stand-in persistence hook must never run")
-
-
-class StandInEasyDict(dict):
-    pass
-
-
-@contextmanager
-def upstream_module_names():
-    """Register ``torch_utils.persistence`` and ``dnnlib.util`` stand-ins so pickle can name them."""
-    persistence = types.ModuleType("torch_utils.persistence")
-    util = types.ModuleType("dnnlib.util")
-    _stand_in_reconstruct.__module__, _stand_in_reconstruct.__qualname__ = persistence.__name__, \
-        "_reconstruct_persistent_obj"
-    StandInEasyDict.__module__, StandInEasyDict.__qualname__ = util.__name__, "EasyDict"
-    persistence._reconstruct_persistent_obj = _stand_in_reconstruct
-    util.EasyDict = StandInEasyDict
-    modules = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-               "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-class Persistent:
-    """Pickles as upstream persistent objects do: ``(_reconstruct_persistent_obj, (meta,))``."""
-
-    def __init__(self, class_name: str, state: dict, module_src: str = PLACEHOLDER_SRC):
-        self.meta = dict(type="class", version=6, module_src=module_src, class_name=class_name, state=state)
-
-    def __reduce__(self):
-        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (self.meta,)
-
-
 def as_upstream(module: nn.Module, module_src: str = PLACEHOLDER_SRC):
     """Our module tree as upstream pickles it: persistent objects, plain ``ModuleDict`` containers."""
     children = {k: None if v is None else as_upstream(v, module_src) for k, v in module._modules.items()}
@@ -160,12 +119,6 @@ def as_upstream(module: nn.Module, module_src: str = PLACEHOLDER_SRC):
     state = {k: as_upstream_value(v) for k, v in module.__dict__.items()}
     state["_modules"] = children
     return Persistent(type(module).__name__, state, module_src)
-
-
-def dump_upstream(obj, path: Path) -> Path:
-    with upstream_module_names():
-        path.write_bytes(pickle.dumps(obj, protocol=4))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,21 +158,13 @@ def write_case(case: str, tmp_path: Path, snapshot: bool = False) -> Path:
     data = dict(ema=as_upstream(net))
     if snapshot:
         data.update(loss_fn=Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5, _init_args=(),
-                                                       _init_kwargs={})),
+                                                       _init_kwargs={}), PLACEHOLDER_SRC),
                     augment_pipe=Persistent("AugmentPipe", dict(p=0.12, xflip=1e8, _init_args=(),
-                                                                _init_kwargs=dict(p=0.12, xflip=1e8))),
+                                                                _init_kwargs=dict(p=0.12, xflip=1e8)),
+                                              PLACEHOLDER_SRC),
                     dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="cifar10.zip",
                                         use_labels=True, xflip=False, cache=True, resolution=32, max_size=50000))
     return dump_upstream(data, tmp_path / f"{case}.pkl")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and do not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -419,8 +364,8 @@ def test_load_pickle_moves_the_network_to_the_device(tmp_path):
 
 
 def test_unknown_network_class_is_refused_by_name(tmp_path):
-    path = dump_upstream(dict(ema=Persistent("StyleGAN2Generator", dict(_init_args=(), _init_kwargs={}))),
-                         tmp_path / "x.pkl")
+    net = Persistent("StyleGAN2Generator", dict(_init_args=(), _init_kwargs={}), PLACEHOLDER_SRC)
+    path = dump_upstream(dict(ema=net), tmp_path / "x.pkl")
     with pytest.raises(sk.SamplerkitError, match="unsupported network class StyleGAN2Generator"):
         sk.load(path)
 
@@ -438,12 +383,13 @@ def test_parameter_of_the_wrong_shape_is_an_error(tmp_path):
     upstream = as_upstream(build("edm-adm-uncond"))
     layer = upstream.meta["state"]["_modules"]["model"].meta["state"]["_modules"]["map_layer0"].meta["state"]
     layer["_parameters"]["bias"] = torch.zeros(3)
-    with pytest.raises(sk.SamplerkitError, match="size mismatch for model.map_layer0.bias"):
+    with pytest.raises(sk.SamplerkitError, match=r"model.map_layer0.bias has shape \[3\], expected"):
         sk.load(dump_upstream(dict(ema=upstream), tmp_path / "x.pkl"))
 
 
 def test_pickle_without_a_network_is_an_error(tmp_path):
-    path = dump_upstream(dict(loss_fn=Persistent("EDMLoss", dict(_init_args=(), _init_kwargs={}))), tmp_path / "x.pkl")
+    loss = Persistent("EDMLoss", dict(_init_args=(), _init_kwargs={}), PLACEHOLDER_SRC)
+    path = dump_upstream(dict(loss_fn=loss), tmp_path / "x.pkl")
     with pytest.raises(sk.SamplerkitError, match="not an EDM network pickle"):
         sk.load(path)
 
@@ -566,7 +512,6 @@ def test_file_that_is_not_a_pickle_is_a_one_line_error(tmp_path):
 def test_edm_readme_sampler_settings_run_through_the_cli(tmp_path, args, nfe):
     import json
     import subprocess
-    import sys
 
     pkl = write_case("edm-ddpmpp-cond", tmp_path)
     out = tmp_path / "out"

@@ -19,10 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
-import sys
-import types
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +34,12 @@ import samplerkit as sk
 from samplerkit import zoo
 from samplerkit.autoencoders import RGBIdentity, StabilityVAE
 from samplerkit.errors import SamplerkitError
+from samplerkit.testing import Persistent, StandInEasyDict, dump_upstream
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PLACEHOLDER_SRC = "# module source of training/networks_edm2.py would be here; it must never run\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -58,47 +50,6 @@ def upstream():
 
 # ---------------------------------------------------------------------------------------------
 # writing the recorded layout back as a pickle with the upstream global names
-
-
-def _stand_in_reconstruct(meta):
-    raise AssertionError("the stand-in persistence hook must never run")
-
-
-class StandInEasyDict(dict):
-    pass
-
-
-@contextmanager
-def upstream_module_names():
-    """``torch_utils.persistence`` and ``dnnlib.util`` stand-ins so that pickle can name them."""
-    persistence, util = types.ModuleType("torch_utils.persistence"), types.ModuleType("dnnlib.util")
-    _stand_in_reconstruct.__module__, _stand_in_reconstruct.__qualname__ = persistence.__name__, \
-        "_reconstruct_persistent_obj"
-    StandInEasyDict.__module__, StandInEasyDict.__qualname__ = util.__name__, "EasyDict"
-    persistence._reconstruct_persistent_obj = _stand_in_reconstruct
-    util.EasyDict = StandInEasyDict
-    modules = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-               "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-class Persistent:
-    """Pickles as upstream persistent objects do: ``(_reconstruct_persistent_obj, (meta,))``."""
-
-    def __init__(self, class_name: str, state: dict, module_src: str = PLACEHOLDER_SRC, version: int = 6):
-        self.meta = dict(type="class", version=version, module_src=module_src, class_name=class_name, state=state)
-
-    def __reduce__(self):
-        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (self.meta,)
 
 
 def rebuild(tree, module_src: str = PLACEHOLDER_SRC):
@@ -131,19 +82,13 @@ def rebuild(tree, module_src: str = PLACEHOLDER_SRC):
     return {k: rebuild(v, module_src) for k, v in tree.items()}
 
 
-def dump(obj, path: Path) -> Path:
-    with upstream_module_names():
-        path.write_bytes(pickle.dumps(obj, protocol=4))
-    return path
-
-
 def write_case(upstream, case: str, tmp_path: Path, edit=None) -> Path:
     data = rebuild(upstream[case]["layout"])
     if case == "latent":
         data["encoder"].meta["state"]["vae_name"] = str(FIXTURES / "edm2_vae")
     if edit is not None:
         edit(data)
-    return dump(data, tmp_path / f"edm2-{case}.pkl")
+    return dump_upstream(data, tmp_path / f"edm2-{case}.pkl")
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -244,7 +189,7 @@ def _evil_source(marker: Path) -> str:
 def test_tampered_network_and_loss_sources_are_never_run(upstream, tmp_path):
     marker = tmp_path / "pwned.txt"
     data = rebuild(upstream["cond"]["layout"], module_src=_evil_source(marker))
-    path = dump(data, tmp_path / "tampered.pkl")
+    path = dump_upstream(data, tmp_path / "tampered.pkl")
     net = sk.load(path)
     ref = upstream["cond"]
     assert close(net(ref["x"], ref["sigma"], ref["labels"]), ref["D"]) <= 1e-5  # rebuilt from our classes
@@ -255,7 +200,7 @@ def test_an_ema_that_is_no_edm2_network_is_refused_in_one_line(upstream, tmp_pat
     marker = tmp_path / "pwned.txt"
     data = rebuild(upstream["cond"]["layout"])
     data["ema"] = Persistent("Exploit", dict(_init_args=(), _init_kwargs={}), _evil_source(marker))
-    path = dump(data, tmp_path / "evil.pkl")
+    path = dump_upstream(data, tmp_path / "evil.pkl")
     for family in (None, "edm2"):
         with pytest.raises(SamplerkitError) as err:
             sk.load(path, family=family)
@@ -274,8 +219,8 @@ def test_a_global_outside_the_allow_list_in_the_encoder_is_refused(upstream, tmp
 
 
 def test_an_unknown_encoder_class_is_refused(upstream, tmp_path):
-    path = write_case(upstream, "cond", tmp_path,
-                      edit=lambda d: d.__setitem__("encoder", Persistent("MyEncoder", dict(_init_args=()))))
+    encoder = Persistent("MyEncoder", dict(_init_args=()), PLACEHOLDER_SRC)
+    path = write_case(upstream, "cond", tmp_path, edit=lambda d: d.__setitem__("encoder", encoder))
     with pytest.raises(SamplerkitError, match="encoder of class MyEncoder"):
         sk.load(path)
 

@@ -23,6 +23,7 @@ from test_fid import assert_one_line_error, run_cli, write_pngs
 import samplerkit as sk
 from samplerkit.metrics import dinov2 as dino
 from samplerkit.metrics import refs_edm2
+from samplerkit.testing import under_two_processes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -248,31 +249,10 @@ def fd_command_with_stand_in() -> dict:
     return json.loads(out) if out.strip() else {}  # under torchrun only rank 0 prints
 
 
-def _worker(rank: int, port: int, out: str, cache: str) -> None:
-    from samplerkit import distributed
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", SAMPLERKIT_CACHE=cache)
-    distributed.init("cpu")
-    try:
-        got = fd_command_with_stand_in()  # the command joins the group torchrun's environment set up
-        if rank == 0:
-            Path(out).write_text(json.dumps(got))
-    finally:
-        distributed.cleanup()
-
-
 def test_fd_dinov2_under_two_processes_gives_the_numbers_of_one(tmp_path, monkeypatch):
-    import socket
-
     from samplerkit import evaluation as fid_cli
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_worker, args=(port, str(tmp_path / "out.json"), str(tmp_path / "cache")), nprocs=2,
-                                join=True)
-    two = json.loads((tmp_path / "out.json").read_text())
+    two = under_two_processes(fd_command_with_stand_in, tmp_path)  # the command joins the group of torchrun's env
     monkeypatch.setattr(fid_cli, "dinov2_extractor", fid_cli.dinov2_extractor)  # restored after the test
     one = fd_command_with_stand_in()
     assert (two["n_images"], two["n_ref_dinov2"]) == (one["n_images"], one["n_ref_dinov2"]) == (50, 40)

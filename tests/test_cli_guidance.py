@@ -32,12 +32,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SEEDS = [0, 1, 2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(*args):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from test_fid import (
 from samplerkit import metrics
 from samplerkit.data import shapes
 from samplerkit.errors import SamplerkitError
+from samplerkit.testing import under_two_processes
 
 # ---------------------------------------------------------------------------------------------
 # Inception Score
@@ -431,32 +431,15 @@ def fid_command_with_stand_in() -> dict:
     return json.loads(out) if out.strip() else {}  # under torchrun only rank 0 prints
 
 
-def _worker(rank: int, port: int, out: str, cache: str) -> None:
-    import os
-
-    from samplerkit import distributed
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", SAMPLERKIT_CACHE=cache)
-    distributed.init("cpu")
-    try:
-        result = evaluate_in_this_process()
-        command = fid_command_with_stand_in()  # the command under torchrun's environment: it joins the group
-        if rank == 0:
-            Path(out).write_text(json.dumps({"library": result, "command": command}))
-    finally:
-        distributed.cleanup()
+def library_and_command() -> dict:
+    """The library's evaluation, then the command under torchrun's environment (it joins the group)."""
+    return {"library": evaluate_in_this_process(), "command": fid_command_with_stand_in()}
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> dict:
     """What rank 0 of two gloo processes (torch.multiprocessing, a TCP store on 127.0.0.1) computed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = tmp_path_factory.mktemp("two-processes")
-    torch.multiprocessing.spawn(_worker, args=(port, str(root / "out.json"), str(root / "cache")), nprocs=2, join=True)
-    return json.loads((root / "out.json").read_text())
+    return under_two_processes(library_and_command, tmp_path_factory.mktemp("two-processes"))
 
 
 def test_two_processes_give_the_statistics_and_metrics_of_one(two_processes):

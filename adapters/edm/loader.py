@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from samplerkit.denoisers import Denoiser
 from samplerkit.errors import SamplerkitError
@@ -37,11 +36,7 @@ def load_pickle(path: str | Path, device: str | torch.device = "cpu") -> Denoise
     pickle goes to :func:`samplerkit.adapters.edm2.from_pickle_data`.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = safe_pickle.load(f, name=path.name)
-    except OSError as err:
-        raise SamplerkitError(f"cannot open {path}: {err.strerror or err}") from None
+    data = safe_pickle.load_path(path)
     if edm2.is_edm2_pickle(data):  # an EDM2 release pickle (Karras et al. 2024): same persistence layer
         return edm2.from_pickle_data(data, path.name, device=device)
     net = build_network(_network_record(data, path.name))
@@ -107,55 +102,6 @@ def build_network(record: safe_pickle.PersistentRecord) -> _Preconditioned:
             net = cls(*record.init_args, **record.init_kwargs)
     except (TypeError, ValueError) as err:
         raise SamplerkitError(f"cannot build {record.class_name} from its pickled arguments: {err}") from None
-    tensors: dict[str, torch.Tensor] = {}
-    _collect_tensors(record, net, "", tensors)
-    expected = net.state_dict().keys()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise SamplerkitError(
-            f"the pickled {record.class_name} does not match its architecture: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    try:
-        net.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())
-        raise SamplerkitError(f"the pickled {record.class_name} does not match its architecture: {detail}") from None
-    return net
-
-
-def _collect_tensors(record, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Flatten the pickled ``_parameters``/``_buffers`` of ``record`` and its children into ``out``.
-
-    Walks our ``module`` tree alongside, so the record tree (whatever the pickle built) is only
-    followed where our architecture has a submodule; class names must agree there.
-    """
-    expected_class = "ModuleDict" if isinstance(module, nn.ModuleDict) else type(module).__name__
-    if getattr(record, "class_name", None) != expected_class:
-        found = getattr(record, "class_name", type(record).__name__)
-        where = prefix.rstrip(".") or "network"
-        raise SamplerkitError(f"pickled module {where} is a {found}, expected {expected_class}")
-    state = record.state
-    if not isinstance(state, Mapping):
-        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has no state dict")
-    for kind in ("_parameters", "_buffers"):
-        entries = state.get(kind) or {}
-        if not isinstance(entries, Mapping):
-            raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed {kind}")
-        for name, tensor in entries.items():
-            if tensor is None:
-                continue
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise SamplerkitError(f"pickled {prefix}{name} is not a floating-point tensor")
-            out[f"{prefix}{name}"] = tensor.to(torch.float32)
-    children = state.get("_modules") or {}
-    if not isinstance(children, Mapping):
-        raise SamplerkitError(f"pickled module {prefix.rstrip('.') or 'network'} has malformed _modules")
-    for name, child in children.items():
-        ours = module._modules.get(name)
-        if child is None and ours is None:
-            continue
-        if ours is None or child is None:
-            where = f"{prefix}{name}"
-            raise SamplerkitError(f"pickled submodule {where} does not match the architecture built from its arguments")
-        _collect_tensors(child, ours, f"{prefix}{name}.", out)
+    tensors = safe_pickle.collect_tensors(record, net, {})
+    tensors = {k: v.to(torch.float32) for k, v in tensors.items()}
+    return safe_pickle.assign_tensors(net, tensors, f"the pickled {record.class_name}")

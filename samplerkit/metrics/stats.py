@@ -254,17 +254,24 @@ class StatsBuilder:
         return stats
 
 
-def check_same_pipeline(sample: Statistics, ref: Statistics, force: bool = False) -> None:
-    """Statistics of different feature pipelines (mode) or Inception networks (weights sha256) are not
-    comparable: an error unless ``force``. A side that records nothing is not checked."""
+def check_same_pipeline(sample: Statistics, ref: Statistics, force: bool = False,
+                        messages: tuple[Callable, Callable] | None = None) -> None:
+    """Statistics of different feature pipelines (mode) or networks (weights sha256) are not comparable:
+    an error unless ``force``. A side that records nothing is not checked. ``messages``: the
+    (mode, network) mismatch messages of another detector, each ``f(sample, ref) -> str`` (default:
+    Inception's)."""
     if force:
         return
-    if sample.mode and ref.mode and sample.mode != ref.mode:
+    mode_differs = bool(sample.mode and ref.mode and sample.mode != ref.mode)
+    network_differs = bool(sample.network and ref.network and sample.network != ref.network)
+    if messages is not None and (mode_differs or network_differs):
+        raise SamplerkitError(messages[0](sample, ref) if mode_differs else messages[1](sample, ref))
+    if mode_differs:
         where = f" ({ref.origin}: stored TensorFlow statistics)" if ref.origin else ""
         raise SamplerkitError(f"the reference was made in {ref.mode} mode{where}, the samples in {sample.mode} "
                               f"mode; use --fid-mode {ref.mode}, rebuild the reference, or --force-pipeline to "
                               "compare anyway")
-    if sample.network and ref.network and sample.network != ref.network:
+    if network_differs:
         raise SamplerkitError(f"the reference was made with another Inception network (sha256 {ref.network[:12]}…, "
                               f"samples {sample.network[:12]}…); rebuild it with this network or pass "
                               "--force-pipeline to compare anyway")
