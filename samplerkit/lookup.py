@@ -9,14 +9,13 @@ from . import zoo
 from .errors import SamplerkitError
 from .loading import load
 from .output import file_sha256
+from .train.recommend import read_recommended
 
 
 def recommended(name: str | None) -> dict:
     """The recommended sampler settings of model ``name``: the zoo's for a zoo name, those its
     training run wrote (``recommended.json``) for a checkpoint file; {} when there are none."""
     if name and Path(name).is_file():
-        from .train.recommend import read_recommended  # the training package is heavy: only for a run's file
-
         return read_recommended(name)
     try:
         return dict(zoo.get(name).recommended) if name else {}

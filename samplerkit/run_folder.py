@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import samplerkit
+
 from . import distributed, output
 from .errors import SamplerkitError
 from .generate import PreparedSampler, draw
@@ -142,8 +144,6 @@ class RunRecord:
                                for i in range(0, len(self.seeds), 256)])
 
     def manifest(self, labels: np.ndarray | None, npz: str | None) -> dict:
-        import samplerkit
-
         new, seconds = self.new_images, self.sampling_seconds
         return {
             **self.settings, "settings_fingerprint": fingerprint(self.settings), "nfe_per_image": self.prepared.nfe,

@@ -37,7 +37,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .denoisers import Denoiser
+from .download import default_cache_dir
 from .errors import SamplerkitError
+from .generate import WithPrecision
+from .output import atomic_json
 
 ENV_SPEED = "SAMPLERKIT_SPEED"
 MODES = ("exact", "fast")
@@ -178,9 +182,6 @@ def apply(net: nn.Module, policy: Policy, device_type: str | None = None) -> nn.
     dtype = getattr(torch, policy.autocast)
     if device_type is None:
         device_type = next((p.device.type for p in net.parameters()), "cpu")
-    from .denoisers import Denoiser
-    from .generate import WithPrecision
-
     return WithPrecision(net, dtype, device_type) if isinstance(net, Denoiser) else Autocast(net, dtype, device_type)
 
 
@@ -198,8 +199,6 @@ class Autocast(nn.Module):
 
 def _inductor_cache() -> None:
     """Keep torch.compile's kernel cache in the samplerkit cache dir (unless the user set one)."""
-    from .download import default_cache_dir
-
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
 
 
@@ -291,8 +290,6 @@ def _fingerprint(net: nn.Module) -> str:
 
 
 def _cache_file() -> Path:
-    from .download import default_cache_dir
-
     return default_cache_dir() / "speed" / "autotune.json"
 
 
@@ -304,8 +301,6 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, key: str, entry: dict) -> None:
-    from .output import atomic_json
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         cache = _read_cache(path)

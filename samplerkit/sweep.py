@@ -32,8 +32,9 @@ from .autoencoders import autoencoder_of
 from .errors import SamplerkitError
 from .generate import generate, make_sampler, sampler_options
 from .guidance import Guidance
-from .metrics import PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
+from .metrics import PR_K, MultiStatsBuilder, Statistics, evaluate, intervals, refs_edm2, split_metrics
 from .metrics import block as metrics_block
+from .output import atomic_write
 from .remedies import Remedies
 from .results import ResultsCSV
 
@@ -142,8 +143,6 @@ def _feats_path(csv_path: Path, key: tuple) -> Path:
 
 def _save_feats(path: Path, feats: np.ndarray) -> None:
     import io
-
-    from .output import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -376,8 +375,6 @@ def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: 
                        csv_path: Path, main: bool) -> dict:
     """The interval columns of one cell: its own FID/KID intervals and, unless it is its own
     baseline, the paired difference to the baseline cell (whose features are read from beside the CSV)."""
-    from .metrics import Statistics, intervals
-
     if main:
         _save_feats(_feats_path(csv_path, key), sample.feats)
     out = dict(intervals(sample, reference, metrics, rounds, seed), bootstrap_rounds=rounds)

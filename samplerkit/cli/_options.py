@@ -14,6 +14,7 @@ from ..generate import GRID_KNOBS
 from ..guidance import GUIDANCE_KNOBS
 from ..knobs import Knob
 from ..remedies import REMEDY_KNOBS
+from ..runs import load_model as load_with_flags
 from ..runs import pick_device
 
 
@@ -102,10 +103,7 @@ def speed_option(default: str = "fast") -> Callable:
 
 def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: str | None, device="cpu"):
     """Load the model the user named, with its ``--flag KEY=VALUE`` flags; returns the denoiser."""
-    from ..runs import load_model as load_with_flags
-
     return load_with_flags(model, family, parse_flags(flags), preset, device=device)
-
 
 
 # Python names that are also plain words of messages: errors keep them as they are

@@ -11,7 +11,10 @@ import torch
 from .. import exposure
 from .. import speed as speed_lib
 from ..builtin import DEFAULT_MODEL
+from ..data import open_source, to_model_space
+from ..data import resize as resize_images
 from ..errors import SamplerkitError
+from ..metrics import inception
 from ..remedies import Remedies
 from ..results import check_experiment
 from ..runs import model_sha256
@@ -44,9 +47,6 @@ def _load_models(names, family, flags, preset, device, speed="exact", batch: int
 
 def _load_images(data: str, n: int, specs, resize: bool, seed: int, log):
     """The first n images of the source as [-1, 1] NCHW float64 at the models' resolution, and labels."""
-    from ..data import open_source, to_model_space
-    from ..data import resize as resize_images
-
     resolutions = {int(getattr(s.net, "img_resolution", 0)) for s in specs} - {0}
     if len(resolutions) > 1:
         raise SamplerkitError(f"the models have different resolutions {sorted(resolutions)}; run them separately")
@@ -103,8 +103,6 @@ def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _fid_features(device, speed="exact"):
     """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
-    from ..metrics import inception
-
     return speed_lib.for_inception(inception(device=device), speed, device)[0]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..builtin import DEFAULT_MODEL
+from ..data import open_source, to_model_space
 from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..results import check_experiment
@@ -20,8 +21,6 @@ from ._options import device_option, load_model, model_options
 
 def _load_images(data: str, n: int, resolution: int, log):
     """The first n images of the source as [-1, 1] NCHW float64, their labels (or None) and indices."""
-    from ..data import open_source, to_model_space
-
     src = open_source(data)
     if n > len(src):
         log(f"note: {data} holds {len(src)} images; using all of them instead of {n}")

@@ -19,6 +19,7 @@ from ..lookup import guidance_loader, model_guidance
 from ..remedies import REMEDY_KNOBS, Remedies
 from ..results import check_experiment
 from ..runs import model_sha256, resolve_sampler
+from ..seeds import parse_seeds
 from ._options import (
     SamplerCommand,
     chosen_options,
@@ -30,10 +31,12 @@ from ._options import (
 )
 from .fid import (
     DINO,
+    _check_dim,
     check_dinov2_pipeline,
     check_dinov2_reference,
     check_evaluation,
     check_pkl_reference,
+    check_reference,
     check_stored_mode,
     dinov2_extractor,
     dinov2_options,
@@ -41,6 +44,7 @@ from .fid import (
     note_reference,
     warn_small_sample,
 )
+from .fid import _references as computed
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -61,8 +65,6 @@ def _steps(text: str) -> list[int]:
 
 
 def _seeds(spec: str | None, num_images: int | None) -> list[int]:
-    from ..seeds import parse_seeds
-
     if spec is None:
         n = 1000 if num_images is None else num_images
         if n < 2:
@@ -87,8 +89,6 @@ def _reference_cache(ref: str, ref_images, metrics, csv_path: Path, mode: str = 
 def _check_reference(ref: str, ref_images, metrics, csv_path: Path, log, mode: str = "clean"):
     """Before any work: the statistics held by --ref or cached beside the CSV, else the checked
     images to compute them from (see :func:`samplerkit.cli.fid.check_reference`)."""
-    from .fid import _check_dim, check_reference
-
     metrics = metrics_lib.reference_metrics(metrics)
     cache = _reference_cache(ref, ref_images, metrics, csv_path, mode)
     stats = metrics_lib.load_statistics(cache) if cache.is_file() else None
@@ -134,8 +134,6 @@ def _references(ref: str, checked, dino_checked, ref_images, wanted, features, d
                 quiet: bool, log) -> tuple:
     """(Inception, DINOv2) reference statistics: as checked, or computed (one read of each reference image for
     both networks) and cached beside the CSV."""
-    from .fid import _references as computed
-
     reference, dino_ref = computed(ref, wanted, checked, dino_checked, features, dino, ref_images, batch, False, quiet)
     if isinstance(checked, tuple) and not reference.origin:
         cache = _reference_cache(ref, ref_images, metrics_lib.reference_metrics(wanted), csv_path,

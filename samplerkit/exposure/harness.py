@@ -21,6 +21,7 @@ from ..data import to_uint8
 from ..denoisers import DenoiserWrapper
 from ..diffusion import q_sample, sigma_from_alpha_bar
 from ..errors import SamplerkitError
+from ..metrics import frechet_distance
 from ..output import atomic_write
 from ..results import ResultsCSV, cell_text
 from ..seeds import StackedRandomGenerator
@@ -309,8 +310,6 @@ def measure(spec: ModelSpec, mode: str, t: int, x0: torch.Tensor, labels: torch.
         sample, forward = float(memo[spec.name][t - 1].mean()), float(torch.cat(feats).mean())
         stats = {"eps_norm_sample": sample, "eps_norm_forward": forward, "eps_norm_ratio": sample / forward}
     elif mode == "fid":
-        from ..metrics import frechet_distance
-
         stats = {"fid": frechet_distance(*feature_stats(np.concatenate(feats)), *real_features)}
         extras["pairs"] = pairs
     else:

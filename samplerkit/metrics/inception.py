@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import download
+from ..data import to_uint8
 from ..errors import SamplerkitError
 
 ENV_INCEPTION = "SAMPLERKIT_INCEPTION"
@@ -96,8 +98,6 @@ def inception_path(path: str | Path | None = None) -> Path:
         if not p.is_file():
             raise SamplerkitError(f"Inception network not found at {p}; {_HOW_TO_PROVIDE}")
         return p
-    from .. import download
-
     cache = download.default_cache_dir()
     if (cache / INCEPTION_FILE).is_file():
         return cache / INCEPTION_FILE
@@ -192,8 +192,6 @@ def legacy_tensorflow_resize(x: torch.Tensor) -> torch.Tensor:
 def as_uint8(images) -> np.ndarray:
     """uint8 NHWC (array or tensor) as is; a float [-1, 1] NCHW tensor/array rounded as saved to PNG
     (:func:`samplerkit.data.to_uint8`), so tensors and their PNG files give the same features."""
-    from ..data import to_uint8
-
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         out = images
     elif isinstance(images, torch.Tensor) and images.dtype == torch.uint8:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import torch
 
+from samplerkit.adapters.edm.precond import PRECONDITIONERS
+
 from ..diffusion import per_sample, vp_sigma
 from ..errors import SamplerkitError
 
@@ -171,8 +173,6 @@ def network_kwargs(flags: dict) -> dict:
 
 def build_network(precond: str, flags: dict):
     """The preconditioned network (adapters' ``EDMPrecond`` / ``VPPrecond`` / ``VEPrecond``) for ``flags``."""
-    from samplerkit.adapters.edm.precond import PRECONDITIONERS
-
     kwargs = network_kwargs(flags)
     try:
         return PRECONDITIONERS[PRECOND_CLASSES[precond]](**kwargs)

@@ -53,10 +53,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samplerkit.adapters.adm import create_unet
+
 from .. import distributed, output, speed
 from ..data import open_source, to_model_space
 from ..diffusion import Chain, alpha_bar_from_betas, betas_for
 from ..errors import Interrupted, SamplerkitError
+from .edm import PRECONDS, EDMObjective, build_network, ema_beta, network_kwargs
 from .objective import ImportanceSampler, Objective
 from .recommend import RECOMMENDED_FILE, recommended_sampler
 
@@ -122,8 +125,6 @@ class TrainConfig:
         if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
             raise SamplerkitError("the EMA ramp-up ratio must be > 0 (or None for none)")
         if self.precond != "adm":
-            from .edm import PRECONDS
-
             if self.precond not in PRECONDS:
                 raise SamplerkitError(f"unknown preconditioning {self.precond!r}; use adm, {', '.join(PRECONDS)}")
             if self.loss != "simple":
@@ -257,8 +258,6 @@ class Trainer:
         return x, sigma, (torch.nn.functional.one_hot(labels, classes).float() if classes else None)
 
     def _init_adm(self) -> None:
-        from samplerkit.adapters.adm import create_unet
-
         cfg = self.cfg
         arch, schedule, T = split_flags(cfg.flags)
         if int(arch.get("image_size", 64)) != self.source.resolution:
@@ -281,8 +280,6 @@ class Trainer:
 
     def _init_edm(self) -> None:
         """An EDM-preconditioned network (adapters' EDMPrecond / VPPrecond / VEPrecond) and its loss."""
-        from .edm import EDMObjective, build_network, network_kwargs
-
         cfg = self.cfg
         flags = {"img_channels": 3, **cfg.flags}
         res = int(flags.get("img_resolution", self.source.resolution))
@@ -521,8 +518,6 @@ class Trainer:
         or EDM's half-life rate (:func:`.edm.ema_beta`) with ``ema_halflife_kimg``."""
         cfg = self.cfg
         if cfg.ema_halflife_kimg is not None:
-            from .edm import ema_beta
-
             return ema_beta(step, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
         return min(rate, (1 + step) / (10 + step)) if cfg.ema_warmup else rate
 
