@@ -64,7 +64,7 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
         recorded_family = run_flags.pop("family", None)
         if family is not None and recorded_family is not None and family != recorded_family:
             raise SamplerkitError(f"the {RUN_FLAGS} beside {path.name} says family {recorded_family}, not {family}; "
-                                  "drop --family")
+                                  "drop the family argument")
         family = family or recorded_family or RUN_FAMILY
         if family in ("adm", "iddpm", "adm-classifier", "adm-superres", "iddpm-superres"):
             flags = merge_run_flags(run_flags, flags, path)
@@ -74,7 +74,7 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
         family = "edm" if path.suffix == ".pkl" else None
     if family is None:
         raise SamplerkitError(
-            f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' (CLI: --family) "
+            f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' "
             f"with the upstream flags, or preset=<zoo name>, or keep the run's {RUN_FLAGS} beside it"
         )
     return family, flags

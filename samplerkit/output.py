@@ -167,7 +167,8 @@ def check_writable(out: str | Path) -> Path:
         with tempfile.TemporaryFile(dir=out, prefix=f".probe{TMP_MARK}"):
             pass
     except OSError as e:
-        raise SamplerkitError(f"cannot write to output folder {out}: {e.strerror or e}; choose another --out") from None
+        raise SamplerkitError(f"cannot write to output folder {out}: {e.strerror or e}; "
+                              "choose another out folder") from None
     return out
 
 

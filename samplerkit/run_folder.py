@@ -60,7 +60,7 @@ def prepare(out: Path, settings: dict, overwrite: bool, fmt: str, seeds: list[in
         shown = ", ".join(f"{k}: {_short(old.get(k))} there, {_short(settings.get(k))} now" for k in changed[:3])
         more = f"; {len(changed) - 3} more" if len(changed) > 3 else ""
         raise SamplerkitError(f"{out} holds images made with other settings ({shown}{more}); to start a new run "
-                              "pass another --out, or --overwrite to replace them")
+                              "pass another out folder, or overwrite=True to replace them")
     distributed.barrier()  # every rank has looked before rank 0 changes anything
     pending = 0
     if distributed.is_main():

@@ -113,11 +113,11 @@ def parse(text: str | None) -> str | Policy:
     for item in text.split(","):
         key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or key not in keys:
-            raise SamplerkitError(f"bad --speed {text!r}; use exact, fast or settings like "
+            raise SamplerkitError(f"bad speed {text!r}; use exact, fast or settings like "
                                   "attention=sdpa,memory_format=channels_last,autocast=bfloat16,compile=on")
         if keys[key] == "compile":
             if value.lower() not in ("on", "off", "true", "false", "1", "0"):
-                raise SamplerkitError(f"bad --speed compile={value!r}; use on or off")
+                raise SamplerkitError(f"bad speed compile={value!r}; use on or off")
             values["compile"] = value.lower() in ("on", "true", "1")
         else:
             values[keys[key]] = value
@@ -470,7 +470,8 @@ def for_training(model: nn.Module, call: Callable, speed: str | Policy | None, e
     mode = parse(speed) if isinstance(speed, str) or speed is None else speed
     device = torch.device(device)
     if isinstance(mode, Policy) and mode.autocast != "none":
-        raise SamplerkitError("retrain sets the autocast dtype with --precision fp16|bf16, not --speed autocast=")
+        raise SamplerkitError("training sets the autocast dtype with precision=fp16 or bf16, "
+                              "not the speed setting autocast=")
     if isinstance(mode, Policy):
         tuning = Tuning(mode)
     elif mode == "exact":

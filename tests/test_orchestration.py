@@ -14,9 +14,15 @@ import torch
 from test_cli_sample import _cli
 
 from samplerkit import samplers
+from samplerkit import speed as speed_lib
+from samplerkit.cli._options import ARGUMENT_FLAGS, with_argument_flags
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import make_sampler
 from samplerkit.knobs import Knob
+from samplerkit.metrics.bootstrap import bootstrap
+from samplerkit.metrics.kid import check_subset_size
+from samplerkit.runs import parse_class_labels
+from samplerkit.train import TrainConfig
 
 
 def toy(net, latents, sigmas, class_labels=None, *, toy_gain: float = 1.0, toy_mode: str = "plain",
@@ -229,18 +235,7 @@ def test_no_function_is_over_60_lines_but_the_listed_ones_still_to_split():
     assert over == {}
 
 
-# library messages that still name a --flag, per module (issue 27 asks for none); the count may only fall
-FLAG_MESSAGES = {
-    "samplerkit.adapters.superres": 1, "samplerkit.generate": 2, "samplerkit.likelihood.ode": 1,
-    "samplerkit.likelihood.run": 1, "samplerkit.likelihood.vlb": 1, "samplerkit.loading": 2, "samplerkit.metrics": 2,
-    "samplerkit.metrics.bootstrap": 1, "samplerkit.metrics.inception": 1, "samplerkit.metrics.kid": 1,
-    "samplerkit.metrics.stats": 4, "samplerkit.output": 1, "samplerkit.remedies": 1, "samplerkit.results": 2,
-    "samplerkit.runs": 5, "samplerkit.lowres": 5, "samplerkit.run_folder": 1, "samplerkit.speed": 3,
-    "samplerkit.train.edm": 1, "samplerkit.train.loop": 14,
-}
-
-
-def test_library_errors_name_no_flag_beyond_the_listed_ones():
+def test_library_errors_name_no_flag():
     counts = {}
     for name, path in _modules().items():
         if name.startswith("samplerkit.cli"):
@@ -250,7 +245,41 @@ def test_library_errors_name_no_flag_beyond_the_listed_ones():
             if isinstance(node, ast.Raise) and node.exc is not None:
                 if re.search(r"--[A-Za-z]", ast.get_source_segment(text, node.exc) or ""):
                     counts[name] = counts.get(name, 0) + 1
-    assert {k: n for k, n in counts.items() if n > FLAG_MESSAGES.get(k, 0)} == {}, counts
+    assert counts == {}
+
+
+def _raised(call) -> str:
+    with pytest.raises(SamplerkitError) as err:
+        call()
+    return str(err.value)
+
+
+@pytest.mark.parametrize("call,python,flag", [
+    (lambda: TrainConfig(data="d", out="o", lr=0).check(), "got lr=0", "got --lr 0"),
+    (lambda: TrainConfig(data="d", out="o", microbatch=-1).check(), "microbatch=-1", "--microbatch -1"),
+    (lambda: TrainConfig(data="d", out="o", precond="edm", loss="hybrid").check(), "loss=hybrid is ADM-only",
+     "--loss hybrid is ADM-only (learned variance, L_vlb); --precond edm trains"),
+    (lambda: TrainConfig(data="d", out="o", weight_decay=-1).check(), "weight_decay, lambda_wd and grad_clip",
+     "--weight-decay, --lambda-wd and --grad-clip"),
+    (lambda: TrainConfig(data="d", out="o", regularizer="wd", weight_decay=0.1).check(), "drop weight_decay",
+     "with --regularizer wd, AdamW's weight decay is already --lambda-wd; drop --weight-decay (or use --wd-form loss)"),
+    (lambda: TrainConfig(data="d", out="o", ema_halflife_kimg=0).check(), "ema_halflife_kimg", "--ema-halflife-kimg"),
+    (lambda: speed_lib.parse("sideways"), "bad speed 'sideways'", "bad --speed 'sideways'"),
+    (lambda: speed_lib.parse("compile=maybe"), "bad speed compile=", "bad --speed compile="),
+    (lambda: parse_class_labels("x"), "bad class_labels 'x'", "bad --class-labels 'x'"),
+    (lambda: bootstrap(lambda idx: 0.0, 10, rounds=1), "rounds >= 2", "--bootstrap needs at least 2 rounds"),
+    (lambda: check_subset_size(4, 5, 9), "use kid_subset_size 4", "use --kid-subset-size 4"),
+])
+def test_library_errors_use_python_names_and_the_cli_shows_the_flags(call, python, flag):
+    message = _raised(call)
+    assert python in message and "--" not in message
+    assert flag in with_argument_flags(message)
+
+
+def test_argument_flags_keys_are_in_library_messages_and_not_in_each_others_flags():
+    sources = "".join(path.read_text() for name, path in _modules().items() if not name.startswith("samplerkit.cli"))
+    assert [key for key in ARGUMENT_FLAGS if key not in sources] == []
+    assert [(key, flag) for key in ARGUMENT_FLAGS for flag in ARGUMENT_FLAGS.values() if key in flag] == []
 
 
 def test_exposure_bias_old_flag_spellings_are_hidden_aliases(tmp_path):

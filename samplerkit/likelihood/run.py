@@ -132,7 +132,7 @@ def run(net, x0: torch.Tensor, indices: Sequence[int], labels, settings: Setting
     settings.check()
     if settings.method == "vlb" and training_alpha_bar(net) is None:
         raise SamplerkitError(f"{model} is continuous in sigma (no discrete chain), so it has no variational "
-                              f"bound; use --method ode")
+                              f"bound; use method='ode'")
     if settings.method == "ode":
         noise_range(net, settings.sigma_min, settings.sigma_max)
     per_image = nfe_per_image(net, settings)

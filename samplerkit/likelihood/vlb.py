@@ -76,7 +76,7 @@ def vlb_terms(net, x0: torch.Tensor, class_labels=None, clip_denoised: bool = Tr
     alpha_bar = training_alpha_bar(net)
     if alpha_bar is None:
         raise SamplerkitError("the variational bound needs a discrete-time model (a DDPM chain: ADM, iDDPM, "
-                              "ADM-IP); this model is continuous in sigma -- use the ODE likelihood (--method ode)")
+                              "ADM-IP); this model is continuous in sigma -- use the ODE likelihood (method='ode')")
     variance = resolve_variance(net, variance)
     x = check_images(x0)
     B, T = x.shape[0], alpha_bar.numel()

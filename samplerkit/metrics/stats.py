@@ -262,12 +262,12 @@ def check_same_pipeline(sample: Statistics, ref: Statistics, force: bool = False
     if sample.mode and ref.mode and sample.mode != ref.mode:
         where = f" ({ref.origin}: stored TensorFlow statistics)" if ref.origin else ""
         raise SamplerkitError(f"the reference was made in {ref.mode} mode{where}, the samples in {sample.mode} "
-                              f"mode; use --fid-mode {ref.mode}, rebuild the reference, or --force-pipeline to "
-                              "compare anyway")
+                              f"mode; use fid_mode {ref.mode}, rebuild the reference, or pass force_pipeline=True "
+                              "to compare anyway")
     if sample.network and ref.network and sample.network != ref.network:
         raise SamplerkitError(f"the reference was made with another Inception network (sha256 {ref.network[:12]}…, "
                               f"samples {sample.network[:12]}…); rebuild it with this network or pass "
-                              "--force-pipeline to compare anyway")
+                              "force_pipeline=True to compare anyway")
 
 
 def statistics_of_images(batches: Iterable, features, metrics: Sequence[str] = ("fid",),
@@ -317,7 +317,7 @@ def count_images(source, num_images: int | None) -> int:
     if num_images is None:
         return len(source)
     if num_images < 2:
-        raise SamplerkitError(f"--num-images must be >= 2, got {num_images}")
+        raise SamplerkitError(f"num_images must be >= 2, got {num_images}")
     if num_images > len(source):
         raise SamplerkitError(f"{source.name} holds {len(source)} images, fewer than the {num_images} requested")
     return num_images
@@ -403,7 +403,7 @@ def stored_reference(ref: str | Path, metrics: Sequence[str] = ("fid",), num_ima
             what = {"sfid": "spatial statistics (mu_s, sigma_s)", "pr": "pool features (feats)",
                     "kid": "pool features (feats)"}
             raise SamplerkitError(f"{path} has no {' or '.join(dict.fromkeys(what[m] for m in missing))} for "
-                                  f"{', '.join(missing)}; rebuild it with samplerkit fid-ref --metrics "
+                                  f"{', '.join(missing)}; rebuild it with metrics "
                                   f"{','.join(metrics)}")
         return None
     if text.startswith("builtin:"):

@@ -79,7 +79,7 @@ class EDMObjective:
         if self.precond not in PRECONDS:
             raise SamplerkitError(f"unknown preconditioning {self.precond!r}; use adm or one of {', '.join(PRECONDS)}")
         if self.regularizer not in EDM_REGULARIZERS:
-            raise SamplerkitError(f"--precond {self.precond} trains with --regularizer none or ip, "
+            raise SamplerkitError(f"training with precond={self.precond} takes regularizer=none or ip, "
                                   f"not {self.regularizer!r} (the others are ADM-only)")
         if not self.gamma >= 0:
             raise SamplerkitError("gamma must be >= 0")
