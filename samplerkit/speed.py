@@ -349,9 +349,7 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
     :data:`TOLERANCE` that beats exact by :data:`MIN_GAIN` wins, else exact. ``variants``: the
     policies to measure (default :func:`candidates`; exact first).
     """
-    key = "|".join([fingerprint(net), f"batch={batch}", device_name(device), f"threads={torch.get_num_threads()}",
-                    f"torch={torch.__version__}"])
-    key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    key = _tuning_key(net, batch, device)
     path = _cache_file()
     if cache:
         hit = _read_cache(path).get(key)
@@ -360,6 +358,26 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
     variants = variants or candidates(net, device)
     if len(variants) == 1:
         return Tuning(EXACT, [], key)
+    errors, times = _measure(net, call, points, variants, repeats, device)
+    best, table = _choose(variants, errors, times)
+    tuning = Tuning(best, table, key)
+    if cache:
+        _write_cache(path, key, {"settings": asdict(best), "table": table, "batch": batch,
+                                 **machine(device), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return tuning
+
+
+def _tuning_key(net: nn.Module, batch: int, device: torch.device) -> str:
+    """The cache key of a measurement: the network, batch, device, thread count and torch version."""
+    key = "|".join([fingerprint(net), f"batch={batch}", device_name(device), f"threads={torch.get_num_threads()}",
+                    f"torch={torch.__version__}"])
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _measure(net: nn.Module, call: Callable, points: list, variants: list[Policy], repeats: int,
+             device: torch.device) -> tuple[dict, dict]:
+    """(max error, pass times) of each variant over ``1 + repeats`` rounds (see :func:`autotune`); a
+    variant already beyond :data:`TOLERANCE` is not run again. The network is left exact."""
     reference: dict = {}
     errors = {v: 0.0 for v in variants}
     times: dict = {v: [] for v in variants}
@@ -384,6 +402,12 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
                     errors[v] = max(errors[v], err if err == err else float("inf"))
     finally:
         apply(net, EXACT)
+    return errors, times
+
+
+def _choose(variants: list[Policy], errors: dict, times: dict) -> tuple[Policy, list[dict]]:
+    """(the fastest variant within tolerance that beats exact by :data:`MIN_GAIN`, else exact; the table
+    of every variant's time, speed-up and error)."""
     base = min(times[EXACT])  # the least disturbed pass (other work on the machine only slows passes down)
     table, best, best_time = [], EXACT, base
     for v in variants:
@@ -393,11 +417,7 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
                       "max_error": errors[v], "within": within})
         if within and seconds and seconds * MIN_GAIN < base and seconds < best_time:
             best, best_time = v, seconds
-    tuning = Tuning(best, table, key)
-    if cache:
-        _write_cache(path, key, {"settings": asdict(best), "table": table, "batch": batch,
-                                 **machine(device), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return tuning
+    return best, table
 
 
 def _sync(device: torch.device) -> None:

@@ -219,8 +219,7 @@ LONG_FUNCTIONS = {
     ("samplerkit.sweep", "run"): 77, ("samplerkit.cli.sweep", "command"): 96,
     ("samplerkit.cli.fid", "fid"): 87, ("samplerkit.exposure.harness", "measure"): 77,
     ("samplerkit.exposure.harness", "run"): 69, ("samplerkit.cli.exposure", "command"): 69,
-    ("samplerkit.download", "fetch"): 63, ("samplerkit.cli.models", "verify"): 63, ("samplerkit.speed", "autotune"): 61,
-    ("samplerkit.adapters.edm.networks", "__init__"): 114, ("samplerkit.adapters._unet_blocks", "__init__"): 84,
+    ("samplerkit.cli.models", "verify"): 63,
 }
 
 
