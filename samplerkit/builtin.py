@@ -99,7 +99,7 @@ def _register() -> None:
     """Add the shipped models to the zoo (family "builtin": nothing to download)."""
     for name, loader in BUILTIN_MODELS.items():
         zoo.register(zoo.ZooEntry(name=name, family="builtin", loader=loader, source="samplerkit",
-                                  **BUILTIN_INFO[name]), replace=True)
+                                  **BUILTIN_INFO[name]))
 
 
 _register()

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from .. import exposure
+from .. import metrics as metrics_lib
 from .. import speed as speed_lib
 from ..builtin import DEFAULT_MODEL
 from ..data import open_source, to_model_space
 from ..data import resize as resize_images
 from ..errors import SamplerkitError
-from ..metrics import inception
 from ..remedies import Remedies
 from ..results import check_experiment
 from ..runs import model_sha256
@@ -103,7 +103,7 @@ def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _fid_features(device, speed="exact"):
     """features(uint8 NHWC) -> [n, 2048]: the Inception network of the FID."""
-    return speed_lib.for_inception(inception(device=device), speed, device)[0]
+    return speed_lib.for_inception(metrics_lib.inception(device=device), speed, device)[0]
 
 
 def _fid_reference(path: str | None):
