@@ -164,7 +164,8 @@ ARGUMENT_FLAGS.update({
     " regularizer=": " --regularizer ", " loss=": " --loss ", " microbatch=": " --microbatch ", " lr=": " --lr ",
     " wd_form=": " --wd-form ", "weight_decay, lambda_wd and grad_clip": "--weight-decay, --lambda-wd and --grad-clip",
     "already lambda_wd;": "already --lambda-wd;", "drop weight_decay": "drop --weight-decay",
-    "ema_halflife_kimg must": "--ema-halflife-kimg must", " resume=True": " --resume",
+    "ema_halflife_kimg must": "--ema-halflife-kimg must", "pass resume=True": "pass --resume",
+    "continued with resume=True": "continued with --resume",
     "the architecture flag ": "--flag ",
 })
 
