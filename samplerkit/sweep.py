@@ -82,8 +82,7 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
         samplers_table.info(name)  # an unknown name is an error that lists the choices
     for key, value in (options or {}).items():
         if value is not None and not any(key in sampler_options(s) for s in samplers):
-            flag = "--" + key.replace("_", "-")  # an existing test pins the flag in this library message
-            raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
+            raise SamplerkitError(f"option {key} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
 def remedy_axis(remedies: Sequence[Remedies] | dict | None = None,
