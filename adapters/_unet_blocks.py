@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,26 @@ class AttentionBlock(nn.Module):
         return torch.einsum("bnts,bncs->bnct", w, v).reshape(B, n * ch, T)
 
 
+@dataclass(frozen=True)
+class _BlockMaker:
+    """The residual and attention blocks of one :class:`UNetModel`, built with its shared settings."""
+
+    emb_dim: int
+    dropout: float
+    use_scale_shift_norm: bool
+    use_checkpoint: bool
+    act: type[nn.Module]
+    num_head_channels: int
+    use_new_attention_order: bool
+
+    def res(self, ch_in: int, ch_out: int | None = None, **updown) -> ResBlock:
+        return ResBlock(ch_in, self.emb_dim, self.dropout, ch_out, self.use_scale_shift_norm,
+                        use_checkpoint=self.use_checkpoint, act=self.act, **updown)
+
+    def attn(self, ch_in: int, heads: int) -> AttentionBlock:
+        return AttentionBlock(ch_in, heads, self.num_head_channels, self.use_new_attention_order, self.use_checkpoint)
+
+
 class UNetModel(Network):
     """The ADM / iDDPM UNet: ``forward(x [B, C, H, W], timesteps [B], y [B] int | None) -> [B, out, H, W]``.
 
@@ -264,62 +285,62 @@ class UNetModel(Network):
         self.num_classes = num_classes
         self.use_fp16 = use_fp16
         emb_dim = 4 * model_channels
-
-        def res(ch_in: int, ch_out: int | None = None, **updown) -> ResBlock:
-            return ResBlock(
-                ch_in,
-                emb_dim,
-                dropout,
-                ch_out,
-                use_scale_shift_norm,
-                use_checkpoint=use_checkpoint,
-                act=act,
-                **updown,
-            )
-
-        def attn(ch_in: int, heads: int) -> AttentionBlock:
-            return AttentionBlock(ch_in, heads, num_head_channels, use_new_attention_order, use_checkpoint)
-
+        make = _BlockMaker(emb_dim, dropout, use_scale_shift_norm, use_checkpoint, act, num_head_channels,
+                           use_new_attention_order)
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), act(), nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
 
-        ch = input_ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-        skip_chans, ds = [ch], 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res(ch, int(mult * model_channels))]
-                ch = int(mult * model_channels)
-                if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads))
-                self.input_blocks.append(TimestepSequential(*layers))
-                skip_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample)
-                self.input_blocks.append(TimestepSequential(down))
-                skip_chans.append(ch)
-                ds *= 2
-
-        self.middle_block = TimestepSequential(res(ch), attn(ch, num_heads), res(ch))
-
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_chans.pop(), int(mult * model_channels))]
-                ch = int(mult * model_channels)
-                if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample))
-                    ds //= 2
-                self.output_blocks.append(TimestepSequential(*layers))
+        input_ch = int(channel_mult[0] * model_channels)
+        ch, skip_chans, ds = self._build_input(make, in_channels, input_ch, model_channels, num_res_blocks,
+                                               attention_resolutions, channel_mult, conv_resample, num_heads,
+                                               resblock_updown)
+        self.middle_block = TimestepSequential(make.res(ch), make.attn(ch, num_heads), make.res(ch))
+        ch = self._build_output(make, ch, skip_chans, ds, model_channels, num_res_blocks, attention_resolutions,
+                                channel_mult, conv_resample, num_heads_upsample, resblock_updown)
 
         self.out = nn.Sequential(GroupNorm32(ch), act(), nn.Conv2d(input_ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
         if use_fp16:
             self.convert_to_fp16()
+
+    def _build_input(self, make: _BlockMaker, in_channels, ch, model_channels, num_res_blocks, attention_resolutions,
+                     channel_mult, conv_resample, num_heads, resblock_updown) -> tuple[int, list[int], int]:
+        """The encoder in ``self.input_blocks``; returns (its last width, the widths of its skips, the
+        downsample rate reached)."""
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        skip_chans, ds = [ch], 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [make.res(ch, int(mult * model_channels))]
+                ch = int(mult * model_channels)
+                if ds in attention_resolutions:
+                    layers.append(make.attn(ch, num_heads))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_chans.append(ch)
+            if level != len(channel_mult) - 1:
+                down = make.res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample)
+                self.input_blocks.append(TimestepSequential(down))
+                skip_chans.append(ch)
+                ds *= 2
+        return ch, skip_chans, ds
+
+    def _build_output(self, make: _BlockMaker, ch, skip_chans, ds, model_channels, num_res_blocks,
+                      attention_resolutions, channel_mult, conv_resample, num_heads_upsample, resblock_updown) -> int:
+        """The decoder in ``self.output_blocks``, taking the encoder's skips last first; returns its width."""
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [make.res(ch + skip_chans.pop(), int(mult * model_channels))]
+                ch = int(mult * model_channels)
+                if ds in attention_resolutions:
+                    layers.append(make.attn(ch, num_heads_upsample))
+                if level and i == num_res_blocks:
+                    layers.append(make.res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample))
+                    ds //= 2
+                self.output_blocks.append(TimestepSequential(*layers))
+        return ch
 
     def body(self) -> list[nn.Module]:
         return [self.input_blocks, self.middle_block, self.output_blocks]

@@ -104,7 +104,7 @@ class SuperResNetwork(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.low_res is None:
             raise SamplerkitError("this is a super-resolution model: bind its low-resolution images first "
-                                  "(samplerkit.adapters.superres.bind(net, low_res); CLI: --low-res)")
+                                  "(samplerkit.adapters.superres.bind, or the low_res setting of a run)")
         if self.low_res.shape[0] != x_t.shape[0]:
             raise SamplerkitError(f"{self.low_res.shape[0]} low-resolution images are bound but the batch has "
                                   f"{x_t.shape[0]}")

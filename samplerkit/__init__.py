@@ -4,7 +4,17 @@ Every model is a denoiser D(x; sigma) in EDM's convention (see :mod:`samplerkit.
 samplers are plain functions over (denoiser, latents, sigmas) in :mod:`samplerkit.samplers`.
 """
 
-from . import autoencoders, diffusion, guidance, likelihood, metrics, remedies, samplers, schedules
+from . import (
+    autoencoders,
+    builtin,  # noqa: F401 -- registers the shipped models in the zoo
+    diffusion,
+    guidance,
+    likelihood,
+    metrics,
+    remedies,
+    samplers,
+    schedules,
+)
 from .autoencoders import decode
 from .denoisers import Denoiser, DiscreteEpsDenoiser
 from .errors import SamplerkitError

@@ -18,31 +18,29 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-from .data import shapes, to_model_space
-from .train.recommend import recommended_sampler
+from samplerkit.adapters.analytic import FiniteSetDenoiser
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+from . import zoo
+from .data import shapes, to_model_space
+from .loading import load_file
+from .train.recommend import recommended_sampler
+from .zoo import DEFAULT_MODEL, MODELS_DIR  # noqa: F401 -- named here too, where the built-ins live
+
 SHIPPED = ("shapes32-adm", "shapes32-adm-ip", "shapes32-edm", "shapes32-edm-ip", "shapes32-edm-xs")
-DEFAULT_MODEL = "shapes32-adm-ip" if (MODELS_DIR / "shapes32-adm-ip.pt").is_file() else "shapes32-ideal"
 
 
 def shipped_model(name: str):
     """A network shipped in samplerkit/models, loaded through its family's adapter like any checkpoint
     (ADM, or family edm: an EDM preconditioner built from the recorded class and arguments)."""
-    from .loading import load_file
-
     flags = json.loads((MODELS_DIR / f"{name}.json").read_text())
     return load_file(MODELS_DIR / f"{name}.pt", family=flags.pop("family", "adm"), **flags)
 
 
 def shapes32_ideal(num_images: int = 1024, conditional: bool = False):
     """The ideal denoiser of shapes images 0 .. num_images-1 (class-conditional if asked)."""
-    from samplerkit.adapters.analytic import FiniteSetDenoiser
-
     images, labels = shapes(np.arange(num_images))
     return FiniteSetDenoiser(to_model_space(images).double(), labels if conditional else None,
                              num_classes=4 if conditional else None)
@@ -93,3 +91,13 @@ BUILTIN_INFO = {
                                 num_classes=4, recommended={"sampler": "heun", "steps": 18},
                                 notes="class-conditional exact denoiser of the first 1,024 shapes32 images"),
 }
+
+
+def _register() -> None:
+    """Add the shipped models to the zoo (family "builtin": nothing to download)."""
+    for name, loader in BUILTIN_MODELS.items():
+        zoo.register(zoo.ZooEntry(name=name, family="builtin", loader=loader, source="samplerkit",
+                                  **BUILTIN_INFO[name]))
+
+
+_register()

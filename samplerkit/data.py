@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from .errors import SamplerkitError
+from .images import png_path
+from .images import to_uint8 as to_uint8  # samplerkit.data.to_uint8, as before
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -250,8 +252,6 @@ def _folder(path: Path) -> ImageSource:
 def _sample_folder(path: Path) -> ImageSource | None:
     """The per-seed images of a ``samplerkit sample`` output folder (see the module docstring), or None
     when ``path`` is not one: no manifest listing seeds and no ``NNNNNN/NNNNNN.png`` file."""
-    from .output import png_path
-
     manifest = _sample_manifest(path)
     if manifest is None:
         found = {}
@@ -354,8 +354,3 @@ def resize(images: np.ndarray, resolution: int) -> np.ndarray:
 def to_model_space(images: np.ndarray, device="cpu") -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC, rounding as EDM's generate.py: (x * 127.5 + 128).clip(0, 255)."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

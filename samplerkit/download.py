@@ -202,15 +202,9 @@ def fetch(
     ``label``: the zoo name, named in the advice of a mismatch error.
     Raises :class:`SamplerkitError` with the URL, the reason and the path to place the file at.
     """
-    if sha256 is not None:
-        sha256 = sha256.strip().lower()
-        if not _SHA256.match(sha256):
-            raise SamplerkitError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    name = filename or filename_for(url)
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise SamplerkitError(f"cannot name a cache file after {url}; pass filename=")
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    final = directory / name
+    sha256 = _checked_sha256(sha256)
+    final = _cache_path(url, cache_dir, filename)
+    directory = final.parent
     by_hand = f"download it by hand and save it as {final}"
 
     if is_offline():
@@ -232,17 +226,42 @@ def fetch(
         retries = int(os.environ.get(ENV_RETRIES, 5)) if retries is None else retries
         retry_base = float(os.environ.get(ENV_RETRY_BASE, 1.0)) if retry_base is None else retry_base
         digest = _download(url, final, progress, retries, retry_base, timeout, by_hand)
-        part = _part(final)
-        if sha256 is not None and digest != sha256:
-            part.unlink(missing_ok=True)
-            raise SamplerkitError(
-                f"{url} downloaded with sha256 {digest}, expected {sha256}; the partial file was removed "
-                f"(retry later, or {by_hand})"
-            )
-        os.replace(part, final)
-        _fsync_dir(directory)
-        write_record(final, url, digest, trusted=sha256 is not None)
-        return final
+        return _settle(final, url, digest, sha256, by_hand)
+
+
+def _checked_sha256(sha256: str | None) -> str | None:
+    """An expected digest in lower case, checked to be 64 hex digits (None stays None)."""
+    if sha256 is None:
+        return None
+    sha256 = sha256.strip().lower()
+    if not _SHA256.match(sha256):
+        raise SamplerkitError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    return sha256
+
+
+def _cache_path(url: str, cache_dir: str | Path | None, filename: str | None) -> Path:
+    """Where ``url`` is cached: ``filename`` (default the URL's last path component) in ``cache_dir``."""
+    name = filename or filename_for(url)
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise SamplerkitError(f"cannot name a cache file after {url}; pass filename=")
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return directory / name
+
+
+def _settle(final: Path, url: str, digest: str, sha256: str | None, by_hand: str) -> Path:
+    """Move a finished download into place at ``final`` and record its digest; a digest other than the
+    expected ``sha256`` removes the partial file instead."""
+    part = _part(final)
+    if sha256 is not None and digest != sha256:
+        part.unlink(missing_ok=True)
+        raise SamplerkitError(
+            f"{url} downloaded with sha256 {digest}, expected {sha256}; the partial file was removed "
+            f"(retry later, or {by_hand})"
+        )
+    os.replace(part, final)
+    _fsync_dir(final.parent)
+    write_record(final, url, digest, trusted=sha256 is not None)
+    return final
 
 
 def _verify_cached(final: Path, url: str, sha256: str | None, offline: bool, label: str | None) -> Path | None:

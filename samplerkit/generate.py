@@ -196,10 +196,10 @@ def resolve_labels(net, class_labels, n: int) -> str | int | list[int] | None:
     """Check a label request against the model: None / 'random' / an int / a list of n ints."""
     if class_labels is None or class_labels == "random":
         if class_labels == "random" and net.label_dim == 0:
-            raise SamplerkitError("--class-labels given but the model is unconditional")
+            raise SamplerkitError("class_labels given but the model is unconditional")
         return "random" if net.label_dim else None
     if net.label_dim == 0:
-        raise SamplerkitError("--class-labels given but the model is unconditional")
+        raise SamplerkitError("class_labels given but the model is unconditional")
     labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
     if any(not 0 <= c < net.label_dim for c in labels):
         raise SamplerkitError(f"class labels must lie in [0, {net.label_dim - 1}]")

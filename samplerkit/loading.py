@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .builtin import DEFAULT_MODEL
+from samplerkit.adapters import adm, classifier, dit, edm, edm2, iddpm, superres
+
+from . import zoo
 from .checkpoint_files import check_intact
 from .denoisers import Denoiser
 from .errors import SamplerkitError
@@ -31,14 +33,12 @@ def load(name_or_path: str | Path | None = None, family: str | None = None, devi
     (``large_size``, ``small_size``, ...; see :mod:`samplerkit.adapters.superres`).
     """
     if name_or_path is None:
-        name_or_path = DEFAULT_MODEL
+        name_or_path = zoo.DEFAULT_MODEL
     path = Path(name_or_path)
     if path.is_file():
         return load_file(path, family=family, device=device, **flags)
     if path.suffix in (".pt", ".pkl", ".pth") or "/" in str(name_or_path):
         raise SamplerkitError(f"model file not found: {name_or_path}")
-    from . import zoo
-
     entry = zoo.get(str(name_or_path))
     return entry.load(device=device, family=family, **flags)
 
@@ -60,8 +60,6 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
     flags = dict(flags)
     preset = flags.pop("preset", None)
     if preset is not None:
-        from . import zoo
-
         entry = zoo.get(preset)
         family = family or entry.family
         flags = {**entry.flags, **flags}
@@ -70,7 +68,7 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
         recorded_family = run_flags.pop("family", None)
         if family is not None and recorded_family is not None and family != recorded_family:
             raise SamplerkitError(f"the {RUN_FLAGS} beside {path.name} says family {recorded_family}, not {family}; "
-                                  "drop --family")
+                                  "drop the family argument")
         family = family or recorded_family or RUN_FAMILY
         if family in ("adm", "iddpm", "adm-classifier", "adm-superres", "iddpm-superres"):
             flags = merge_run_flags(run_flags, flags, path)
@@ -80,7 +78,7 @@ def file_family_and_flags(path: Path, family: str | None, flags: dict) -> tuple[
         family = "edm" if path.suffix == ".pkl" else None
     if family is None:
         raise SamplerkitError(
-            f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' (CLI: --family) "
+            f"cannot tell the network family of {path.name}; pass family='adm' or 'iddpm' "
             f"with the upstream flags, or preset=<zoo name>, or keep the run's {RUN_FLAGS} beside it"
         )
     return family, flags
@@ -93,39 +91,25 @@ def load_file(path: str | Path, family: str | None = None, device="cpu", **flags
     check_intact(path)  # a cut-short file says so, before any guess at its family
     family, flags = file_family_and_flags(path, family, flags)
     if family == "adm":
-        from samplerkit.adapters import adm
-
         return adm.load_checkpoint(path, device=device, **flags)
     if family == "iddpm":
-        from samplerkit.adapters import iddpm
-
         return iddpm.load_checkpoint(path, device=device, **flags)
     if family == "adm-classifier":  # a noisy-image classifier clf(x_t, t), for samplerkit.guidance
-        from samplerkit.adapters import classifier
-
         return classifier.load_classifier(path, device=device, **flags)
     if family in ("adm-superres", "iddpm-superres"):
-        from samplerkit.adapters import superres
-
         return superres.load_upsampler(path, family=family.split("-")[0], device=device, **flags)
     if family == "edm":
-        from samplerkit.adapters import edm
-
         if path.suffix != ".pkl" and "class_name" in flags:  # a state dict + the run's constructor arguments
             return edm.load_state_dict(path, device=device, **flags)
         if flags:
             raise SamplerkitError(f"EDM pickles carry their own architecture; unexpected flags {sorted(flags)}")
         return edm.load_pickle(path, device=device)
     if family == "edm2":  # EDM2 pickles (also detected under family "edm"); variant=, dtype=, autoencoder=
-        from samplerkit.adapters import edm2
-
         unknown = sorted(set(flags) - {"variant", "dtype", "autoencoder"})
         if unknown:
             raise SamplerkitError(f"EDM2 pickles carry their own architecture; unexpected flags {unknown}")
         return edm2.load_pickle(path, device=device, **flags)
     if family in ("dit", "sit"):  # DiT / SiT latent transformers (arch, image_size, num_classes, autoencoder)
-        from samplerkit.adapters import dit
-
         return dit.load_checkpoint(path, family=family, device=device, **flags)
     raise SamplerkitError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
@@ -160,3 +144,6 @@ def merge_run_flags(recorded: dict, flags: dict, path: Path) -> dict:
                 f"({name}={_canonical(recorded[name])}), which records how the model was trained; drop the flag"
             )
     return {**recorded, **flags}
+
+
+zoo.set_file_loader(load_file)  # ZooEntry.load reads its downloaded file with load_file

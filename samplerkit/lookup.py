@@ -10,6 +10,7 @@ from . import zoo
 from .errors import SamplerkitError
 from .loading import load
 from .output import file_sha256
+from .train.recommend import read_recommended
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ class ModelRef:
         """The recommended sampler settings: the zoo's for a zoo name, those its training run wrote
         (``recommended.json``) for a checkpoint file; {} when there are none."""
         if self.is_file:
-            from .train.recommend import read_recommended  # the training package is heavy: only for a run's file
-
             return read_recommended(self.name)
         return dict(self.entry.recommended) if self.entry is not None else {}
 

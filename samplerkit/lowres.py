@@ -22,11 +22,11 @@ def low_res_source(net, s, seeds: list[int], labels_spec):
     size, name = getattr(net, "low_res_resolution", 0), s.model or DEFAULT_MODEL
     if s.low_res is None:
         if size:
-            raise SamplerkitError(f"{name} is a super-resolution model: give --low-res with its {size}x{size} images "
+            raise SamplerkitError(f"{name} is a super-resolution model: give low_res with its {size}x{size} images "
                                   "(an .npz, a PNG folder or a samplerkit sample folder)")
         return None, {}
     if not size:
-        raise SamplerkitError(f"--low-res conditions super-resolution models only; {name} is not one")
+        raise SamplerkitError(f"low_res conditions super-resolution models only; {name} is not one")
     images = LowResImages(net, s.low_res, seeds, labels_spec, name, min(s.batch, len(seeds)))
     return images, {"low_res": str(s.low_res), "low_res_id": images.fingerprint}
 
@@ -41,7 +41,7 @@ class LowResImages(DenoiserWrapper):
         src = open_source(source)
         size = net.low_res_resolution
         if src.resolution != size:
-            raise SamplerkitError(f"--low-res images are {src.resolution}x{src.resolution} but {name} upsamples "
+            raise SamplerkitError(f"low_res images are {src.resolution}x{src.resolution} but {name} upsamples "
                                   f"{size}x{size} images")
         manifest = Path(source) / "manifest.json"
         order = output.read_json(manifest).get("seeds") if Path(source).is_dir() and manifest.is_file() else None
@@ -49,15 +49,15 @@ class LowResImages(DenoiserWrapper):
         index = [position.get(seed, -1) if position is not None else seed for seed in seeds]
         missing = [seed for seed, i in zip(seeds, index, strict=True) if not 0 <= i < len(src)]
         if missing:
-            raise SamplerkitError(f"--low-res {source} holds {len(src)} images; seed {missing[0]} has none "
+            raise SamplerkitError(f"low_res {source} holds {len(src)} images; seed {missing[0]} has none "
                                   "(seed s upsamples image s; of a sample folder, the image of seed s)")
         self.source, self.index = src, dict(zip(seeds, index, strict=True))
         self.labels_spec = labels_spec
         if net.label_dim and labels_spec is None:
             labels = [src.read(index[i : i + 256])[1] for i in range(0, len(index), 256)]
             if any(part is None for part in labels):
-                raise SamplerkitError(f"{name} is class-conditional and --low-res {source} has no labels "
-                                      "(npz arr_1, a sample folder's manifest); pass --class-labels")
+                raise SamplerkitError(f"{name} is class-conditional and low_res {source} has no labels "
+                                      "(npz arr_1, a sample folder's manifest); pass class_labels")
             self.labels_spec = [int(v) for part in labels for v in part]
         path = Path(source)
         if path.is_file():

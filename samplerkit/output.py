@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .download import default_cache_dir
 from .errors import SamplerkitError
+from .images import png_path, to_uint8
 
 TMP_MARK = ".tmp-"
-IMAGES_PER_FOLDER = 1000
 _SUBDIR = re.compile(r"^\d{6,}$")
 
 
@@ -166,17 +167,13 @@ def check_writable(out: str | Path) -> Path:
         with tempfile.TemporaryFile(dir=out, prefix=f".probe{TMP_MARK}"):
             pass
     except OSError as e:
-        raise SamplerkitError(f"cannot write to output folder {out}: {e.strerror or e}; choose another --out") from None
+        raise SamplerkitError(f"cannot write to output folder {out}: {e.strerror or e}; "
+                              "choose another out folder") from None
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # per-seed images
-
-
-def png_path(out: str | Path, seed: int) -> Path:
-    """``out/000000/000123.png``: folders of 1000 seeds, as EDM's ``generate.py --subdirs``."""
-    return Path(out) / f"{seed - seed % IMAGES_PER_FOLDER:06d}" / f"{seed:06d}.png"
 
 
 def part_path(out: str | Path, seed: int) -> Path:
@@ -337,8 +334,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _hash_store() -> Path | None:
-    from .download import default_cache_dir
-
     try:
         return default_cache_dir() / "file-sha256.json"
     except RuntimeError:  # no home directory
@@ -360,8 +355,6 @@ def save_images(images, out: str | Path, seeds: Iterable[int] | None = None,
     layout of ``samplerkit sample`` (``out/000000/000123.png``, one file per seed, default seeds
     0 .. B-1) plus ``out/grid.png`` of the first 64; every file is written atomically.
     Returns the per-image paths."""
-    from .data import to_uint8
-
     pixels = to_uint8(images)
     seeds = list(range(len(pixels))) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(pixels):

@@ -325,7 +325,7 @@ def _eps_scaler(value) -> float:
         return 1.0
     if isinstance(value, str) and "," in value:
         raise SamplerkitError(f"eps_scaler takes one value here, got {value!r}; a list is a sweep axis "
-                              "(samplerkit sweep --eps-scaler 1.0,1.002,1.005)")
+                              "(a sweep's eps_scaler 1.0,1.002,1.005)")
     try:
         return float(value)
     except ValueError:

@@ -47,11 +47,12 @@ class ResultsCSV:
             with open(self.path, newline="") as f:
                 rows = list(csv.DictReader(f))
         except (OSError, csv.Error, UnicodeDecodeError) as err:
-            raise SamplerkitError(f"{self.path}: unreadable CSV ({err}); move it away or pick another --csv") from None
+            raise SamplerkitError(f"{self.path}: unreadable CSV ({err}); "
+                                  "move it away or pick another csv_path") from None
         missing = sorted(set(self.key_columns) - set(rows[0])) if rows else []
         if missing:
             raise SamplerkitError(f"{self.path} is not {self.what} CSV (it lacks the column(s) {', '.join(missing)}); "
-                                  f"move it away or pick another --csv")
+                                  f"move it away or pick another csv_path")
         return rows
 
     def write(self, rows: Sequence[dict]) -> None:

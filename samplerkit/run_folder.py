@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import samplerkit
+
 from . import distributed, output
 from .errors import SamplerkitError
 from .generate import PreparedSampler, draw
@@ -58,7 +60,7 @@ def prepare(out: Path, settings: dict, overwrite: bool, fmt: str, seeds: list[in
         shown = ", ".join(f"{k}: {_short(old.get(k))} there, {_short(settings.get(k))} now" for k in changed[:3])
         more = f"; {len(changed) - 3} more" if len(changed) > 3 else ""
         raise SamplerkitError(f"{out} holds images made with other settings ({shown}{more}); to start a new run "
-                              "pass another --out, or --overwrite to replace them")
+                              "pass another out folder, or overwrite=True to replace them")
     distributed.barrier()  # every rank has looked before rank 0 changes anything
     pending = 0
     if distributed.is_main():
@@ -142,8 +144,6 @@ class RunRecord:
                                for i in range(0, len(self.seeds), 256)])
 
     def manifest(self, labels: np.ndarray | None, npz: str | None) -> dict:
-        import samplerkit
-
         new, seconds = self.new_images, self.sampling_seconds
         return {
             **self.settings, "settings_fingerprint": fingerprint(self.settings), "nfe_per_image": self.prepared.nfe,

@@ -126,9 +126,9 @@ def parse_class_labels(text: str | None) -> str | int | list[int] | None:
         try:
             values.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
         except ValueError:
-            raise SamplerkitError(f"bad --class-labels {text!r}; use random, a class N or a list like 1,5,7") from None
+            raise SamplerkitError(f"bad class_labels {text!r}; use random, a class N or a list like 1,5,7") from None
         if span and int(span[2]) < int(span[1]):
-            raise SamplerkitError(f"bad --class-labels {text!r}: the range {part.strip()} is empty")
+            raise SamplerkitError(f"bad class_labels {text!r}: the range {part.strip()} is empty")
     return values[0] if len(values) == 1 else values
 
 
@@ -139,7 +139,7 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise SamplerkitError(f"unknown device {name!r}; use auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SamplerkitError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise SamplerkitError("device='cuda' was asked for but no CUDA device is available; use device='cpu'")
     return torch.device(name)
 
 
@@ -346,7 +346,7 @@ def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int):
     other ranks then read its choice from the cache."""
     mode = speed.parse(s.speed or speed.default_mode())
     if s.dtype != "float32" and isinstance(mode, speed.Policy) and mode.autocast != "none":
-        raise SamplerkitError("--dtype and --speed autocast=... both set the network's precision; give one")
+        raise SamplerkitError("dtype and the speed setting autocast=... both set the network's precision; give one")
     if rank != 0:
         distributed.barrier()
     fast_net, record = speed.for_denoiser(net, mode, batch, dev)
@@ -412,7 +412,7 @@ def two_stage(settings: SampleSettings, upsampler: str, sampler: str | None = No
     OUT/upsampled, with its recommended sampler unless ``sampler``/``steps`` are given. Each is an
     ordinary resumable run of :func:`sample_folder`."""
     if settings.low_res is not None:
-        raise SamplerkitError("--then-upsample makes its own low-resolution images; drop --low-res")
+        raise SamplerkitError("then_upsample makes its own low-resolution images; drop low_res")
     out = Path(settings.out)
     base = dataclasses.replace(settings, out=out / "base", fmt="png")
     up = SampleSettings(model=upsampler, sampler=sampler, steps=steps, seeds=settings.seeds,

@@ -39,7 +39,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .denoisers import Denoiser
+from .download import default_cache_dir
 from .errors import SamplerkitError
+from .generate import WithPrecision
+from .output import atomic_json
 
 ENV_SPEED = "SAMPLERKIT_SPEED"
 MODES = ("exact", "fast")
@@ -111,11 +115,11 @@ def parse(text: str | None) -> str | Policy:
     for item in text.split(","):
         key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or key not in keys:
-            raise SamplerkitError(f"bad --speed {text!r}; use exact, fast or settings like "
+            raise SamplerkitError(f"bad speed {text!r}; use exact, fast or settings like "
                                   "attention=sdpa,memory_format=channels_last,autocast=bfloat16,compile=on")
         if keys[key] == "compile":
             if value.lower() not in ("on", "off", "true", "false", "1", "0"):
-                raise SamplerkitError(f"bad --speed compile={value!r}; use on or off")
+                raise SamplerkitError(f"bad speed compile={value!r}; use on or off")
             values["compile"] = value.lower() in ("on", "true", "1")
         else:
             values[keys[key]] = value
@@ -180,9 +184,6 @@ def apply(net: nn.Module, policy: Policy, device_type: str | None = None) -> nn.
     dtype = getattr(torch, policy.autocast)
     if device_type is None:
         device_type = next((p.device.type for p in net.parameters()), "cpu")
-    from .denoisers import Denoiser
-    from .generate import WithPrecision
-
     return WithPrecision(net, dtype, device_type) if isinstance(net, Denoiser) else Autocast(net, dtype, device_type)
 
 
@@ -200,8 +201,6 @@ class Autocast(nn.Module):
 
 def _inductor_cache() -> None:
     """Keep torch.compile's kernel cache in the samplerkit cache dir (unless the user set one)."""
-    from .download import default_cache_dir
-
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
 
 
@@ -293,8 +292,6 @@ def _fingerprint(net: nn.Module) -> str:
 
 
 def _cache_file() -> Path:
-    from .download import default_cache_dir
-
     return default_cache_dir() / "speed" / "autotune.json"
 
 
@@ -306,8 +303,6 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, key: str, entry: dict) -> None:
-    from .output import atomic_json
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         cache = _read_cache(path)
@@ -356,9 +351,7 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
     :data:`TOLERANCE` that beats exact by :data:`MIN_GAIN` wins, else exact. ``variants``: the
     policies to measure (default :func:`candidates`; exact first).
     """
-    key = "|".join([fingerprint(net), f"batch={batch}", device_name(device), f"threads={torch.get_num_threads()}",
-                    f"torch={torch.__version__}"])
-    key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    key = _tuning_key(net, batch, device)
     path = _cache_file()
     if cache:
         hit = _read_cache(path).get(key)
@@ -367,6 +360,26 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
     variants = variants or candidates(net, device)
     if len(variants) == 1:
         return Tuning(EXACT, [], key)
+    errors, times = _measure(net, call, points, variants, repeats, device)
+    best, table = _choose(variants, errors, times)
+    tuning = Tuning(best, table, key)
+    if cache:
+        _write_cache(path, key, {"settings": asdict(best), "table": table, "batch": batch,
+                                 **machine(device), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return tuning
+
+
+def _tuning_key(net: nn.Module, batch: int, device: torch.device) -> str:
+    """The cache key of a measurement: the network, batch, device, thread count and torch version."""
+    key = "|".join([fingerprint(net), f"batch={batch}", device_name(device), f"threads={torch.get_num_threads()}",
+                    f"torch={torch.__version__}"])
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _measure(net: nn.Module, call: Callable, points: list, variants: list[Policy], repeats: int,
+             device: torch.device) -> tuple[dict, dict]:
+    """(max error, pass times) of each variant over ``1 + repeats`` rounds (see :func:`autotune`); a
+    variant already beyond :data:`TOLERANCE` is not run again. The network is left exact."""
     reference: dict = {}
     errors = {v: 0.0 for v in variants}
     times: dict = {v: [] for v in variants}
@@ -391,6 +404,12 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
                     errors[v] = max(errors[v], err if err == err else float("inf"))
     finally:
         apply(net, EXACT)
+    return errors, times
+
+
+def _choose(variants: list[Policy], errors: dict, times: dict) -> tuple[Policy, list[dict]]:
+    """(the fastest variant within tolerance that beats exact by :data:`MIN_GAIN`, else exact; the table
+    of every variant's time, speed-up and error)."""
     base = min(times[EXACT])  # the least disturbed pass (other work on the machine only slows passes down)
     table, best, best_time = [], EXACT, base
     for v in variants:
@@ -400,11 +419,7 @@ def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: t
                       "max_error": errors[v], "within": within})
         if within and seconds and seconds * MIN_GAIN < base and seconds < best_time:
             best, best_time = v, seconds
-    tuning = Tuning(best, table, key)
-    if cache:
-        _write_cache(path, key, {"settings": asdict(best), "table": table, "batch": batch,
-                                 **machine(device), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return tuning
+    return best, table
 
 
 def _sync(device: torch.device) -> None:
@@ -477,7 +492,8 @@ def for_training(model: nn.Module, call: Callable, speed: str | Policy | None, e
     mode = parse(speed) if isinstance(speed, str) or speed is None else speed
     device = torch.device(device)
     if isinstance(mode, Policy) and mode.autocast != "none":
-        raise SamplerkitError("retrain sets the autocast dtype with --precision fp16|bf16, not --speed autocast=")
+        raise SamplerkitError("training sets the autocast dtype with precision=fp16 or bf16, "
+                              "not the speed setting autocast=")
     if isinstance(mode, Policy):
         tuning = Tuning(mode)
     elif mode == "exact":

@@ -48,8 +48,9 @@ from .evaluation import (
 from .generate import check_settings, generate, make_sampler, sampler_options
 from .guidance import Guidance, Guided
 from .lookup import ModelRef, guidance_loader, model_sha256, resolve_sampler
-from .metrics import KID_SUBSETS, PR_K, MultiStatsBuilder, Statistics, evaluate, refs_edm2, split_metrics
+from .metrics import KID_SUBSETS, PR_K, MultiStatsBuilder, Statistics, evaluate, intervals, refs_edm2, split_metrics
 from .metrics import block as metrics_block
+from .output import atomic_write
 from .remedies import REMEDY_KNOBS, Remedies
 from .results import ResultsCSV, check_experiment
 from .seeds import parse_seeds
@@ -97,8 +98,7 @@ def check_options(samplers: Sequence[str], options: dict | None) -> None:
         samplers_table.info(name)  # an unknown name is an error that lists the choices
     for key, value in (options or {}).items():
         if value is not None and not any(key in sampler_options(s) for s in samplers):
-            flag = "--" + key.replace("_", "-")  # an existing test pins the flag in this library message
-            raise SamplerkitError(f"option {flag} applies to none of the chosen samplers ({', '.join(samplers)})")
+            raise SamplerkitError(f"option {key} applies to none of the chosen samplers ({', '.join(samplers)})")
 
 
 def remedy_axis(remedies: Sequence[Remedies] | dict | None = None,
@@ -158,8 +158,6 @@ def _feats_path(csv_path: Path, key: tuple) -> Path:
 
 def _save_feats(path: Path, feats: np.ndarray) -> None:
     import io
-
-    from .output import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -403,8 +401,6 @@ def _bootstrap_columns(sample, reference, metrics, rounds: int, seed: int, key: 
                        csv_path: Path, main: bool) -> dict:
     """The interval columns of one cell: its own FID/KID intervals and, unless it is its own
     baseline, the paired difference to the baseline cell (whose features are read from beside the CSV)."""
-    from .metrics import Statistics, intervals
-
     if main:
         _save_feats(_feats_path(csv_path, key), sample.feats)
     out = dict(intervals(sample, reference, metrics, rounds, seed), bootstrap_rounds=rounds)

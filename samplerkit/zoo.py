@@ -37,10 +37,15 @@ from typing import Any
 
 from . import download
 from .errors import DamagedFileError, SamplerkitError
+from .guidance import guided
+from .output import file_sha256
 
 FAMILIES = ("adm", "iddpm", "edm", "builtin", "adm-classifier", "adm-superres", "iddpm-superres", "edm2", "vae", "dit",
             "sit")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+MODELS_DIR = Path(__file__).resolve().parent / "models"  # the networks shipped inside the package
+DEFAULT_MODEL = "shapes32-adm-ip" if (MODELS_DIR / "shapes32-adm-ip.pt").is_file() else "shapes32-ideal"
+"""What ``samplerkit sample`` and ``samplerkit.load()`` use without a name (built in: offline)."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,6 @@ class ZooEntry:
         if self.sha256:
             return self.sha256
         if self.family == "builtin":
-            from .output import file_sha256
-
             return file_sha256(self.filename) if self.filename else None
         return download.trusted_sha256(self.local_path(cache_dir))
 
@@ -129,11 +132,11 @@ class ZooEntry:
         if self.family == "vae":
             raise SamplerkitError(f"{self.name} is an autoencoder, not a denoiser: pass it as autoencoder= to a "
                                   "latent model, or load it with samplerkit.autoencoders.load_vae")
-        from .loading import load_file
-
+        if _file_loader is None:
+            raise SamplerkitError("no checkpoint loader is installed; import samplerkit.loading first")
         path = self.download()
         try:
-            net = load_file(path, family=family or self.family, device=device, **{**self.flags, **overrides})
+            net = _file_loader(path, family=family or self.family, device=device, **{**self.flags, **overrides})
         except SamplerkitError as err:
             if isinstance(err, DamagedFileError):  # it already says how to download it again
                 raise
@@ -147,14 +150,24 @@ class ZooEntry:
         if self.family == "edm2":  # EDM2 presets name both networks of a guided run: record which file this is
             net.name, net.sha256 = Path(self.filename).stem, self.expected_sha256()
         if self.guidance.get("gnet") and self.guidance["weight"] != 1:
-            from .guidance import guided
-
             gnet = get(self.guidance["gnet"]).load(device=device)
             return guided(net, gnet, self.guidance["weight"])
         return net
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
+
+# How a downloaded checkpoint file becomes a network: samplerkit.loading.load_file, which installs itself
+# here when samplerkit is imported. The loaders sit above the zoo (the adapters ask it for VAEs, the
+# damaged-file check for sizes), so the zoo calls them through this slot instead of importing them.
+_file_loader: Callable[..., Any] | None = None
+
+
+def set_file_loader(load_file: Callable[..., Any]) -> None:
+    """Install the function ``ZooEntry.load`` reads a checkpoint file with (``load_file(path, family=,
+    device=, **flags)``); samplerkit.loading calls this once, at import."""
+    global _file_loader
+    _file_loader = load_file
 
 
 def register(entry: ZooEntry, replace: bool = False) -> ZooEntry:
@@ -500,17 +513,8 @@ register(ZooEntry(
 ))
 
 
-# ---------------------------------------------------------------------------------------------
-# models shipped with samplerkit (samplerkit/builtin.py): nothing to download
-
-def _register_builtin() -> None:
-    from .builtin import BUILTIN_INFO, BUILTIN_MODELS
-
-    for name, loader in BUILTIN_MODELS.items():
-        register(ZooEntry(name=name, family="builtin", loader=loader, source="samplerkit", **BUILTIN_INFO[name]))
-
-
-_register_builtin()
+# the models shipped with samplerkit (family "builtin", nothing to download) register themselves from
+# samplerkit/builtin.py, which samplerkit imports
 
 
 # Epsilon Scaling (Ning et al. 2024): the lambda its authors state for these checkpoints, with the

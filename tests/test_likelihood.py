@@ -214,7 +214,7 @@ def test_ode_on_data_off_the_8bit_range_is_a_one_line_error(gaussian, bad, messa
 
 def test_ode_needs_a_finite_noise_range(gaussian):
     net, x = gaussian  # the analytic model has sigma_max = inf
-    with pytest.raises(SamplerkitError, match="--sigma-max"):
+    with pytest.raises(SamplerkitError, match="give sigma_min and sigma_max"):
         sk.likelihood.ode_bpd(net, x)
 
 

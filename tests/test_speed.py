@@ -265,5 +265,5 @@ def test_retrain_policy_autotunes_forward_and_backward_and_refuses_autocast():
     assert record["mode"] == "fast" and all(row["within"] for row in record["table"] if "autocast" not in row["policy"])
     assert all(p.grad is None for p in unet.parameters())  # the autotune's backward passes leave no gradients
     speed.apply(unet, speed.EXACT)
-    with pytest.raises(SamplerkitError, match="--precision"):
+    with pytest.raises(SamplerkitError, match="precision=fp16"):
         speed.for_training(unet, unet, "autocast=bfloat16", example, "cpu")

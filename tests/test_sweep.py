@@ -148,7 +148,7 @@ def test_an_option_goes_only_to_the_samplers_that_take_it(net, reference, tmp_pa
 
 
 def test_an_option_no_chosen_sampler_takes_is_an_error(net, reference, tmp_path):
-    with pytest.raises(SamplerkitError, match="--eta"):
+    with pytest.raises(SamplerkitError, match="option eta applies to none"):
         run(net, reference, tmp_path / "s.csv", samplers=("heun",), options={"eta": 0.5})
 
 

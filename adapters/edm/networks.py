@@ -286,6 +286,16 @@ def _attention_blocks(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, UNetBlock) and m.num_heads]
 
 
+def _check_song_options(embedding_type, encoder_type, decoder_type) -> None:
+    for option, value, allowed in [
+        ("embedding_type", embedding_type, ("fourier", "positional")),
+        ("encoder_type", encoder_type, ("standard", "skip", "residual")),
+        ("decoder_type", decoder_type, ("standard", "skip")),
+    ]:
+        if value not in allowed:
+            raise SamplerkitError(f"SongUNet {option} must be one of {allowed}, got {value!r}")
+
+
 class SongUNet(Network):
     """DDPM++ / NCSN++ (Song et al. 2021) as configured in Karras et al. 2022 (EDM), App. F.2.
 
@@ -315,13 +325,7 @@ class SongUNet(Network):
         decoder_type="standard",
         resample_filter=(1, 1),
     ):
-        for option, value, allowed in [
-            ("embedding_type", embedding_type, ("fourier", "positional")),
-            ("encoder_type", encoder_type, ("standard", "skip", "residual")),
-            ("decoder_type", decoder_type, ("standard", "skip")),
-        ]:
-            if value not in allowed:
-                raise SamplerkitError(f"SongUNet {option} must be one of {allowed}, got {value!r}")
+        _check_song_options(embedding_type, encoder_type, decoder_type)
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
@@ -342,8 +346,14 @@ class SongUNet(Network):
             init_zero=init_zero,
             init_attn=init_attn,
         )
+        self._build_mapping(embedding_type, noise_channels, emb_channels, label_dim, augment_dim, init)
+        cout = self._build_encoder(img_resolution, in_channels, model_channels, channel_mult, num_blocks,
+                                   attn_resolutions, encoder_type, resample_filter, init, block_kwargs)
+        self._build_decoder(img_resolution, out_channels, model_channels, channel_mult, num_blocks, attn_resolutions,
+                            decoder_type, resample_filter, cout, init_zero, block_kwargs)
 
-        # mapping network: noise level (+ labels, augmentation) -> embedding
+    def _build_mapping(self, embedding_type, noise_channels, emb_channels, label_dim, augment_dim, init):
+        """The mapping network: noise level (+ labels, augmentation) -> embedding."""
         if embedding_type == "positional":
             self.map_noise = PositionalEmbedding(num_channels=noise_channels, endpoint=True)
         else:
@@ -355,6 +365,9 @@ class SongUNet(Network):
         self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
         self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
 
+    def _build_encoder(self, img_resolution, in_channels, model_channels, channel_mult, num_blocks, attn_resolutions,
+                       encoder_type, resample_filter, init, block_kwargs) -> int:
+        """The encoder levels in ``self.enc`` (with the skip/residual input branch); returns its last width."""
         self.enc = nn.ModuleDict()
         cout = caux = in_channels
         for level, mult in enumerate(channel_mult):
@@ -387,8 +400,12 @@ class SongUNet(Network):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     in_channels=cin, out_channels=cout, attention=res in attn_resolutions, **block_kwargs
                 )
-        skips = [block.out_channels for name, block in self.enc.items() if "aux" not in name]
+        return cout
 
+    def _build_decoder(self, img_resolution, out_channels, model_channels, channel_mult, num_blocks,
+                       attn_resolutions, decoder_type, resample_filter, cout, init_zero, block_kwargs) -> None:
+        """The decoder levels in ``self.dec`` (with the skip output branch), fed by the encoder's skips."""
+        skips = [block.out_channels for name, block in self.enc.items() if "aux" not in name]
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
@@ -480,6 +497,21 @@ class DhariwalUNet(Network):
             emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero
         )
 
+        self._build_mapping(model_channels, emb_channels, label_dim, augment_dim, init, init_zero)
+        cout = self._build_encoder(img_resolution, in_channels, model_channels, channel_mult, num_blocks,
+                                   attn_resolutions, init, block_kwargs)
+        skips = [block.out_channels for block in self.enc.values()]
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = img_resolution >> level
+            # ADM: attention in every block of an attention resolution
+            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult, skips,
+                                  num_blocks, lambda idx, r=res: r in attn_resolutions, block_kwargs)
+        self.out_norm = GroupNorm(num_channels=cout)
+        self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
+
+    def _build_mapping(self, model_channels, emb_channels, label_dim, augment_dim, init, init_zero):
+        """The mapping network: noise level (+ augmentation) -> embedding, and the label projection."""
         self.map_noise = PositionalEmbedding(num_channels=model_channels)
         self.map_augment = (
             Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero)
@@ -498,6 +530,9 @@ class DhariwalUNet(Network):
                 init_weight=math.sqrt(label_dim),
             )
 
+    def _build_encoder(self, img_resolution, in_channels, model_channels, channel_mult, num_blocks, attn_resolutions,
+                       init, block_kwargs) -> int:
+        """The encoder levels in ``self.enc``; returns the last width."""
         self.enc = nn.ModuleDict()
         cout = in_channels
         for level, mult in enumerate(channel_mult):
@@ -516,16 +551,7 @@ class DhariwalUNet(Network):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     in_channels=cin, out_channels=cout, attention=res in attn_resolutions, **block_kwargs
                 )
-        skips = [block.out_channels for block in self.enc.values()]
-
-        self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            # ADM: attention in every block of an attention resolution
-            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult, skips,
-                                  num_blocks, lambda idx, r=res: r in attn_resolutions, block_kwargs)
-        self.out_norm = GroupNorm(num_channels=cout)
-        self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
+        return cout
 
     attention_blocks = _attention_blocks
 

@@ -14,6 +14,7 @@ from ..generate import GRID_KNOBS
 from ..guidance import GUIDANCE_KNOBS
 from ..knobs import Knob
 from ..remedies import REMEDY_KNOBS
+from ..runs import load_model as load_with_flags
 from ..runs import pick_device
 
 
@@ -102,10 +103,7 @@ def speed_option(default: str = "fast") -> Callable:
 
 def load_model(model: str, family: str | None, flags: tuple[str, ...], preset: str | None, device="cpu"):
     """Load the model the user named, with its ``--flag KEY=VALUE`` flags; returns the denoiser."""
-    from ..runs import load_model as load_with_flags
-
     return load_with_flags(model, family, parse_flags(flags), preset, device=device)
-
 
 
 # Python names that are also plain words of messages: errors keep them as they are
@@ -152,6 +150,27 @@ def flag_of(option: str) -> str | None:
 # and the flags every command that takes them spells them with (samplerkit.cli.main applies this to all errors)
 ARGUMENT_FLAGS = {"overwrite=True": "--overwrite", "allow_resolution_mismatch=True": "--allow-resolution-mismatch",
                   "another csv_path": "another --csv file"}
+# settings of runs, evaluations and training as their messages name them (no key is part of another's flag)
+ARGUMENT_FLAGS.update({
+    "class_labels ": "--class-labels ", "pass class_labels": "pass --class-labels", "low_res ": "--low-res ",
+    "drop low_res": "drop --low-res", "then_upsample makes": "--then-upsample makes",
+    "num_images must be >= 2": "--num-images must be >= 2", "another out folder": "another --out",
+    "device='cuda'": "--device cuda", "device='cpu'": "--device cpu",
+    "dtype and the speed setting": "--dtype and --speed", "the speed setting": "--speed", "bad speed ": "bad --speed ",
+    "method='ode'": "--method ode", "give sigma_min and sigma_max": "give --sigma-min and --sigma-max",
+    "drop the family argument": "drop --family", "pass family='adm' or 'iddpm'": "pass --family adm or iddpm",
+    "rebuild it with metrics ": "rebuild it with samplerkit fid-ref --metrics ",
+    "the bootstrap needs rounds >= 2": "--bootstrap needs at least 2 rounds",
+    "use kid_subset_size ": "use --kid-subset-size ", "use fid_mode ": "use --fid-mode ",
+    "force_pipeline=True": "--force-pipeline", " precision=": " --precision ", " precond=": " --precond ",
+    " regularizer=": " --regularizer ", " loss=": " --loss ", " microbatch=": " --microbatch ", " lr=": " --lr ",
+    " wd_form=": " --wd-form ", "weight_decay, lambda_wd and grad_clip": "--weight-decay, --lambda-wd and --grad-clip",
+    "already lambda_wd;": "already --lambda-wd;", "drop weight_decay": "drop --weight-decay",
+    "ema_halflife_kimg must": "--ema-halflife-kimg must", "pass resume=True": "pass --resume",
+    "continued with resume=True": "continued with --resume",
+    "the architecture flag ": "--flag ", "network file as path=FILE": "network file as --inception FILE",
+    ") as path=FILE or $": ") via --inception FILE or $",
+})
 
 
 def with_argument_flags(message: str) -> str:

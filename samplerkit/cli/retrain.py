@@ -8,6 +8,9 @@ import click
 from click.core import ParameterSource
 
 from ..errors import SamplerkitError
+from ..speed import default_mode as default_speed
+from ..train import TrainConfig, train
+from ..train import preset as get_preset
 from ._options import device_option, parse_flags, speed_option
 
 EXAMPLES = """
@@ -89,10 +92,6 @@ def command(data, out, preset, precond, flags, regularizer, gamma, lambda_gp, la
     command that samples the run's EMA weights with the sampler its training implies (also
     written to OUT/recommended.json).
     """
-    from ..speed import default_mode as default_speed
-    from ..train import TrainConfig, train
-    from ..train import preset as get_preset
-
     if preset is None:
         preset = "tiny" if precond in (None, "adm") else "tiny-edm"
     p = get_preset(preset)

@@ -47,7 +47,7 @@ def noise_range(net, sigma_min: float | None, sigma_max: float | None) -> tuple[
     hi = float(getattr(net, "sigma_max", math.inf) if sigma_max is None else sigma_max)
     if not (0 < lo < hi < math.inf):
         raise SamplerkitError(f"the ODE likelihood integrates from sigma_min > 0 to a finite sigma_max > sigma_min; "
-                              f"got [{lo:g}, {hi:g}]; give sigma_min and sigma_max (--sigma-min, --sigma-max)")
+                              f"got [{lo:g}, {hi:g}]; give sigma_min and sigma_max")
     return lo, hi
 
 

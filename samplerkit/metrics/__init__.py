@@ -98,14 +98,14 @@ def evaluate(sample: Statistics, ref: Statistics, metrics: Sequence[str] = ("fid
             raise SamplerkitError("sFID needs spatial features of the samples; this feature extractor has none")
         if ref.mu_s is None:
             raise SamplerkitError("the reference has no spatial statistics (mu_s, sigma_s) for sFID; rebuild it "
-                                  "with samplerkit fid-ref --metrics fid,sfid")
+                                  "with metrics fid,sfid")
         out["sfid"] = frechet_distance(sample.mu_s, sample.sigma_s, ref.mu_s, ref.sigma_s)
     for metric in ("pr", "kid"):
         if metric not in metrics:
             continue
         if ref.feats is None:
             raise SamplerkitError(f"the reference has no pool features (feats) for {metric}; rebuild it "
-                                  f"with samplerkit fid-ref --metrics fid,{metric}")
+                                  f"with metrics fid,{metric}")
         if sample.feats is None:
             raise SamplerkitError(f"{metric} needs the samples' pool features (compute them with '{metric}')")
         if metric == "pr":

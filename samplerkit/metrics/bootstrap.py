@@ -61,7 +61,7 @@ def _percentiles(values: np.ndarray, estimate: float, rounds: int, alpha: float)
 
 def _check(rounds: int, alpha: float, n: int) -> None:
     if rounds < 2:
-        raise SamplerkitError(f"--bootstrap needs at least 2 rounds, got {rounds}")
+        raise SamplerkitError(f"the bootstrap needs rounds >= 2, got {rounds}")
     if not 0 < alpha < 1:
         raise SamplerkitError(f"the bootstrap level alpha must be in (0, 1), got {alpha}")
     if n < 3:

