@@ -15,7 +15,7 @@
 #   Epsilon Scaling: lambda = b, b in {1.0, 1.001, 1.002, 1.003, 1.005} at 20 steps; the linear
 #     schedule lambda(t) = 1 + k t (t = step index, 0 = last step) from 1 at the last step to 1.004
 #     at the first (mean 1.002, the middle of the grid), run once on the selection seeds, not chosen
-#     from. At 100 steps b in {1.0, 1.002} (FULL=1: the 20-step grid and the linear schedule).
+#     from. At 100 steps b in {1.0, 1.001, 1.002} (FULL=1: the 20-step grid and the linear schedule).
 #   Time-Shift: (window, cutoff) in {40/300, 80/300, 120/300, 80/200} at 20 steps; at 100 steps
 #     {40/300, 80/300} (FULL=1: the same four).
 # The grids at 100 steps are cut to what one loaded 2-core machine ran in the time it had (a
@@ -31,7 +31,7 @@ run=(python "$(dirname "$0")/remedies_shapes32.py" --ref "$ref" --prefix "$out/r
 if [ -n "${FULL:-}" ]; then
     es100=(--es-grid 1.0,1.001,1.002,1.003,1.005); ts100=40/300,80/300,120/300,80/200
 else
-    es100=(--es-grid 1.0,1.002 --es-linear-top 0); ts100=40/300,80/300
+    es100=(--es-grid 1.0,1.001,1.002 --es-linear-top 0); ts100=40/300,80/300
 fi
 "${run[@]}" --phase es-select --steps 20 --es-grid 1.0,1.001,1.002,1.003,1.005 --es-linear-top 1.004
 "${run[@]}" --phase ts-select --steps 20 --ts-grid 40/300,80/300,120/300,80/200
