@@ -93,17 +93,20 @@ def main(out: Path) -> None:
     print(markdown(sweep, ["sampler", "nfe"], "model", "fid", ".1f"))
     eb = pd.read_csv(out / "exposure.csv")
     delta = eb[eb["mode"] == "delta"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))
-    print("\n### Exposure bias: delta_t (mean over images, 95 % interval in the CSV)\n")
+    print("\n### Exposure bias: delta_t, 100-step respaced chain, x0_hat unclipped (mean over images, 95 % "
+          "interval in the CSV)\n")
     print(markdown(delta, "model", "t", "delta_mean", ".4f"))
     clip = pd.read_csv(out / "exposure-clip.csv").assign(model=lambda d: d.model.str.replace("shapes32-", ""))
-    print("\n### Exposure bias: delta_t with x0_hat clipped to [-1, 1] at every step\n")
+    print("\n### Exposure bias: delta_t, 100-step respaced chain, x0_hat clipped to [-1, 1] at every step\n")
     print(markdown(clip, "model", "t", "delta_mean", ".4f"))
     fid = eb[eb["mode"] == "fid"].assign(model=lambda d: d.model.str.replace("shapes32-", ""))
     if len(fid):
-        print("\n### Exposure bias: FID of x0_hat against x0 (Tab. 1's measurement)\n")
+        print("\n### Exposure bias: FID of x0_hat against x0 (Tab. 1's measurement), 100-step respaced chain "
+              "(ancestral, learned variance), x0_hat unclipped\n")
         print(markdown(fid, "model", "t", "fid", ".1f"))
     nu = pd.read_csv(out / "exposure-nu.csv").assign(model=lambda d: d.model.str.replace("shapes32-", ""))
-    print("\n### Prediction error nu_t (x0_hat clipped to [-1, 1]; t on the 100-step respaced chain)\n")
+    print("\n### Prediction error nu_t (one call on forward-noised data, no chain; x0_hat clipped to [-1, 1]; "
+          "t on the 100-step respaced grid)\n")
     print(markdown(nu[nu.t % 20 == 0], "model", "t", "nu", ".4f"))
 
 
