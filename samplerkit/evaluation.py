@@ -232,16 +232,17 @@ def _check_references(ref, wanted, want_dino, ref_images, recompute_ref, fid_mod
 
 
 def _inception_for(wanted, checked, inception, dev, batch, fid_mode, speed, force):
-    """The Inception feature extractor the metrics need (None when only fd_dinov2 is asked)."""
+    """(The Inception feature extractor the metrics need, its speed record); (None, None) when only
+    fd_dinov2 is asked."""
     if not wanted:
-        return None
+        return None, None
     features = metrics_lib.inception(inception, dev, batch_size=min(batch, 64), mode=fid_mode)
-    features, _ = speed_lib.for_inception(features, speed, dev)
+    features, record = speed_lib.for_inception(features, speed, dev)
     if "is" in wanted:
         metrics_lib.require_logits(features)
     if isinstance(checked, metrics_lib.Statistics):  # stored statistics of another network: fail before the work
         metrics_lib.check_same_pipeline(_pipeline_of(features), checked, force)
-    return features
+    return features, record
 
 
 def _references(ref, wanted, checked, dino_checked, features, dino, ref_images, batch, recompute, quiet) -> tuple:
@@ -359,6 +360,7 @@ class FidResult:
     dino: object
     dino_ref: object
     note: str | None
+    speed: dict | None = None  # the execution policy of the feature networks (samplerkit.speed): mode, policy
 
 
 def measure(settings: FidSettings, log=lambda text: None) -> FidResult | None:
@@ -390,7 +392,8 @@ def _measure_run(s: FidSettings, sets, checked, dino_checked, log) -> FidResult 
     main, n = distributed.is_main(), sets[0][2]
     dev = distributed.local_device(s.device)
     speed = s.speed or speed_lib.default_mode()
-    features = _inception_for(wanted, checked, s.inception, dev, s.batch, s.fid_mode, speed, s.force_pipeline)
+    features, record = _inception_for(wanted, checked, s.inception, dev, s.batch, s.fid_mode, speed,
+                                      s.force_pipeline)
     dino = dinov2_extractor(s.dinov2_weights, s.dinov2_resize, dev, s.batch, speed) if want_dino else None
     if dino is not None:
         check_dinov2_pipeline(dino, dino_checked, s.force_pipeline)
@@ -409,8 +412,11 @@ def _measure_run(s: FidSettings, sets, checked, dino_checked, log) -> FidResult 
                               s.bootstrap_rounds, evaluation)
     if not main:
         return None
+    policy = {"mode": speed if isinstance(speed, str) else "explicit",
+              "inception": record.get("policy", record.get("mode")) if record else None,
+              "dinov2": getattr(dino, "speed", None) if dino is not None else None}
     return FidResult(results, [name for name, *_ in sets], next(iter(stats[0].values())).n, reference,
-                     getattr(features, "sha256", ""), dino, dino_ref, note)
+                     getattr(features, "sha256", ""), dino, dino_ref, note, policy)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -446,3 +446,16 @@ def test_a_model_added_to_a_finished_run_is_paired_with_the_rows_already_in_the_
     b = ex.measure(specs[1], "delta", 10, x0, None, settings)[1]["per_image"]
     [row] = [r for r in report.current if r["model"] == "biased"]
     assert row["baseline"] == "exact" and row["diff_mean"] == pytest.approx((b - a).mean(), rel=1e-12)
+
+
+def test_cli_rows_record_the_speed_policy_of_their_network(tmp_path, capsys):
+    args = ("--model", "shapes32-ideal", "--data", "builtin:shapes32?n=4", "--num-images", "4", "--t", "2",
+            "--eps-scaler", "1.01")
+    code, out = _cli(capsys, *args, "--speed", "exact", "--csv", str(tmp_path / "exact.csv"))
+    assert code == 0, out.err
+    code, out = _cli(capsys, *args, "--speed", "attention=sdpa", "--csv", str(tmp_path / "sdpa.csv"))
+    assert code == 0, out.err
+    exact, sdpa = _csv_rows(tmp_path / "exact.csv"), _csv_rows(tmp_path / "sdpa.csv")
+    assert [r["model"] for r in exact] == ["shapes32-ideal", "shapes32-ideal+ES1.01"]  # the variant keeps it too
+    assert {r["speed"] for r in exact} == {"exact"}
+    assert all(r["speed"] for r in sdpa) and {r["speed"] for r in sdpa} != {"exact"}

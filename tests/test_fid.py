@@ -590,3 +590,8 @@ def test_computing_reference_statistics_shows_the_total_and_an_eta(monkeypatch, 
     assert stats.n == 12
     assert "0/12 [00:00<?" in err.getvalue()
     assert re.search(r"12/12 \[\d\d:\d\d<00:00", err.getvalue()), err.getvalue()
+
+
+def test_fid_json_records_the_speed_policy_of_its_networks(fid_a_vs_b):
+    speed = fid_a_vs_b["speed"]
+    assert speed["mode"] in ("exact", "fast") and speed["inception"] and speed["dinov2"] is None

@@ -141,7 +141,7 @@ def _report(result: FidResult, s: FidSettings, as_json: bool) -> None:
     values, names, reference, dino, dino_ref = result.values, result.names, result.reference, result.dino, \
         result.dino_ref
     if as_json:
-        common = {"n_images": result.n, "ref": s.ref}
+        common = {"n_images": result.n, "ref": s.ref, "speed": result.speed}
         if reference is not None:
             common.update(n_ref=reference.n, mode=s.fid_mode, network=result.network, reference_mode=reference.mode,
                           reference_origin=reference.origin or None)
@@ -164,6 +164,9 @@ def _report(result: FidResult, s: FidSettings, as_json: bool) -> None:
         extra = ""
     if dino is not None:
         click.echo(f"{'dinov2':10s} {dino.mode} (DINOv2 ViT-L/14), weights sha256 {dino.sha256[:12]}…{extra}")
+    if result.speed:
+        used = ", ".join(f"{k} {v}" for k, v in result.speed.items() if k != "mode" and v)
+        click.echo(f"{'speed':10s} {result.speed['mode']}" + (f" ({used})" if used else ""))
 
 
 def _table(values: dict, name: str, first: str, several: bool, n: int) -> None:

@@ -80,7 +80,7 @@ def run(settings: ExposureSettings, log: Callable[[str], None] = lambda s: None)
     for ref, net in zip(refs, nets, strict=True):
         net, record = speed_lib.for_denoiser(net, speed, s.measure.batch, s.device)
         log(f"speed: {ref.name}: {record['mode']} -> {record['policy']}")
-        specs.append(ModelSpec(ref.name, net, ref.sha256()))
+        specs.append(ModelSpec(ref.name, net, ref.sha256(), speed=record.get("policy", record.get("mode", ""))))
     specs = with_remedies(specs, s.measure, s.remedy)
     x0, labels = load_images(s.data, s.num_images, specs, not s.no_resize, s.measure.seed, log)
     features = real = None
@@ -124,10 +124,11 @@ def with_remedies(specs, settings: Settings, remedies: Remedies) -> list[ModelSp
         chain = settings.chain(spec.net)
         if es is not None:
             net, _ = es.apply(spec.net, chain_sigmas(chain.alpha_bar))
-            out.append(ModelSpec(spec.name + es.label(), net, spec.sha256))
+            out.append(ModelSpec(spec.name + es.label(), net, spec.sha256, speed=spec.speed))
         if ts is not None:
             ts.time_shift.bind(spec.net, chain.alpha_bar, "ancestral")  # a model without a discrete chain fails here
-            out.append(ModelSpec(spec.name + ts.label(), spec.net, spec.sha256, time_shift=ts.time_shift))
+            out.append(ModelSpec(spec.name + ts.label(), spec.net, spec.sha256, time_shift=ts.time_shift,
+                                 speed=spec.speed))
     return out
 
 

@@ -54,7 +54,7 @@ CSV_COLUMNS = (
     "delta_mean", "delta_std", "delta_ci_low", "delta_ci_high",
     "baseline", "diff_mean", "diff_ci_low", "diff_ci_high",
     "fid", "e_mean", "nu", "sw_reject_rate", "sw_tests",
-    "eps_norm_sample", "eps_norm_forward", "eps_norm_ratio",
+    "eps_norm_sample", "eps_norm_forward", "eps_norm_ratio", "speed",
 )
 
 
@@ -70,6 +70,7 @@ class ModelSpec:
     net: object
     sha256: str = ""
     time_shift: object = None
+    speed: str = ""  # the execution policy the network runs under (samplerkit.speed), recorded in each row
 
 
 @dataclass
@@ -408,7 +409,7 @@ def _histogram_ts(ts: Sequence[int], T: int) -> list[int]:
 def _cell_row(c: Cell, n: int, settings: Settings, stats: dict, seconds: float) -> dict:
     row = {"model": c.spec.name, "sha256": c.spec.sha256, "mode": c.mode, "t": c.t, "n": n, "seed": settings.seed,
            "settings": c.settings_key, "T": c.chain.T, "t_full": c.chain.level(c.t), "T_full": c.chain.T_full,
-           "nfe": c.nfe, "seconds": round(seconds, 3)}
+           "nfe": c.nfe, "seconds": round(seconds, 3), "speed": c.spec.speed}
     row.update(stats)
     return row
 
