@@ -660,6 +660,19 @@ def _load(model: ModelRef, family, flags, preset, device):
     return net, preset_gnet, autoencoder
 
 
+def reference_cost(ref: str, checked, dino_checked) -> str:
+    """What the reference statistics cost before the first cell (part of the sweep's printed cost): a pass
+    of the reference images through the feature networks when they must be computed, else nothing."""
+    passes = [(name, got[1]) for name, got in (("Inception", checked), ("DINOv2", dino_checked))
+              if isinstance(got, tuple)]
+    if not passes:
+        return f"reference: stored statistics of {ref} (no pass over reference images)"
+    counts = {n for _, n in passes}
+    images = f"{counts.pop():,d} images" if len(counts) == 1 else " / ".join(f"{n:,d}" for _, n in passes) + " images"
+    return (f"reference: one pass over {images} of {ref} through {' and '.join(name for name, _ in passes)} "
+            "before the first cell (cached beside the CSV for later runs)")
+
+
 def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
     """The sweep of ``s``: references checked before any work, the model loaded and its samplers checked
     on it before the speed policy tunes it, then every guidance weight's cells."""
@@ -669,6 +682,7 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
     checked, dino_checked = _check_references(s.ref, s.ref_images, wanted, want_dino, csv_file, log, s.fid_mode,
                                               s.dinov2_resize, s.force_pipeline)
     warn_small_sample(len(s.seed_list), every)
+    log(reference_cost(s.ref, checked, dino_checked))
     distributed.init(s.device)  # under torchrun: each process measures its block of the seeds
     device = distributed.local_device(s.device)
     log = log if distributed.is_main() else (lambda text: None)

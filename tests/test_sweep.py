@@ -182,8 +182,10 @@ def test_sweep_command_end_to_end_with_inception_resumes_without_recomputing(tmp
     assert rows[0]["speed"] == "exact"  # the network-execution policy the row was computed under (conftest)
     assert (tmp_path / "s.png").is_file() and "heun" in out
     assert len(list(tmp_path.glob("s.ref-*.npz"))) == 1
+    assert "reference: one pass over 4 images of builtin:shapes32?n=4 through Inception" in err  # its cost, said
     code, _, err = run_cli(*args)
     assert code == 0 and "0 of 1 cells to run" in err and "from" in err
+    assert "reference: stored statistics" in err  # cached beside the CSV: no pass this time
     assert read_rows(tmp_path / "s.csv") == rows
 
 
