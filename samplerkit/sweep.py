@@ -45,7 +45,7 @@ from .evaluation import (
     note_reference,
     warn_small_sample,
 )
-from .generate import check_settings, generate, make_sampler, sampler_options
+from .generate import check_settings, clip_note, generate, make_sampler, outside_note, sampler_options
 from .guidance import Guidance, Guided
 from .lookup import ModelRef, guidance_loader, model_sha256, resolve_sampler
 from .metrics import KID_SUBSETS, PR_K, MultiStatsBuilder, Statistics, evaluate, intervals, refs_edm2, split_metrics
@@ -172,7 +172,7 @@ def run_cells(
     eps_scalers: Sequence[float] | None = None, remedies: Sequence[Remedies] | dict | None = None,
     guidance: Guidance | None = None, batch_size: int = 64, class_labels=None, device="cpu",
     log: Callable[[str], None] = lambda s: None, show_progress: bool = False, speed: str = "",
-    autoencoder=None, dinov2=None, dinov2_reference: Statistics | None = None,
+    autoencoder=None, dinov2=None, dinov2_reference: Statistics | None = None, recommended: dict | None = None,
 ) -> list[dict]:
     """Run (or resume) the cells of a loaded network ``net``; return its rows (one per sampler x steps, in
     that order). :func:`run` with :class:`SweepSettings` loads the model and the references first.
@@ -190,6 +190,8 @@ def run_cells(
     the rows this call computes (not part of a cell's identity: within its tolerance it moves no image
     by a level). ``autoencoder``: how samples become pixels (default: ``net``'s; latent models are decoded);
     ``dinov2``, ``dinov2_reference``: fd_dinov2's extractor and reference (:func:`reference_columns`).
+    ``recommended``: the model's recommended settings; the notes of an unclipped sigma-space solver on a
+    model whose own sampler clips (before) and of output mostly outside [-1, 1] (after a cell) use them.
     """
     wanted, want_dino, metrics = sweep_metrics(metrics)
     ref_columns = reference_columns(wanted, want_dino, reference, features, dinov2, dinov2_reference)
@@ -208,7 +210,13 @@ def run_cells(
         f"{sum(c[0].nfe for c in todo) * len(seeds):,d} NFE in total")
     cell = _Cell(mine, features, metrics, evaluation, bootstrap, reference, batch_size, class_labels, device, speed,
                  autoencoder if autoencoder is not None else autoencoder_of(net), dinov2, dinov2_reference)
+    for note in dict.fromkeys(clip_note(net, prepared, recommended) for prepared, _ in todo) if main else ():
+        if note:
+            log(note)
     _run_todo(todo, cell, table, rows, baseline_of, Path(csv_path), show_progress and main, main)
+    for prepared, row in todo if main else ():
+        if note := outside_note(prepared):
+            log(f"note: {row['sampler']}, {row['steps']} steps: {note.removeprefix('note: ')}")
     by_key = {table.key(r): r for r in rows}
     return [by_key[table.key(row)] for _, row in cells]
 
@@ -710,7 +718,7 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
                           bootstrap=s.bootstrap_rounds, options=s.knobs, remedies=s.remedies, guidance=guidance,
                           batch_size=s.batch, device=device, class_labels="random" if label_dim else None, log=log,
                           show_progress=not s.quiet, speed=speed_record["policy"], autoencoder=autoencoder,
-                          dinov2=dino, dinov2_reference=dino_ref)
+                          dinov2=dino, dinov2_reference=dino_ref, recommended=s.model_ref.recommended())
         rows += found if guidance is None else [{**r, "sampler": f"{r['sampler']} {_axis(guidance)}"} for r in found]
     return rows
 

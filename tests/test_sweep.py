@@ -221,3 +221,15 @@ def test_sweep_warns_once_that_fid_of_few_images_is_biased(tmp_path, inception_p
                            "--ref", "builtin:shapes32?n=4", "--csv", tmp_path / "s.csv", "--inception", inception_path)
     assert code == 0, err
     assert err.count("biased upward") == 1
+
+
+def test_sweep_notes_an_unclipped_sigma_space_solver_and_its_noise(tmp_path, inception_path):
+    """The default model's own sampler clips; heun on it unclipped makes noise, clipped it does not."""
+    base = ["sweep", "--sampler", "heun", "--steps", "4", "--num-images", "4", "--ref", "builtin:shapes32?n=4",
+            "--inception", inception_path]
+    code, _, err = run_cli(*base, "--csv", tmp_path / "raw.csv")
+    assert code == 0, err
+    assert "heun runs unclipped" in err and "note: heun, 4 steps:" in err and "outside [-1, 1]" in err
+    code, _, err = run_cli(*base, "--clip", "--csv", tmp_path / "clip.csv")
+    assert code == 0, err
+    assert "heun runs unclipped" not in err and "outside [-1, 1]" not in err
