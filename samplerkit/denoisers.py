@@ -260,6 +260,19 @@ class DenoiserWrapper(Denoiser):
         return self.denoise_with_variance(x, sigma, class_labels)[0]
 
 
+class CallCounter(DenoiserWrapper):
+    """The same denoiser, counting its calls (``calls``): the NFE of a solver whose step count is
+    chosen by error control (each call evaluates the whole batch)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.calls = 0
+
+    def denoise_with_variance(self, x, sigma, class_labels=None):
+        self.calls += 1
+        return super().denoise_with_variance(x, sigma, class_labels)
+
+
 class ContinuousTimestep(DenoiserWrapper):
     """A discrete epsilon-model evaluated at real timesteps: D(x; sigma) = x - sigma eps(x / sqrt(sigma^2+1),
     t(sigma)) with t(sigma) the real index of :meth:`DiscreteEpsDenoiser.continuous_timestep` instead

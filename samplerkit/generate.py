@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import samplers, schedules
-from .denoisers import DenoiserWrapper, training_alpha_bar
+from .denoisers import CallCounter, DenoiserWrapper, training_alpha_bar
 from .errors import SamplerkitError
 from .guidance import Guidance
 from .knobs import Knob
@@ -63,6 +63,15 @@ class PreparedSampler:
     requested_sigma_min: float | None = None  # the grid's lowest level as asked, before the model's range
     outside: int = 0  # output values outside [-1, 1] so far (counted by :func:`generate`)
     values: int = 0  # output values so far
+    counter: CallCounter | None = field(default=None, repr=False)  # an adaptive solver's network calls
+    calls: int = 0  # network calls of the batches :func:`generate` has run (counted for adaptive solvers)
+    batches: int = 0
+
+    @property
+    def measured_nfe(self) -> float | None:
+        """Network evaluations per image, counted, for a solver whose step count error control sets
+        (each call evaluates a whole batch, so this is the mean over the batches); None otherwise."""
+        return self.calls / self.batches if self.counter is not None and self.batches else None
 
 
 def sigma_grid(net, steps: int, disc: str = "edm", sigma_min=None, sigma_max=None, rho: float = 7.0) -> torch.Tensor:
@@ -116,6 +125,8 @@ def make_sampler(net, sampler: str, steps: int, *, remedies: Remedies | None = N
         kwargs.update(extra)
     net, extra = remedies.apply(net, grid, sampler, chain=row.grid == "chain")
     kwargs.update(extra)
+    counter = CallCounter(net) if row.adaptive else None
+    net = counter if counter is not None else net
     fn = row.fn
     if row.stochastic:
         run = lambda lat, labels, randn_like: fn(net, lat, grid, labels, randn_like=randn_like, **kwargs)  # noqa: E731
@@ -124,7 +135,7 @@ def make_sampler(net, sampler: str, steps: int, *, remedies: Remedies | None = N
     settings = {"sampler": sampler, "steps": steps, **opts, **remedies.settings()}
     asked = knobs.get("sigma_min") if knobs.get("sigma_min") is not None else _DEFAULT_RANGE.get(opts.get("disc"),
                                                                                                  (None,))[0]
-    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run, net, grid, asked)
+    return PreparedSampler(sampler, steps, row.nfe(steps), settings, run, net, grid, asked, counter=counter)
 
 
 def _remedies(remedies: Remedies | None, options: dict) -> Remedies:
@@ -238,8 +249,11 @@ def generate(
         chunk = seeds[start : start + batch_size]
         labels = [label_of_seed[s] for s in chunk] if label_of_seed is not None else class_labels
         latents, y, rnd = draw(net, chunk, labels, device)
+        calls = prepared.counter.calls if prepared.counter is not None else 0
         with torch.no_grad():
             x = prepared.run(latents, y, rnd.randn_like)
+        if prepared.counter is not None:
+            prepared.calls, prepared.batches = prepared.calls + prepared.counter.calls - calls, prepared.batches + 1
         if not torch.isfinite(x).all():
             bad = [chunk[i] for i in range(len(chunk)) if not torch.isfinite(x[i]).all()]
             raise SamplerkitError(f"non-finite values in the sampler output for seed(s) {bad[:5]}")

@@ -147,6 +147,7 @@ class RunRecord:
         new, seconds = self.new_images, self.sampling_seconds
         return {
             **self.settings, "settings_fingerprint": fingerprint(self.settings), "nfe_per_image": self.prepared.nfe,
+            **({"nfe_measured": round(self.prepared.measured_nfe, 2)} if self.prepared.measured_nfe else {}),
             "num_images": len(self.seeds), "seed_spec": str(self.seed_spec), "seeds": self.seeds,
             "labels": labels.tolist() if labels is not None else None, "format": self.fmt, "npz": npz,
             "device": str(self.device), "world_size": self.world, "speed": self.speed, "new_images": new,

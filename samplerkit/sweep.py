@@ -384,6 +384,8 @@ class _Cell:
         eval_seconds += time.perf_counter() - t1
         if "fid" in sample:
             values["mode"] = sample["fid"].mode
+        if prepared.measured_nfe is not None:  # an adaptive solver: the NFE it took, not the nominal N
+            values["nfe"] = round(prepared.measured_nfe, 1)
         return dict(values, seconds=round(sample_seconds, 3), eval_seconds=round(eval_seconds, 3),
                     images_per_s=round(len(self.seeds) / sample_seconds, 3) if sample_seconds > 0 else "",
                     speed=self.speed, _sample=sample)

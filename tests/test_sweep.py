@@ -233,3 +233,14 @@ def test_sweep_notes_an_unclipped_sigma_space_solver_and_its_noise(tmp_path, inc
     code, _, err = run_cli(*base, "--clip", "--csv", tmp_path / "clip.csv")
     assert code == 0, err
     assert "heun runs unclipped" not in err and "outside [-1, 1]" not in err
+
+
+def test_an_adaptive_solvers_row_holds_the_nfe_it_took(net, reference, tmp_path):
+    """dpm_adaptive's step count is set by its error control: the NFE column counts its calls (the mean
+    over the batches), so an NFE-vs-FID plot places it where it ran, not at the grid's nominal N."""
+    found = run(net, reference, tmp_path / "s.csv", samplers=("dpm_adaptive",), steps=(10,), batch_size=3,
+                options={"rtol": 0.01, "atol": 0.001})
+    prepared = sweep.make_sampler(net, "dpm_adaptive", 10, rtol=0.01, atol=0.001)
+    list(sweep.generate(prepared.net, prepared, list(SEEDS), 3))
+    assert float(found[0]["nfe"]) == round(prepared.measured_nfe, 1) != 10
+    assert read_rows(tmp_path / "s.csv")[0]["nfe"] == str(round(prepared.measured_nfe, 1))

@@ -114,6 +114,11 @@ class SamplerInfo:
     knob_help: dict[str, Knob] = field(default_factory=dict)
 
     @property
+    def adaptive(self) -> bool:
+        """Whether the step count is chosen by the solver (``nfe(N)`` is then nominal; runs count the calls)."""
+        return self.fn in _ADAPTIVE
+
+    @property
     def knobs(self) -> dict[str, object]:
         return knobs(self.fn)
 
@@ -264,18 +269,20 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpm_fast": SamplerInfo(dpm_fast, "3 (last step 1 or 2)", lambda n: n, "sigmas",
                             f"Lu et al. 2022 (DPM-Solver), Sec. 3.3; {_KD} sample_dpm_fast", _resolve_dpm_solver),
     "dpm_adaptive": SamplerInfo(dpm_adaptive, "2 or 3 (order knob); adaptive steps: NFE set by rtol/atol, "
-                                "the N of the NFE column is nominal", lambda n: n, "sigmas",
+                                "counted in runs (N is nominal)", lambda n: n, "sigmas",
                                 f"Lu et al. 2022 (DPM-Solver), App. C; {_KD} sample_dpm_adaptive", _resolve_dpm_solver,
                                 _DPM_ADAPTIVE_KNOBS),
     # these two run in SiT's t-space and use only the grid's step count N (see samplers.sit)
     "sit_sde": SamplerInfo(sit_sde, "1 (SDE; Euler-Maruyama, or sde_method Heun)", lambda n: n, "sigmas",
                            "Ma et al. 2024 (SiT), Sec. 2.4; willisma/SiT Sampler.sample_sde", _resolve_sit("sit_sde"),
                            _SIT_KNOBS),
-    "sit_ode": SamplerInfo(sit_ode, "5(4) adaptive (dopri5; NFE set by ode_atol/ode_rtol, N nominal), or 1/2 on "
+    "sit_ode": SamplerInfo(sit_ode, "5(4) adaptive (dopri5; NFE set by ode_atol/ode_rtol, counted in runs), or 1/2 on "
                            "N - 1 fixed steps", lambda n: n, "sigmas",
                            "Ma et al. 2024 (SiT); willisma/SiT Sampler.sample_ode (torchdiffeq odeint)",
                            _resolve_sit("sit_ode"), _SIT_KNOBS),
 }
+
+_ADAPTIVE = (dpm_adaptive, sit_ode)  # step sizes set by error control (sit_ode: its dopri5 method)
 
 # the samplers that run only on a linear-interpolant flow model (SiT; samplers.sit.check_flow)
 FLOW_SAMPLERS = ("sit_sde", "sit_ode")
