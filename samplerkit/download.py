@@ -280,7 +280,8 @@ def _verify_cached(final: Path, url: str, sha256: str | None, offline: bool, lab
         if sha256:
             how = f"replace it with a good copy (or unset {ENV_OFFLINE} to download it again)"
         else:
-            reset = f"`samplerkit models verify {label} --reset`" if label else f"delete {record_path(final)}"
+            reset = (f"download.forget on it (`samplerkit models verify {label}` with reset=True)" if label
+                     else f"delete {record_path(final)}")
             how = (f"the expected digest was recorded when the file first loaded; replace it with a good copy, or if "
                    f"this copy is the one you want, forget the recorded digest with {reset}")
         raise SamplerkitError(f"{final} has sha256 {actual}, expected {expected}: it is not the file of {url}; {how}")

@@ -173,7 +173,7 @@ def test_trusted_digest_catches_a_changed_file_and_says_how_to_reset(srv, cache,
     with pytest.raises(SamplerkitError, match=f"expected {DIGEST}") as err:
         fetch(srv.url("/m.pt"), **FAST)
     assert f"delete {cache / 'm.pt.json'}" in str(err.value)
-    with pytest.raises(SamplerkitError, match="samplerkit models verify x-m --reset"):
+    with pytest.raises(SamplerkitError, match="samplerkit models verify x-m` with reset=True"):
         fetch(srv.url("/m.pt"), label="x-m", **FAST)
     assert download.forget(path)
     assert fetch(srv.url("/m.pt"), **FAST) == path and download.read_record(path)["sha256"] == (

@@ -15,6 +15,7 @@ from _http_server import FileServer
 
 from samplerkit import download, zoo
 from samplerkit.cli import main
+from samplerkit.cli._options import with_argument_flags
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import sampler_options
 
@@ -251,8 +252,10 @@ def test_models_verify_reset_forgets_the_recorded_digest(registry, cache, monkey
     _no_network(monkeypatch)
     sk.load("x-tiny")  # loads: its digest is now the trusted one
     (cache / "tiny.pt").write_bytes(second)  # another copy the user wants to use instead
-    with pytest.raises(SamplerkitError, match="`samplerkit models verify x-tiny --reset`"):
+    with pytest.raises(SamplerkitError, match=r"`samplerkit models verify x-tiny` with reset=True") as err:
         sk.load("x-tiny")
+    assert "forget the recorded digest with `samplerkit models verify x-tiny --reset`" in with_argument_flags(
+        str(err.value))  # what the command line prints of it
     code, out, _ = _run(capsys, "models", "verify", "x-tiny")
     assert code == 2 and out.split()[:2] == ["MISMATCH", "x-tiny"]
     code, out, _ = _run(capsys, "models", "verify", "x-tiny", "--reset")

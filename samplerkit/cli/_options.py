@@ -167,6 +167,7 @@ ARGUMENT_FLAGS.update({
     " wd_form=": " --wd-form ", "weight_decay, lambda_wd and grad_clip": "--weight-decay, --lambda-wd and --grad-clip",
     "already lambda_wd;": "already --lambda-wd;", "drop weight_decay": "drop --weight-decay",
     "ema_halflife_kimg must": "--ema-halflife-kimg must", "pass resume=True": "pass --resume",
+    "download.forget on it (`samplerkit models verify": "`samplerkit models verify", "` with reset=True)": " --reset`",
     "continued with resume=True": "continued with --resume",
     "the architecture flag ": "--flag ", "network file as path=FILE": "network file as --inception FILE",
     ") as path=FILE or $": ") via --inception FILE or $",
