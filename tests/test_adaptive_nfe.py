@@ -9,21 +9,9 @@ import pytest
 
 import samplerkit as sk
 from samplerkit import samplers
-from samplerkit.denoisers import DenoiserWrapper
+from samplerkit.denoisers import CallCounter
 from samplerkit.generate import generate, make_sampler
 from samplerkit.runs import SampleSettings, sample_folder
-
-
-class Tally(DenoiserWrapper):
-    """An independent count of the calls that reach the model."""
-
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.calls = 0
-
-    def denoise_with_variance(self, x, sigma, class_labels=None):
-        self.calls += 1
-        return super().denoise_with_variance(x, sigma, class_labels)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def test_only_the_error_controlled_solvers_are_adaptive():
 
 
 def test_dpm_adaptive_counts_the_calls_of_each_batch(ideal):
-    tally = Tally(ideal)
+    tally = CallCounter(ideal)  # a second count, of the calls that reach the model
     prepared = make_sampler(tally, "dpm_adaptive", 10, rtol=0.01, atol=0.001)
     list(generate(prepared.net, prepared, list(range(6)), batch_size=3))
     assert prepared.batches == 2 and prepared.calls == tally.calls

@@ -9,7 +9,7 @@ from samplerkit.adapters.analytic import FiniteSetDenoiser, GaussianDenoiser
 
 import samplerkit as sk
 from samplerkit import diffusion, samplers, schedules
-from samplerkit.denoisers import DenoiserWrapper
+from samplerkit.denoisers import CallCounter
 from samplerkit.errors import SamplerkitError
 from samplerkit.seeds import StackedRandomGenerator
 
@@ -225,16 +225,7 @@ def test_bad_sampler_arguments_raise_our_error(gauss, call):
 # ---------------------------------------------------------------------------------------------
 # every sampler: NFE, callback, integer step counts, knob checks
 
-class Counting(DenoiserWrapper):
-    """Counts network calls (one per batch call, either entry point)."""
-
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.calls = 0
-
-    def denoise_with_variance(self, x, sigma, class_labels=None):
-        self.calls += 1
-        return super().denoise_with_variance(x, sigma, class_labels)
+Counting = CallCounter  # counts network calls (one per batch call, either entry point)
 
 
 def _noise(seed=5):
