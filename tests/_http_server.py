@@ -35,6 +35,8 @@ class Hit:
     range: str | None
     status: int
     sent: int = 0
+    # set when the handler that served this hit has returned, so ``sent`` is final
+    done: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 @dataclass
@@ -73,7 +75,12 @@ class FileServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def hits(self, path: str) -> list[Hit]:
-        return [h for h in self.log if h.path == path]
+        """The requests for ``path``, each waited for until its handler returned: a client can read
+        the last byte before the server thread has counted it in ``sent``."""
+        found = [h for h in self.log if h.path == path]
+        for h in found:
+            h.done.wait(timeout=10)
+        return found
 
     def __enter__(self) -> FileServer:
         server = self
@@ -102,21 +109,31 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        if parts.path == "/uc":
-            return self._drive_uc(query)
-        if parts.path == "/download":
-            return self._drive_usercontent(query)
-        self._serve(parts.path)
+        self._hits: list[Hit] = []
+        try:
+            parts = urlsplit(self.path)
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            if parts.path == "/uc":
+                return self._drive_uc(query)
+            if parts.path == "/download":
+                return self._drive_usercontent(query)
+            self._serve(parts.path)
+        finally:
+            for hit in self._hits:
+                hit.done.set()
+
+    def _record(self, path: str) -> Hit:
+        hit = Hit(path, self.headers.get("Range"), 0)
+        self._hits.append(hit)
+        self.state.log.append(hit)
+        return hit
 
     # -- plain files ---------------------------------------------------------------------------
 
     def _serve(self, path: str) -> None:
         st = self.state
         rng = self.headers.get("Range")
-        hit = Hit(path, rng, 0)
-        st.log.append(hit)
+        hit = self._record(path)
         fault = st.faults.get(path, []).pop(0) if st.faults.get(path) else None
         if path not in st.files:
             return self._answer(hit, 404, b"not found")
@@ -182,13 +199,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- Google Drive imitation ----------------------------------------------------------------
 
     def _drive_uc(self, q: dict) -> None:
-        hit = Hit("/uc", self.headers.get("Range"), 0)
-        self.state.log.append(hit)
+        hit = self._record("/uc")
         d = self.state.drive.get(q.get("id", ""))
         if d is None or q.get("export") != "download":
             return self._answer(hit, 404, b"<html>not found</html>", "text/html")
         if d.style == "direct" or (d.style in ("cookie", "link") and q.get("confirm") == d.token):
-            self.state.log.pop()
+            self.state.log.remove(hit)  # logged as the file it serves
             return self._serve(d.path)
         d.pages += 1
         page, headers = "<html><body><p>Google Drive can't scan this file for viruses.</p>", []
@@ -211,8 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _drive_usercontent(self, q: dict) -> None:
         d = self.state.drive.get(q.get("id", ""))
         if d is None or d.style != "form" or q.get("confirm") != "t" or q.get("uuid") != d.uuid:
-            hit = Hit("/download", self.headers.get("Range"), 0)
-            self.state.log.append(hit)
+            hit = self._record("/download")
             return self._answer(hit, 403, b"<html>forbidden</html>", "text/html")
         self._serve(d.path)
 
