@@ -13,7 +13,8 @@ Break-even = compile seconds / (eager seconds per call - compiled seconds per ca
 network calls at this batch size from which compiling pays. A sample run of N images with a sampler
 of NFE F at batch B makes N·F/B calls (50,000 images of Heun 18, NFE 35, batch 64: 27,344 calls).
 Times are CPU seconds of this process at one torch thread (steadier than wall time on a shared
-machine), compilation included (inductor compiles in-process here, one compile thread); each family runs in its own process (peak memory and inductor state its own).
+machine), compilation included (inductor compiles in-process here, one compile thread); each family
+runs in its own process (peak memory and inductor state its own).
 
     python benchmarks/bench_compile.py [--families adm64,edm,edm2,dit] [--width 64] [--batch 8]
                                        [--repeats 5] [--json FILE]
@@ -38,7 +39,8 @@ def build_adm64(width: int):
     from samplerkit.adapters import adm
 
     net = random_weights(adm.create_unet(image_size=64, num_channels=width, num_res_blocks=3,
-                                         attention_resolutions="32,16,8", num_head_channels=64 if width >= 64 else width,
+                                         attention_resolutions="32,16,8",
+                                         num_head_channels=64 if width >= 64 else width,
                                          resblock_updown=True, use_new_attention_order=True, learn_sigma=True,
                                          class_cond=True, use_scale_shift_norm=True))
     return net, lambda g, b: (torch.randn(b, 3, 64, 64, generator=g), torch.randint(0, 1000, (b,), generator=g),

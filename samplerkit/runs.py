@@ -248,8 +248,10 @@ def _start(s: SampleSettings, net, seed_list, labels_spec, guidance, dev, rank: 
     low_res, conditioning = low_res_source(net, s, seed_list, labels_spec)
     if low_res is not None:  # a super-resolution model: each batch's low-res images are bound to it
         net, labels_spec = low_res, low_res.labels_spec
-    make_sampler(net, choice[0], choice[1], **choice[2])  # the checks that need the network, before autotuning
-    fast_net, speed_record = _speed(net, s, min(s.batch, len(seed_list)), dev, rank)
+    nfe = make_sampler(net, choice[0], choice[1], **choice[2]).nfe  # the checks that need the network, first
+    batch = min(s.batch, len(seed_list))
+    calls = -(-len(distributed.shard(seed_list)) // batch) * nfe  # at most: a resumed run makes fewer
+    fast_net, speed_record = _speed(net, s, batch, dev, rank, calls)
     if guidance is not None:  # the guiding network itself runs exact
         guidance = guidance.load(guidance_loader(guidance.kind, dev), model_sha256(guidance.name) or None)
         conditioning.update(guidance.settings())
@@ -341,20 +343,22 @@ def _summary(manifest: dict, out: Path, seed_list: list[int], new_total: int, s:
     print(f"{len(seed_list)} images ({new_total} new) in {out}/: {', '.join(files + ['manifest.json'])}", flush=True)
 
 
-def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int):
+def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int, calls: int):
     """(the denoiser under the run's speed policy, its manifest record); rank 0 autotunes first and the
-    other ranks then read its choice from the cache."""
+    other ranks then read its choice from the cache. ``calls``: the network calls of this process's run."""
     mode = speed.parse(s.speed or speed.default_mode())
     if s.dtype != "float32" and isinstance(mode, speed.Policy) and mode.autocast != "none":
         raise SamplerkitError("dtype and the speed setting autocast=... both set the network's precision; give one")
     if rank != 0:
         distributed.barrier()
-    fast_net, record = speed.for_denoiser(net, mode, batch, dev)
+    fast_net, record = speed.for_denoiser(net, mode, batch, dev, calls)
     if rank == 0:
         distributed.barrier()
         if not s.quiet and record["mode"] == "fast":
             how = "cached choice" if record["cached"] else f"autotuned at batch {batch}"
             _note(f"speed: fast -> {record['policy']} ({how}; --speed exact for upstream's arithmetic)")
+            if "compile_seconds" in record.get("compile", {}):
+                _note(speed.compile_note(record["compile"]))
     return fast_net, record
 
 

@@ -17,11 +17,14 @@ the images and metrics are those of ``exact`` while the run takes less time. ``r
 ``SAMPLERKIT_SPEED`` changes the default of every command; the manifest records the policy used.
 
 An explicit policy is written ``attention=sdpa,memory_format=channels_last,autocast=bfloat16,compile=on``
-(any subset; the rest stay exact). ``compile`` is not picked by ``fast``: measured on a 2-core CPU
-at one thread (``benchmarks/bench_compile.py``, figures in ``benchmarks/README.md``) it gains at most
-7 % over the best eager variant (DiT), 2 % on the ADM UNet and nothing on the EDM/EDM2 UNets, for
-20–75 CPU seconds of compilation; ask for it (its kernels are cached under the samplerkit cache dir, so
-a second run compiles from the cache).
+(any subset; the rest stay exact). ``fast`` adds ``compile`` only when the run is long enough to pay for
+it (:func:`consider_compile`): told how many network calls the run makes, it predicts the run's eager
+seconds and, when compiling (:data:`COMPILE_GUESS_SECONDS` until measured) would cost at most
+:data:`COMPILE_SHARE` of them, compiles the eager choice at the run's batch and keeps it if it beats the
+eager choice by :data:`MIN_GAIN` per call. Measured on a 2-core CPU at one thread
+(``benchmarks/bench_compile.py``, figures in ``benchmarks/README.md``) compilation gains 7 % over the best
+eager variant on DiT, 2 % on the ADM UNet and nothing on the EDM/EDM2 UNets, for 20–75 CPU seconds,
+so there it is kept for long DiT runs only. Kernels are cached under the samplerkit cache dir.
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ networks)."""
 
 MIN_GAIN = 1.05  # a variant must beat exact by 5 % on the autotune passes, else exact (timing noise)
 CPU_TUNE_BATCH = 8  # the autotune batch on a CPU is min(batch, 8), to keep it to a few seconds per variant
+
+COMPILE_SHARE = 0.05
+"""``fast`` tries ``torch.compile`` in a run only when compiling is expected to cost at most this share of
+the run's predicted eager seconds: a trial that loses slows the run by about 5 % at most."""
+
+COMPILE_GUESS_SECONDS = 75.0
+"""The compile seconds expected before the first trial on a network (the largest of
+``bench_compile.py``'s UNet/DiT figures on one CPU thread); later runs use the trial's measurement."""
 
 
 @dataclass(frozen=True)
@@ -241,11 +252,13 @@ class Tuning:
     table: list[dict] = field(default_factory=list)  # per variant: policy, seconds, max_error, within
     key: str = ""
     cached: bool = False
+    compile: dict | None = None  # what consider_compile found, when the run's length was known
 
     def record(self) -> dict:
-        """Plain JSON for a manifest: the chosen policy and the variant table."""
-        return {"policy": self.policy.describe(), "settings": asdict(self.policy), "tolerance": TOLERANCE,
-                "min_gain": MIN_GAIN, "table": self.table, "cached": self.cached, "key": self.key}
+        """Plain JSON for a manifest: the chosen policy, the variant table and the compile decision."""
+        out = {"policy": self.policy.describe(), "settings": asdict(self.policy), "tolerance": TOLERANCE,
+               "min_gain": MIN_GAIN, "table": self.table, "cached": self.cached, "key": self.key}
+        return out if self.compile is None else {**out, "compile": self.compile}
 
 
 def candidates(net: nn.Module, device: torch.device) -> list[Policy]:
@@ -321,6 +334,13 @@ def autotune_denoiser(net, batch: int, device: torch.device | str, class_labels:
     device = torch.device(device)
     if device.type == "cpu":
         batch = min(batch, CPU_TUNE_BATCH)
+    call, sigmas = _denoiser_inputs(net, batch, device)
+    return autotune(net, call, sigmas, batch, device, cache=cache, repeats=repeats)
+
+
+def _denoiser_inputs(net, batch: int, device: torch.device) -> tuple[Callable, list[float]]:
+    """(``call(module, sigma) -> (D(x; sigma), sigma)`` on the inputs of :func:`autotune_denoiser` at
+    ``batch``, the sigmas to call it at)."""
     g = torch.Generator().manual_seed(0)
     shape = (batch, net.img_channels, net.img_resolution, net.img_resolution)
     y = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1).to(device)
@@ -336,7 +356,7 @@ def autotune_denoiser(net, batch: int, device: torch.device | str, class_labels:
         with torch.no_grad():
             return module(y + s * noise, torch.full((batch,), s, dtype=torch.float64, device=device), labels), s
 
-    return autotune(net, call, sigmas, batch, device, cache=cache, repeats=repeats)
+    return call, sigmas
 
 
 def autotune(net: nn.Module, call: Callable, points: list, batch: int, device: torch.device,
@@ -427,15 +447,89 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def choose(net, mode: str | Policy, batch: int, device: torch.device | str) -> Tuning:
-    """The policy of a run: ``exact``, an explicit :class:`Policy`, or ``fast`` (autotuned, cached)."""
+def choose(net, mode: str | Policy, batch: int, device: torch.device | str, calls: int | None = None) -> Tuning:
+    """The policy of a run: ``exact``, an explicit :class:`Policy`, or ``fast`` (autotuned, cached; with
+    ``calls``, the network calls the run will make, compilation is considered too)."""
     if isinstance(mode, Policy):
         return Tuning(mode)
     if mode == "exact":
         return Tuning(EXACT)
     if mode != "fast":
         raise SamplerkitError(f"unknown speed {mode!r}; use exact, fast or explicit settings")
-    return autotune_denoiser(net, batch, device)
+    tuning = autotune_denoiser(net, batch, device)
+    return tuning if not calls else consider_compile(net, tuning, calls, batch, device)
+
+
+def consider_compile(net, tuning: Tuning, calls: int, batch: int, device: torch.device | str,
+                     cache: bool = True, repeats: int = 2) -> Tuning:
+    """``fast``'s second stage for a run of ``calls`` calls at ``batch``: ``torch.compile`` of the eager
+    choice, when it pays for itself in this run.
+
+    The eager choice's seconds per call (its autotune time scaled from the autotune batch to ``batch``)
+    times ``calls`` predict the run's eager seconds. Without a measurement for this network, batch and
+    machine, a trial is made only when :data:`COMPILE_GUESS_SECONDS` is at most :data:`COMPILE_SHARE` of
+    that: the eager choice is compiled at ``batch`` (the first call's wall seconds are the compile
+    cost) and timed against it and exact, its error held to :data:`TOLERANCE`; the measurement is cached.
+    The compiled variant wins when it is within tolerance and beats the eager choice by :data:`MIN_GAIN`
+    per call, and, unless this process has just compiled it, when the run's saving
+    calls x (eager - compiled seconds per call) exceeds the measured compile seconds.
+    Returns ``tuning`` with the decision recorded (its ``compile`` entry) and, if compiled wins, its policy.
+    """
+    device = torch.device(device)
+    eager = tuning.policy
+    timed = {row["policy"]: row["seconds"] for row in tuning.table}
+    info: dict = {"calls": int(calls), "batch": batch, "share": COMPILE_SHARE}
+    if not list(_networks(net)) or not timed.get(eager.describe()):
+        return replace(tuning, compile={**info, "decision": "not considered: nothing to compile or no eager timing"})
+    tune_batch = min(batch, CPU_TUNE_BATCH) if device.type == "cpu" else batch
+    per_call = timed[eager.describe()] * batch / tune_batch
+    info["predicted_eager_seconds"] = calls * per_call
+    key = _tuning_key(net, batch, device) + ":compile:" + eager.describe()
+    found = _read_cache(_cache_file()).get(key) if cache else None
+    trial = found is None
+    if trial:
+        if COMPILE_GUESS_SECONDS > COMPILE_SHARE * info["predicted_eager_seconds"]:
+            return replace(tuning, compile={**info, "decision": "not tried: the run is too short to pay for "
+                                            f"~{COMPILE_GUESS_SECONDS:.0f} s of compilation"})
+        found = _compile_trial(net, eager, batch, device, repeats)
+        if cache:
+            _write_cache(_cache_file(), key, {**found, **machine(device),
+                                              "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    t_eager, t_compiled = found["eager_seconds"], found["compiled_seconds"]
+    saving = calls * (t_eager - t_compiled)
+    wins = found["within"] and t_compiled * MIN_GAIN < t_eager and (trial or saving > found["compile_seconds"])
+    info.update({k: found[k] for k in ("eager_seconds", "compiled_seconds", "compile_seconds", "max_error", "within")})
+    info["decision"] = ("compiled" if wins else "eager") + (" (trial in this run)" if trial else " (cached trial)")
+    return replace(tuning, policy=replace(eager, compile=True) if wins else eager, compile=info)
+
+
+def compile_note(info: dict) -> str:
+    """One line on a compile decision that measured something (:func:`consider_compile`'s record)."""
+    gain = info["eager_seconds"] / info["compiled_seconds"] if info["compiled_seconds"] else float("nan")
+    return (f"speed: torch.compile {info['decision']}: {gain:.3f}x the eager choice per call, "
+            f"{info['compile_seconds']:.0f} s to compile, {info['calls']:,d} calls in the run")
+
+
+def _compile_trial(net, eager: Policy, batch: int, device: torch.device, repeats: int) -> dict:
+    """Compile ``eager`` at ``batch`` and time it: {compile_seconds, eager_seconds, compiled_seconds
+    (per call, fastest pass), max_error (vs exact), within}. Leaves ``net`` exact; the compiled code
+    stays in torch's caches, so applying the compiled policy next costs no second compilation."""
+    call, points = _denoiser_inputs(net, batch, device)
+    compiled = replace(eager, compile=True)
+    try:
+        module = apply(net, compiled, device.type)
+        _sync(device)
+        t0 = time.perf_counter()
+        call(module, points[0])
+        _sync(device)
+        compile_seconds = time.perf_counter() - t0
+    finally:
+        apply(net, EXACT)
+    variants = list(dict.fromkeys([EXACT, eager, compiled]))
+    errors, times = _measure(net, call, points, variants, repeats, device)
+    return {"compile_seconds": compile_seconds, "eager_seconds": min(times[eager]),
+            "compiled_seconds": min(times[compiled]) if times[compiled] else float("inf"),
+            "max_error": errors[compiled], "within": errors[compiled] <= TOLERANCE, "batch": batch}
 
 
 def for_inception(features, speed: str | Policy | None, device) -> tuple[object, dict]:
@@ -520,9 +614,11 @@ def for_training(model: nn.Module, call: Callable, speed: str | Policy | None, e
     return call, record
 
 
-def for_denoiser(net, speed: str | Policy | None, batch: int, device) -> tuple[nn.Module, dict]:
-    """(the denoiser to sample with, the manifest record) for a run's ``--speed``."""
+def for_denoiser(net, speed: str | Policy | None, batch: int, device,
+                 calls: int | None = None) -> tuple[nn.Module, dict]:
+    """(the denoiser to sample with, the manifest record) for a run's ``--speed``; ``calls``: the network
+    calls the run makes (images x NFE / batch), which lets ``fast`` weigh compilation."""
     mode = parse(speed) if isinstance(speed, str) or speed is None else speed
-    tuning = choose(net, mode, batch, device)
+    tuning = choose(net, mode, batch, device, calls)
     record = {"mode": mode if isinstance(mode, str) else "explicit", **tuning.record(), "machine": machine(device)}
     return apply(net, tuning.policy, torch.device(device).type), record

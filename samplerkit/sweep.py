@@ -697,10 +697,15 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
     device = distributed.local_device(s.device)
     log = log if distributed.is_main() else (lambda text: None)
     net, preset_gnet, autoencoder = _load(s.model_ref, s.family, s.flags, s.preset, device)
-    _cells(net, s.sampler_names, s.step_list, s.remedies, None, s.knobs)  # the checks that need the network
+    cells = _cells(net, s.sampler_names, s.step_list, s.remedies, None, s.knobs)  # the checks that need the network
     speed = s.speed or speed_lib.default_mode()
-    net, speed_record = speed_lib.for_denoiser(net, speed, min(s.batch, len(s.seed_list)), device)
+    batch = min(s.batch, len(s.seed_list))
+    calls = (sum(prepared.nfe for prepared, _ in cells) * max(1, len(s.guidances))
+             * -(-len(metrics_block(len(s.seed_list))) // batch))
+    net, speed_record = speed_lib.for_denoiser(net, speed, batch, device, calls)  # calls: at most (resumed cells)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
+    if "compile_seconds" in speed_record.get("compile", {}):
+        log(speed_lib.compile_note(speed_record["compile"]))
     features, dino = _evaluators(wanted, want_dino, s.inception, (s.dinov2_weights, s.dinov2_resize), device,
                                  s.batch, speed, s.fid_mode, dino_checked, s.force_pipeline)
     reference, dino_ref = _references(s.ref, checked, dino_checked, s.ref_images, wanted, features, dino, csv_file,

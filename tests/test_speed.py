@@ -15,6 +15,7 @@ from samplerkit.adapters.adm import wrap_unet
 from samplerkit.adapters.edm.precond import EDMPrecond
 
 from samplerkit import speed
+from samplerkit.denoisers import Denoiser
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import generate, make_sampler
 
@@ -267,3 +268,110 @@ def test_retrain_policy_autotunes_forward_and_backward_and_refuses_autocast():
     speed.apply(unet, speed.EXACT)
     with pytest.raises(SamplerkitError, match="precision=fp16"):
         speed.for_training(unet, unet, "autocast=bfloat16", example, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# fast weighs torch.compile against the run's length
+
+
+class _TinyUNet(speed.Network):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, c):
+        return self.conv(x) * c.reshape(-1, 1, 1, 1)
+
+
+class _TinyDenoiser(Denoiser):
+    img_channels, img_resolution, sigma_min, sigma_max = 1, 4, 0.002, 80.0
+
+    def __init__(self):
+        super().__init__()
+        self.net = _TinyUNet()
+
+    def forward(self, x, sigma, class_labels=None):
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+        return x - self.net(x.float(), 1 / (1 + sigma)).to(x.dtype)
+
+
+def _eager(net, seconds: float) -> speed.Tuning:
+    """The eager stage's outcome as autotune reports it: exact, ``seconds`` per call at the autotune batch
+    (the run's batch, at most CPU_TUNE_BATCH = 8 on a CPU)."""
+    return speed.Tuning(speed.EXACT, [{"policy": "exact", "seconds": seconds, "speedup": 1.0, "max_error": 0.0,
+                                       "within": True}], key="k")
+
+
+@pytest.fixture
+def trial_of(monkeypatch, tmp_path):
+    """Replace the compile trial by one reporting the given figures; returns the list of its calls."""
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path))
+    made = []
+
+    def install(compiled_seconds, compile_seconds=30.0, max_error=1e-6):
+        def trial(net, eager, batch, device, repeats):
+            made.append(batch)
+            return {"compile_seconds": compile_seconds, "eager_seconds": 1.0, "compiled_seconds": compiled_seconds,
+                    "max_error": max_error, "within": max_error <= speed.TOLERANCE, "batch": batch}
+        monkeypatch.setattr(speed, "_compile_trial", trial)
+        return made
+    return install
+
+
+def test_fast_does_not_try_compile_when_the_run_cannot_pay_for_it(trial_of):
+    made, net = trial_of(0.5), _TinyDenoiser()
+    # 1 s per call at batch 8 -> 1,000 calls are 1,000 s; the guessed 75 s of compilation is 7.5 % of that
+    out = speed.consider_compile(net, _eager(net, 1.0), 1000, 8, "cpu")
+    assert made == [] and out.policy == speed.EXACT and out.compile["decision"].startswith("not tried")
+    assert out.compile["predicted_eager_seconds"] == pytest.approx(1000.0)
+    # batch 16 doubles the predicted seconds per call (the autotune timed batch 8): 2,000 s, 3.75 % -> a trial
+    out = speed.consider_compile(net, _eager(net, 1.0), 1000, 16, "cpu")
+    assert made == [16] and out.policy == speed.Policy(compile=True)
+    assert out.compile["decision"] == "compiled (trial in this run)"
+
+
+def test_fast_keeps_compile_only_within_tolerance_and_beyond_the_minimum_gain(trial_of):
+    net = _TinyDenoiser()
+    trial_of(compiled_seconds=1 / (speed.MIN_GAIN * 0.99))  # a gain just short of MIN_GAIN
+    assert speed.consider_compile(net, _eager(net, 1.0), 10**6, 2, "cpu", cache=False).policy == speed.EXACT
+    trial_of(compiled_seconds=0.5, max_error=10 * speed.TOLERANCE)  # twice as fast, beyond the tolerance
+    out = speed.consider_compile(net, _eager(net, 1.0), 10**6, 2, "cpu", cache=False)
+    assert out.policy == speed.EXACT and out.compile["decision"] == "eager (trial in this run)"
+
+
+def test_a_cached_compile_trial_is_reused_and_weighed_against_the_compile_seconds(trial_of):
+    made, net = trial_of(compiled_seconds=0.9, compile_seconds=30.0), _TinyDenoiser()
+    first = speed.consider_compile(net, _eager(net, 1.0), 10**4, 2, "cpu")  # the trial: kept at once
+    assert made == [2] and first.policy.compile
+    # later runs recompile: 0.1 s saved per call pays for 30 s only beyond 300 calls
+    short = speed.consider_compile(net, _eager(net, 1.0), 299, 2, "cpu")
+    long = speed.consider_compile(net, _eager(net, 1.0), 301, 2, "cpu")
+    assert made == [2] and not short.policy.compile and long.policy.compile
+    assert short.compile["decision"] == "eager (cached trial)" and long.compile["compile_seconds"] == 30.0
+
+
+def test_the_compile_trial_compiles_at_the_run_batch_and_leaves_the_network_exact():
+    net = _TinyDenoiser()
+    found = speed._compile_trial(net, speed.EXACT, 3, torch.device("cpu"), repeats=1)
+    assert found["within"] and found["max_error"] <= 1e-6 and found["batch"] == 3
+    assert found["compile_seconds"] > 0 and found["compiled_seconds"] > 0 and found["eager_seconds"] > 0
+    assert not hasattr(net.net, "_orig_mod")  # exact again
+    x, sigma = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.full((3,), 2.0, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x, sigma)
+        compiled = speed.apply(net, speed.Policy(compile=True))
+        assert hasattr(net.net, "_orig_mod")
+        torch.testing.assert_close(compiled(x, sigma), expected, atol=1e-6, rtol=0)
+
+
+def test_the_sample_command_tells_fast_how_many_calls_the_run_makes(tmp_path, monkeypatch):
+    from test_cli_sample import _cli
+
+    seen = []
+    monkeypatch.setattr(speed, "consider_compile", lambda net, tuning, calls, batch, device, **kw: seen.append(
+        (calls, batch)) or tuning)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path / "cache"))
+    code, _, err = _cli("sample", "--sampler", "heun", "--steps", "4", "--seeds", "0-4", "--batch", "2",
+                        "--out", str(tmp_path / "o"), "--speed", "fast", "--quiet")
+    assert code == 0, err
+    assert seen == [(3 * 7, 2)]  # ceil(5 / 2) batches x 7 NFE (Heun, 4 steps)

@@ -244,3 +244,17 @@ def test_an_adaptive_solvers_row_holds_the_nfe_it_took(net, reference, tmp_path)
     list(sweep.generate(prepared.net, prepared, list(SEEDS), 3))
     assert float(found[0]["nfe"]) == round(prepared.measured_nfe, 1) != 10
     assert read_rows(tmp_path / "s.csv")[0]["nfe"] == str(round(prepared.measured_nfe, 1))
+
+
+def test_sweep_tells_fast_how_many_calls_its_cells_make(tmp_path, inception_path, monkeypatch):
+    from samplerkit import speed
+
+    seen = []
+    monkeypatch.setattr(speed, "consider_compile", lambda net, tuning, calls, batch, device, **kw: seen.append(
+        (calls, batch)) or tuning)
+    monkeypatch.setenv("SAMPLERKIT_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli("sweep", "--sampler", "euler,heun", "--steps", "2,3", "--num-images", "5", "--batch", "2",
+                           "--ref", "builtin:shapes32?n=5", "--csv", tmp_path / "s.csv", "--inception",
+                           inception_path, "--speed", "fast", "--quiet")
+    assert code == 0, err
+    assert seen == [((2 + 3 + 3 + 5) * 3, 2)]  # euler 2, 3 and heun 2, 3 steps (NFE 3, 5) x ceil(5 / 2) batches
