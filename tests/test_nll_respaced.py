@@ -206,6 +206,12 @@ def test_nll_command_names_flags_for_library_errors(tmp_path):
     assert not (tmp_path / "x.csv").exists()
     code, _, err = _cli("nll", "--num-images", "0", "--csv", str(tmp_path / "x.csv"), "--quiet")
     assert code == 2 and "--num-images must be >= 1" in err, err
+    code, _, err = _cli("nll", "--batch", "0", "--csv", str(tmp_path / "x.csv"), "--quiet")
+    assert code == 2 and "--batch must be >= 1" in err, err
+    code, _, err = _cli("nll", "--method", "ode", "--probes", "0", "--csv", str(tmp_path / "x.csv"), "--quiet")
+    assert code == 2 and "--probes must be >= 1 and --atol, --rtol > 0" in err, err
+    code, _, err = _cli("nll", "--sigma-min", "0.1", "--csv", str(tmp_path / "x.csv"), "--quiet")
+    assert code == 2 and "--sigma-min and --sigma-max set the ODE's interval" in err, err
 
 
 def test_evaluate_is_the_command_without_the_parsing(tmp_path):

@@ -157,7 +157,8 @@ ARGUMENT_FLAGS.update({
     "num_images must be >= 2": "--num-images must be >= 2", "another out folder": "another --out",
     "device='cuda'": "--device cuda", "device='cpu'": "--device cpu",
     "dtype and the speed setting": "--dtype and --speed", "the speed setting": "--speed", "bad speed ": "bad --speed ",
-    "method='ode'": "--method ode", "give sigma_min and sigma_max": "give --sigma-min and --sigma-max",
+    "method='ode'": "--method ode", "method='vlb'": "--method vlb",
+    "give sigma_min and sigma_max": "give --sigma-min and --sigma-max",
     "drop the family argument": "drop --family", "pass family='adm' or 'iddpm'": "pass --family adm or iddpm",
     "rebuild it with metrics ": "rebuild it with samplerkit fid-ref --metrics ",
     "the bootstrap needs rounds >= 2": "--bootstrap needs at least 2 rounds",
@@ -214,13 +215,18 @@ def with_param_flags(message: str, command: click.Command, names: tuple[str, ...
 
 class ParsedCommand(click.Command):
     """A command that parses its flags into a library call: a library error it raises (in Python's words)
-    names the flags the user typed (:func:`with_param_flags`)."""
+    names the flags the user typed (:func:`with_param_flags`). ``flag_words``: options named by a plain
+    word (``batch``, ``probes``) that this command's library errors always mean as the option."""
+
+    def __init__(self, *args, flag_words: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flag_words = tuple(flag_words)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except SamplerkitError as e:  # same error (and type), in the user's words
-            e.args = (with_param_flags(str(e), self, e.names),)
+            e.args = (with_param_flags(str(e), self, (*e.names, *self.flag_words)),)
             raise
 
 

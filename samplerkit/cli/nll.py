@@ -3,28 +3,16 @@ discrete chain (Nichol & Dhariwal 2021) or the probability-flow ODE likelihood (
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from ..builtin import DEFAULT_MODEL
-from ..errors import SamplerkitError
 from ..likelihood import run as nll
 from ..samplers import VARIANCES
-from ._options import device_option, model_options, parse_flags
-
-# the names of library errors, in the words of this command's flags
-_FLAGS = {"num_images": "--num-images", "batch": "--batch", "method='ode'": "--method ode",
-          "method='vlb'": "--method vlb", "respacing": "--respacing", "sigma_min": "--sigma-min",
-          "sigma_max": "--sigma-max", "probes": "--probes", "atol": "--atol", "rtol": "--rtol"}
+from ._options import ParsedCommand, device_option, model_options, parse_flags
 
 
-def _in_flags(message: str) -> str:
-    pattern = re.compile(r"(?<![-\w])(" + "|".join(sorted(map(re.escape, _FLAGS), key=len, reverse=True)) + r")(?!\w)")
-    return pattern.sub(lambda m: _FLAGS[m.group(1)], message)
-
-
-@click.command(name="nll", context_settings={"max_content_width": 100})
+@click.command(name="nll", cls=ParsedCommand, flag_words=("batch", "respacing", "probes", "atol", "rtol"),
+               context_settings={"max_content_width": 100})
 @model_options(DEFAULT_MODEL, several="Zoo name or checkpoint path; repeat to compare models on the same images "
                                       "(paired).", families=("adm", "iddpm", "edm"))
 @click.option("--data", default="builtin:shapes32", show_default=True,
@@ -91,15 +79,12 @@ def command(models, family, flags, preset, data, num_images, method, respacing, 
           --batch 50 --csv cifar.csv
     """
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    try:
-        modes = ("trained", "continuous") if timesteps == "both" else ()
-        measure = nll.Settings(method=method, clip_denoised=clip, variance=variance, respacing=respacing, atol=atol,
-                               rtol=rtol, probes=probes, probe=probe, dequantize=dequantize, sigma_min=sigma_min,
-                               sigma_max=sigma_max, seed=seed, timesteps=modes[0] if modes else timesteps)
-        settings = nll.NllSettings(csv_path, tuple(models), family, parse_flags(flags), preset, data, num_images, batch,
-                                   device, measure, quiet, timestep_modes=modes)
-        rows_by_model = nll.evaluate(settings, log)
-    except SamplerkitError as e:  # the library's Python names, in this command's flags
-        raise SamplerkitError(_in_flags(str(e))) from None
+    modes = ("trained", "continuous") if timesteps == "both" else ()
+    measure = nll.Settings(method=method, clip_denoised=clip, variance=variance, respacing=respacing, atol=atol,
+                           rtol=rtol, probes=probes, probe=probe, dequantize=dequantize, sigma_min=sigma_min,
+                           sigma_max=sigma_max, seed=seed, timesteps=modes[0] if modes else timesteps)
+    settings = nll.NllSettings(csv_path, tuple(models), family, parse_flags(flags), preset, data, num_images, batch,
+                               device, measure, quiet, timestep_modes=modes)
+    rows_by_model = nll.evaluate(settings, log)
     log(f"wrote {csv_path}")
     click.echo(nll.table(nll.summary(rows_by_model)))

@@ -178,7 +178,7 @@ def dopri5(f: Callable, y: tuple[torch.Tensor, ...], s0: float, s1: float, atol:
         if callback is not None:
             callback(dict(s=s, nfe=nfe, active=int(active.sum())))
     else:
-        raise SamplerkitError(f"the ODE solver did not finish in {max_steps} steps; loosen atol/rtol")
+        raise SamplerkitError(f"the ODE solver did not finish in {max_steps} steps; loosen atol and rtol")
     return y, nfe
 
 
