@@ -14,7 +14,7 @@ from scipy import stats
 from samplerkit import diffusion, plots
 from samplerkit import exposure as ex
 from samplerkit.denoisers import DiscreteEpsDenoiser
-from samplerkit.exposure import report
+from samplerkit.exposure import harness, report
 from samplerkit.remedies import Remedies, TimeShift
 
 T = 50
@@ -62,7 +62,7 @@ def four_models(tmp_path):
     rep = _run(tmp_path, specs, settings, x0)
     per = {s.name: {t: ex.measure(s, "delta", t, x0, None, settings)[1]["per_image"] for t in (10, 50)}
            for s in specs}
-    return rep, per, report.read_per_image(tmp_path / "eb.csv")
+    return rep, per, harness.read_per_image(tmp_path / "eb.csv")
 
 
 def test_a_remedy_variant_is_paired_with_its_own_model_and_the_first(four_models):
@@ -125,7 +125,7 @@ def test_a_time_shift_row_at_or_below_the_cutoff_says_no_shift_happens(tmp_path)
     ts = Remedies(time_shift=TimeShift(window=20, cutoff=25))
     specs = [plain, biased, _with(biased, ts, settings)]
     rep = _run(tmp_path, specs, settings, _x0())
-    stored = report.read_per_image(tmp_path / "eb.csv")
+    stored = harness.read_per_image(tmp_path / "eb.csv")
     pairs = {(p["against"], p["t_full"]): p for p in report.pairings(rep.current, stored)
              if p["model"] == "biased+TS20/25"}
     low = pairs["biased", 20]

@@ -17,7 +17,7 @@ from .. import plots, terminal
 from ..data import to_uint8
 from ..output import atomic_write
 from ..results import cell_text
-from .harness import KEY_COLUMNS, read_per_image  # noqa: F401 -- read_per_image: the report's input too
+from .harness import KEY_COLUMNS
 from .measures import INTERVAL, paired_difference
 
 STATISTIC = {"delta": "delta_mean", "fid": "fid", "nu": "nu", "normality": "sw_reject_rate",
@@ -202,7 +202,8 @@ def table_content(rows: Sequence[dict], mode: str, per_image: dict | None = None
 def table(rows: Sequence[dict], mode: str, per_image: dict | None = None) -> str:
     """A printed table: one line per t, one column per model (Tab. 1 / Tab. 6 layout); for delta
     also the paired differences (:func:`pairings`: each remedy variant against its own model, each
-    model against the first), with per-image values from ``per_image`` (:func:`read_per_image`)."""
+    model against the first), with per-image values from ``per_image``
+    (:func:`~samplerkit.exposure.harness.read_per_image`)."""
     content = table_content(rows, mode, per_image)
     return "" if content is None else layout(*content)
 
