@@ -248,14 +248,13 @@ def _todo(csv_path, cells, metrics, bootstrap: int, eval_id: str) -> tuple:
     return table, rows, todo
 
 
-def run(settings, *args, log: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
-    """Run (or resume) a sweep; return its rows on rank 0 (and [] on the other ranks under ``torchrun``).
-
-    ``run(SweepSettings(...), log=print)``: the library call behind ``samplerkit sweep`` (the model and the
-    references are loaded here, and the plot written when the settings name one). ``run(net, samplers,
-    steps, seeds, reference, features, ...)``: the cells of an already loaded network (:func:`run_cells`)."""
+def run(settings: SweepSettings, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Run (or resume) the sweep of ``settings``: the library call behind ``samplerkit sweep`` (the model
+    and the references are loaded here, and the plot written when the settings name one). Returns its
+    rows on rank 0 (and [] on the other ranks under ``torchrun``). The cells of an already loaded
+    network: :func:`run_cells`."""
     if not isinstance(settings, SweepSettings):
-        return run_cells(settings, *args, log=log, **kwargs)
+        raise SamplerkitError("sweep.run takes a SweepSettings; for a loaded network call sweep.run_cells")
     rows = _run_settings(settings, log)
     if not distributed.is_main():
         return []

@@ -266,7 +266,7 @@ def test_sweep_measures_a_latent_model_on_its_decoded_images(pickles, tmp_path):
 
     reference = Statistics(np.zeros(6), np.eye(6), 100)
     net = sk.load(pickles["latent"])
-    sweep.run(net, ["heun"], [3], SEEDS, reference, features, csv_path=tmp_path / "s.csv", model="latent",
-              class_labels="random")
+    sweep.run_cells(net, ["heun"], [3], SEEDS, reference, features, csv_path=tmp_path / "s.csv", model="latent",
+                    class_labels="random")
     want = heun_images(net, net, 3).transpose(0, 2, 3, 1)
     assert np.array_equal(np.concatenate(seen), want) and want.shape[-1] == 3

@@ -479,9 +479,9 @@ def test_sweep_rows_carry_intervals_and_the_paired_difference_to_the_first_sampl
     reference = metrics.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "kid"))
 
     def run(features):
-        return sweep.run(net, ("heun", "euler"), (2,), list(range(8)), reference, features, csv_path=tmp_path / "s.csv",
-                         model="shapes32-ideal", metrics=("fid", "kid"), bootstrap=30,
-                         evaluation={"seed": 0, "kid_subset_size": 8})
+        return sweep.run_cells(net, ("heun", "euler"), (2,), list(range(8)), reference, features,
+                               csv_path=tmp_path / "s.csv", model="shapes32-ideal", metrics=("fid", "kid"),
+                               bootstrap=30, evaluation={"seed": 0, "kid_subset_size": 8})
 
     heun, euler = run(PooledPixels())
     assert str(heun.get("baseline", "")) == "" and euler["baseline"] == "heun 2 steps"
@@ -502,9 +502,9 @@ def test_a_sweep_rerun_with_other_kid_settings_re_evaluates_instead_of_keeping_o
     reference = metrics.statistics_of_source("builtin:shapes32?n=64", PooledPixels(), ("fid", "kid"))
 
     def run(features, size):
-        return sweep.run(net, ("euler",), (2,), list(range(8)), reference, features, csv_path=tmp_path / "s.csv",
-                         model="shapes32-ideal", metrics=("fid", "kid"),
-                         evaluation={"seed": 0, "kid_subset_size": size})
+        return sweep.run_cells(net, ("euler",), (2,), list(range(8)), reference, features,
+                               csv_path=tmp_path / "s.csv", model="shapes32-ideal", metrics=("fid", "kid"),
+                               evaluation={"seed": 0, "kid_subset_size": size})
 
     (first,) = run(PooledPixels(), 8)
     same = PooledPixels()

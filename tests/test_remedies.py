@@ -514,8 +514,8 @@ def test_sweep_takes_a_list_of_eps_scalers_as_one_more_axis(tmp_path):
 
     net = sk.load("shapes32-ideal")
     ref = metrics.statistics_of_source("builtin:shapes32?n=16", PooledPixels(), ("fid",))
-    rows = sweep.run(net, ["heun", "ddim"], [2], list(range(3)), ref, PooledPixels(), csv_path=tmp_path / "s.csv",
-                     eps_scalers=[1.0, 1.01], remedies={"eps_scaler_slope": 0.002})
+    rows = sweep.run_cells(net, ["heun", "ddim"], [2], list(range(3)), ref, PooledPixels(), csv_path=tmp_path / "s.csv",
+                           eps_scalers=[1.0, 1.01], remedies={"eps_scaler_slope": 0.002})
     assert [(r["sampler"], float(r["eps_scaler"])) for r in rows] == [("heun", 1.0), ("heun", 1.01), ("ddim", 1.0),
                                                                       ("ddim", 1.01)]
     for r in rows:
@@ -523,8 +523,8 @@ def test_sweep_takes_a_list_of_eps_scalers_as_one_more_axis(tmp_path):
         assert settings["eps_scaler"] == float(r["eps_scaler"]) and settings["eps_scaler_slope"] == 0.002
     assert len({r["fid"] for r in rows}) == 4  # each lambda makes other images
     with pytest.raises(SamplerkitError, match="applies to ddim and ancestral"):
-        sweep.run(net, ["heun"], [2], list(range(3)), ref, PooledPixels(), csv_path=tmp_path / "t.csv",
-                  remedies={"time_shift": True})
+        sweep.run_cells(net, ["heun"], [2], list(range(3)), ref, PooledPixels(), csv_path=tmp_path / "t.csv",
+                        remedies={"time_shift": True})
 
 
 def _eps_model(T=50):

@@ -50,8 +50,8 @@ def reference():
 
 
 def run(net, reference, csv_path, features=None, samplers=("heun", "euler"), steps=(2, 4), **kwargs):
-    return sweep.run(net, samplers, steps, SEEDS, reference, features or PooledPixels(), csv_path=csv_path,
-                     model="shapes32-ideal", **kwargs)
+    return sweep.run_cells(net, samplers, steps, SEEDS, reference, features or PooledPixels(), csv_path=csv_path,
+                           model="shapes32-ideal", **kwargs)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -258,3 +258,8 @@ def test_sweep_tells_fast_how_many_calls_its_cells_make(tmp_path, inception_path
                            inception_path, "--speed", "fast", "--quiet")
     assert code == 0, err
     assert seen == [((2 + 3 + 3 + 5) * 3, 2)]  # euler 2, 3 and heun 2, 3 steps (NFE 3, 5) x ceil(5 / 2) batches
+
+
+def test_sweep_run_takes_settings_only():
+    with pytest.raises(SamplerkitError, match="run_cells"):
+        sweep.run(object())

@@ -295,8 +295,8 @@ def test_the_sweep_table_and_legend_say_whether_a_sampler_clipped(tmp_path):
 def test_a_sweep_of_a_clipped_and_an_unclipped_sampler_says_so(tmp_path):
     net = sk.load("shapes32-ideal")
     reference = metrics.statistics_of_source("builtin:shapes32?n=16", PooledPixels(), ("fid",))
-    rows = sweep.run(net, ("ddim", "heun"), (2,), [0, 1], reference, PooledPixels(), csv_path=tmp_path / "s.csv",
-                     model="shapes32-ideal")
+    rows = sweep.run_cells(net, ("ddim", "heun"), (2,), [0, 1], reference, PooledPixels(),
+                           csv_path=tmp_path / "s.csv", model="shapes32-ideal")
     lines = sweep.table(rows).splitlines()
     assert [line.split()[:2] for line in lines] == [["sampler", "clip"], ["ddim", "yes"], ["heun", "no"]]
 
