@@ -16,25 +16,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from _upstream import assert_close, checkpoint_of, load_fixture, replay
 from samplerkit.adapters import dit
 
 import samplerkit as sk
 from samplerkit.errors import SamplerkitError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "dit_upstream_outputs.pt"
-TOL = 1e-5  # of the output scale
-
 
 @pytest.fixture(scope="module")
 def up():
-    return torch.load(FIXTURE, weights_only=True)
+    return load_fixture("dit_upstream_outputs.pt")
 
 
 @pytest.fixture(scope="module")
 def ckpt(up, tmp_path_factory):
-    path = tmp_path_factory.mktemp("dit") / "small.pt"
-    torch.save(up["state_dict"], path)
-    return path
+    return checkpoint_of(up, tmp_path_factory, "dit")
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +41,6 @@ def dit_net(ckpt):
 @pytest.fixture(scope="module")
 def sit_net(ckpt):
     return sk.load(ckpt, family="sit", num_heads=4, image_size=64, num_classes=10)
-
-
-def assert_close(got, want, tol=TOL):
-    err = float((got.double() - want.double()).abs().max())
-    assert err <= tol * float(want.abs().max()), err
-
-
-def replay(noise):
-    draws = iter(noise)
-    return lambda x: next(draws).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

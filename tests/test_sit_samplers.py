@@ -10,45 +10,29 @@ drew) and ``Sampler.sample_ode`` (torchdiffeq 0.2.5) returned on them, unguided 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from _upstream import TOL, assert_close, checkpoint_of, load_fixture, replay
 
 import samplerkit as sk
 from samplerkit.errors import SamplerkitError
 from samplerkit.generate import make_sampler
 from samplerkit.lookup import resolve_sampler
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sit_sampler_outputs.pt"
-TOL = 1e-5  # of the output scale
-
 
 @pytest.fixture(scope="module")
 def up():
-    return torch.load(FIXTURE, weights_only=True)
+    return load_fixture("sit_sampler_outputs.pt")
 
 
 @pytest.fixture(scope="module")
 def ckpt(up, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sit") / "small.pt"
-    torch.save(up["state_dict"], path)
-    return path
+    return checkpoint_of(up, tmp_path_factory, "sit")
 
 
 @pytest.fixture(scope="module")
 def net(ckpt):
     return sk.load(ckpt, family="sit", num_heads=4, image_size=64, num_classes=10)
-
-
-def assert_close(got, want, tol=TOL):
-    err = float((got.double() - want.double()).abs().max())
-    assert err <= tol * float(want.abs().max()), err
-
-
-def replay(noise):
-    draws = iter(noise)
-    return lambda x: next(draws).to(x.dtype)
 
 
 def guided(net, run):
