@@ -10,7 +10,9 @@ unguided model) on the same seeds. Nothing is tuned on the evaluation images.
         --csv benchmarks/results/autoguidance-shapes32-edm.csv
 
 Reference: the first 2,000 images of builtin:shapes32 with their Inception features (as the README's
-other tables). Machine-tagged; resumable per (net, gnet, weight, seed set) row.
+other tables). Machine-tagged. ``--phase select`` and ``--phase eval`` split the run in two processes
+(one core each): select writes the choice (``<csv>.select.json``), eval measures every weight and waits
+for that file before writing the CSV with the chosen row marked.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> None:
     p.add_argument("--ref", default="builtin:shapes32",
                    help="reference statistics with pool features (samplerkit fid-ref --metrics fid,kid), or the data")
     p.add_argument("--csv", required=True)
+    p.add_argument("--phase", choices=("both", "select", "eval"), default="both")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     info = print_machine()
@@ -69,13 +72,30 @@ def main() -> None:
     net, gnet = sk.load(args.net), sk.load(args.gnet)
     features = inception()
     ref = reference(args.ref, features, METRICS, num_images=2000)
-    rows, select_fid = [], {}
+    select_path = Path(args.csv).with_suffix(".select.json")
+    if args.phase in ("both", "select"):
+        select(args, net, gnet, features, ref, weights, interval, select_path)
+    if args.phase in ("both", "eval"):
+        measure(args, net, gnet, features, ref, weights, interval, select_path, info)
+
+
+def select(args, net, gnet, features, ref, weights, interval, select_path: Path) -> None:
+    """FID of every weight on the held-out seeds; the lowest is the choice, written to ``select_path``."""
+    select_fid = {}
     for w in weights:
         t0 = time.perf_counter()
         s = statistics(net, gnet, w, parse_seeds(args.select_seeds), args.steps, features, interval)
         select_fid[w] = evaluate(s, ref, METRICS)
         print(f"held-out w={w:g}: FID {select_fid[w]['fid']:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     best = min(weights, key=lambda w: select_fid[w]["fid"])
+    select_path.write_text(json.dumps({"selected_weight": best, "held_out_seeds": args.select_seeds,
+                                       "held_out": {str(w): v for w, v in select_fid.items()}}, indent=1))
+    print(f"selected w = {best:g} on seeds {args.select_seeds}")
+
+
+def measure(args, net, gnet, features, ref, weights, interval, select_path: Path, info) -> None:
+    """Every weight on the evaluation seeds, paired with w = 1; the CSV once the choice is known."""
+    rows = []
     eval_seeds = parse_seeds(args.eval_seeds)
     base = statistics(net, gnet, 1.0, eval_seeds, args.steps, features)
     for w in weights:
@@ -88,18 +108,19 @@ def main() -> None:
         nfe = 2 * args.steps - 1
         rows.append(dict(net=args.net, gnet=args.gnet if w != 1 else "", weight=w, interval=args.interval,
                          seeds=args.eval_seeds, n_images=len(eval_seeds), steps=args.steps,
-                         nfe_per_image=nfe * (2 if w != 1 else 1), selected=int(w == best),
-                         seconds=round(seconds, 1), machine=machine_line(info), **values))
+                         nfe_per_image=nfe * (2 if w != 1 else 1), seconds=round(seconds, 1),
+                         machine=machine_line(info), **values))
         print(f"eval w={w:g}: FID {values['fid']:.2f} [{values['fid_lo']:.2f}, {values['fid_hi']:.2f}]  "
               f"vs w=1 {values['fid_diff']:+.2f} [{values['fid_diff_lo']:+.2f}, {values['fid_diff_hi']:+.2f}]  "
               f"KID {values['kid'] * 1e3:.1f}e-3 diff {values['kid_diff'] * 1e3:+.1f}e-3 "
               f"[{values['kid_diff_lo'] * 1e3:+.1f}, {values['kid_diff_hi'] * 1e3:+.1f}]", flush=True)
+    while not select_path.exists():  # --phase eval: the selection runs in another process
+        time.sleep(10)
+    best = json.loads(select_path.read_text())["selected_weight"]
+    for row in rows:
+        row["selected"] = int(row["weight"] == best)
     atomic_csv(args.csv, COLUMNS, [{c: r.get(c, "") for c in COLUMNS} for r in rows])
-    Path(args.csv).with_suffix(".select.json").write_text(json.dumps(
-        {"selected_weight": best, "held_out_seeds": args.select_seeds,
-         "held_out": {str(w): v for w, v in select_fid.items()}}, indent=1))
     print(f"selected w = {best:g} on seeds {args.select_seeds}; wrote {args.csv}")
-
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
