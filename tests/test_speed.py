@@ -216,6 +216,7 @@ def test_sample_command_records_the_policy_in_the_manifest(tmp_path, monkeypatch
     assert code == 0, err
     fast = json.loads((tmp_path / "fast" / "manifest.json").read_text())["speed"]
     assert fast["mode"] == "fast" and fast["table"][0]["policy"] == "exact"
+    assert fast["compile"]["calls"] == 3 and fast["compile"]["decision"].startswith("not tried")  # 1 batch x 3 NFE
     code, _, err = _cli(*common, "--out", str(tmp_path / "bad"), "--speed", "warp=9")
     assert code == 2 and err.startswith("error: bad --speed")
 
