@@ -2,7 +2,8 @@
 # Recipe of the embedded guiding model shapes32-edm-xs (autoguidance, Karras et al. 2024): a bad
 # version of shapes32-edm -- the same tiny-edm recipe (benchmarks/shapes32_edm_recipe.sh, no
 # regularizer) at half the channels (model_channels 16: 0.32 M parameters against 1.26 M) and an
-# eighth of the training (500 steps = 8,000 images against 4,000 steps), as the paper's XS guides S.
+# a 24th of the training (500 steps = 8,000 images against shapes32-edm's 12,000; an eighth of the
+# 4,000-step pair it was made for), as the paper's XS guides S.
 # Also trains the paper's other knob alone: the same network as shapes32-edm stopped at step 500
 # (a rerun of its recipe; not shipped). Then stores the XS EMA weights in float16 inside the package.
 #

@@ -9,7 +9,7 @@
   recipe in ``benchmarks/shapes32_edm_recipe.sh``, recommended sampler Heun, 18 steps. Stored the same
   way (float16 state dict) with the preconditioner's class and constructor arguments as flags.
 * ``shapes32-edm-xs``: the guiding network of the autoguidance miniature -- ``shapes32-edm``'s recipe at
-  half the channels (16) and an eighth of the steps (500); recipe in
+  half the channels (16) and a 24th of its 12,000 steps (500); recipe in
   ``benchmarks/shapes32_edm_guide_recipe.sh``. Guide with it: ``--guide-model shapes32-edm-xs``.
 * ``shapes32-ideal``: the exact (ideal) denoiser of the first 1,024 images of the data set
   (Karras et al. 2022 (EDM), Fig. 1b), a model with known behaviour.
@@ -82,7 +82,7 @@ BUILTIN_INFO = {
     "shapes32-edm-ip": _shipped_info("shapes32-edm-ip", "EDM-preconditioned DDPM++ (tiny-edm preset) trained on "
                                      "builtin:shapes32 with input perturbation, gamma 0.1", _SHIPPED_EDM_INFO),
     "shapes32-edm-xs": _shipped_info("shapes32-edm-xs", "a bad version of shapes32-edm to guide it with (autoguidance, "
-                                     "Karras et al. 2024): half the channels, an eighth of the training (500 steps)",
+                                     "Karras et al. 2024): half the channels, a 24th of the training (500 steps)",
                                      _SHIPPED_EDM_INFO),
     "shapes32-ideal": dict(resolution=32, dataset="builtin:shapes32", license="MIT",
                            recommended={"sampler": "heun", "steps": 18},

@@ -24,8 +24,8 @@ def test_the_guide_is_shapes32_edm_at_half_the_channels_and_under_one_mebibyte()
         {k: v for k, v in flags["shapes32-edm"].items() if k != "model_channels"}
     assert (MODELS_DIR / "shapes32-edm-xs.pt").stat().st_size <= 2**20
     results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-    settings = json.loads((results / "shapes32-edm-xs-settings.json").read_text())
-    assert settings["iterations"] * 8 == 4000  # an eighth of shapes32-edm's 4,000 steps
+    guide, model = (json.loads((results / f"{name}-settings.json").read_text()) for name in reversed(names))
+    assert guide["iterations"] * 24 == model["iterations"] == 12000  # 500 steps: a 24th of shapes32-edm's
 
 
 def test_sample_guided_by_the_shipped_guide_equals_the_library(tmp_path):
