@@ -357,8 +357,8 @@ def _speed(net, s: SampleSettings, batch: int, dev: torch.device, rank: int, cal
         if not s.quiet and record["mode"] == "fast":
             how = "cached choice" if record["cached"] else f"autotuned at batch {batch}"
             _note(f"speed: fast -> {record['policy']} ({how}; --speed exact for upstream's arithmetic)")
-            if "compile_seconds" in record.get("compile", {}):
-                _note(speed.compile_note(record["compile"]))
+            if compiled := speed.compile_note(record):
+                _note(compiled)
     return fast_net, record
 
 

@@ -332,10 +332,14 @@ def autotune_denoiser(net, batch: int, device: torch.device | str, class_labels:
     [0.02, 80]), labels random when the model is conditional. Leaves ``net`` exact; returns the choice.
     """
     device = torch.device(device)
-    if device.type == "cpu":
-        batch = min(batch, CPU_TUNE_BATCH)
+    batch = _tune_batch(batch, device)
     call, sigmas = _denoiser_inputs(net, batch, device)
     return autotune(net, call, sigmas, batch, device, cache=cache, repeats=repeats)
+
+
+def _tune_batch(batch: int, device: torch.device) -> int:
+    """The batch the autotune measures at for a run at ``batch``: at most :data:`CPU_TUNE_BATCH` on a CPU."""
+    return min(batch, CPU_TUNE_BATCH) if device.type == "cpu" else batch
 
 
 def _denoiser_inputs(net, batch: int, device: torch.device) -> tuple[Callable, list[float]]:
@@ -481,8 +485,7 @@ def consider_compile(net, tuning: Tuning, calls: int, batch: int, device: torch.
     info: dict = {"calls": int(calls), "batch": batch, "share": COMPILE_SHARE}
     if not list(_networks(net)) or not timed.get(eager.describe()):
         return replace(tuning, compile={**info, "decision": "not considered: nothing to compile or no eager timing"})
-    tune_batch = min(batch, CPU_TUNE_BATCH) if device.type == "cpu" else batch
-    per_call = timed[eager.describe()] * batch / tune_batch
+    per_call = timed[eager.describe()] * batch / _tune_batch(batch, device)
     info["predicted_eager_seconds"] = calls * per_call
     key = _tuning_key(net, batch, device) + ":compile:" + eager.describe()
     found = _read_cache(_cache_file()).get(key) if cache else None
@@ -503,8 +506,12 @@ def consider_compile(net, tuning: Tuning, calls: int, batch: int, device: torch.
     return replace(tuning, policy=replace(eager, compile=True) if wins else eager, compile=info)
 
 
-def compile_note(info: dict) -> str:
-    """One line on a compile decision that measured something (:func:`consider_compile`'s record)."""
+def compile_note(record: dict) -> str | None:
+    """One line on the compile decision of a run's speed ``record`` when it measured something
+    (:func:`consider_compile`), else None."""
+    info = record.get("compile") or {}
+    if "compile_seconds" not in info:
+        return None
     gain = info["eager_seconds"] / info["compiled_seconds"] if info["compiled_seconds"] else float("nan")
     return (f"speed: torch.compile {info['decision']}: {gain:.3f}x the eager choice per call, "
             f"{info['compile_seconds']:.0f} s to compile, {info['calls']:,d} calls in the run")

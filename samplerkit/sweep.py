@@ -703,8 +703,8 @@ def _run_settings(s: SweepSettings, log: Callable[[str], None]) -> list[dict]:
              * -(-len(metrics_block(len(s.seed_list))) // batch))
     net, speed_record = speed_lib.for_denoiser(net, speed, batch, device, calls)  # calls: at most (resumed cells)
     log(f"speed: {speed_record['mode']} -> {speed_record['policy']}")
-    if "compile_seconds" in speed_record.get("compile", {}):
-        log(speed_lib.compile_note(speed_record["compile"]))
+    if compiled := speed_lib.compile_note(speed_record):
+        log(compiled)
     features, dino = _evaluators(wanted, want_dino, s.inception, (s.dinov2_weights, s.dinov2_resize), device,
                                  s.batch, speed, s.fid_mode, dino_checked, s.force_pipeline)
     reference, dino_ref = _references(s.ref, checked, dino_checked, s.ref_images, wanted, features, dino, csv_file,

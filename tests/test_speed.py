@@ -349,6 +349,9 @@ def test_a_cached_compile_trial_is_reused_and_weighed_against_the_compile_second
     long = speed.consider_compile(net, _eager(net, 1.0), 301, 2, "cpu")
     assert made == [2] and not short.policy.compile and long.policy.compile
     assert short.compile["decision"] == "eager (cached trial)" and long.compile["compile_seconds"] == 30.0
+    note = speed.compile_note({"compile": long.compile})
+    assert note.startswith("speed: torch.compile compiled (cached trial): 1.111x")
+    assert speed.compile_note({"compile": {"decision": "not tried"}}) is None and speed.compile_note({}) is None
 
 
 def test_the_compile_trial_compiles_at_the_run_batch_and_leaves_the_network_exact():
